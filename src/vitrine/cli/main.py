@@ -1,0 +1,207 @@
+"""The ``vitrine`` command: parses, calls the packages, prints. Nothing clever lives here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from vitrine.config import Config, data_dir, parse_assignments, write_atomic
+from vitrine.errors import VitrineError
+
+app = typer.Typer(
+    help="vitrine: multi-modal product search. Ingest a catalog, index it, search it by text or photo.",
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+StoreArg = Annotated[Path, typer.Argument(help="Store directory (created by 'vitrine ingest').")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a setting and keep it in the store's config.toml, e.g. --set index.factory=HNSW32.")]
+
+
+def user_errors(command: Callable) -> Callable:
+    """Print a ``VitrineError`` as one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VitrineError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+@user_errors
+def ingest(
+    store: StoreArg,
+    source: Annotated[Path, typer.Argument(help="A Grocery Store Dataset folder or a products .jsonl file.")],
+    format: Annotated[str, typer.Option(help="auto, grocery or jsonl.")] = "auto",
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip bad records and count them instead of stopping.")] = False,
+    config: Annotated[Optional[Path], typer.Option(help="TOML settings for a new store.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Load products into STORE's catalog (created if missing). Images are copied into the store."""
+    from vitrine.catalog import Store, ingest as ingest_products, load_products
+
+    target = _store_with_settings(store, config, set_)
+    report = ingest_products(target, load_products(source, format), skip_bad=skip_bad)
+    out.print(f"{source}: {report.summary()}")
+    if report.skipped:
+        for bad in report.skipped[:10]:
+            err.print(f"  skipped {bad.where}: {bad.reason}", highlight=False)
+        path = target.reports_dir / "ingest-skipped.json"
+        write_atomic(path, json.dumps([bad.__dict__ for bad in report.skipped], indent=2).encode())
+        out.print(f"all {len(report.skipped)} skipped records: {path}")
+    out.print(f"catalog: {len(target.catalog)} products in {target.root}. Next: vitrine index {store}")
+
+
+@app.command()
+@user_errors
+def index(
+    store: StoreArg,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed every product and build a fresh index.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Embed new and changed products and bring the vector index in line with the catalog."""
+    target = _store_with_settings(store, None, set_, must_exist=True)
+    engine = _open(target)
+    report = engine.sync(rebuild=rebuild or bool(set_))
+    out.print(f"indexed {report.added} products, removed {report.removed}; the index holds {report.total} "
+              f"({engine.index.describe()['factory']}, {engine.embedder.dim}-d)")
+
+
+@app.command()
+@user_errors
+def search(
+    store: StoreArg,
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="What the shopper typed.")] = None,
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="A photo to search with.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many products to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search STORE by text, by photo, or both."""
+    if text is None and image is None:
+        raise VitrineError("give --text, --image, or both")
+    hits = _open(store).search(text=text, image=image, k=k)
+    if as_json:
+        out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
+                             for h in hits])
+        return
+    out.print(_hits_table(hits, f"{text or ''}{' + ' if text and image else ''}{image or ''}"))
+
+
+@app.command(name="eval")
+@user_errors
+def eval_(
+    store: StoreArg,
+    queries: Annotated[Path, typer.Argument(help="Grocery list (path, fine_id, coarse_id) or queries .jsonl.")],
+    root: Annotated[Optional[Path], typer.Option(help="Folder the query image paths are relative to.")] = None,
+    format: Annotated[str, typer.Option(help="auto, grocery or jsonl.")] = "auto",
+    name: Annotated[Optional[str], typer.Option(help="Report name (default: the query file's name).")] = None,
+    depth: Annotated[int, typer.Option(help="Results retrieved per query (for MRR).")] = 100,
+) -> None:
+    """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR. Writes JSON + markdown reports."""
+    from vitrine.catalog import load_queries
+    from vitrine.evaluation import evaluate
+
+    engine = _open(store)
+    labelled = load_queries(queries, root, format)
+    report = evaluate(engine, labelled, name=name or queries.stem, depth=depth)
+    out.print(_metrics_table(report))
+    json_path, md_path = report.write(engine.store.reports_dir)
+    out.print(f"reports: {json_path} and {md_path}")
+
+
+@app.command()
+@user_errors
+def info(store: StoreArg) -> None:
+    """What a store holds: products, embedding, index, and when it was built."""
+    from vitrine.catalog import Store
+
+    out.print_json(data={**Store.open(store).manifest})
+
+
+@app.command()
+@user_errors
+def demo(
+    store: Annotated[Path, typer.Option(help="Where to build the demo store.")] = Path(".vitrine/grocery"),
+    data: Annotated[Optional[Path], typer.Option(help="The Grocery Store Dataset (default: $VITRINE_DATA/grocery-store).")] = None,
+) -> None:
+    """Build a store from the Grocery Store Dataset, evaluate photo search on its val split, show examples."""
+    from vitrine.catalog import Store, ingest as ingest_products, load_products, load_queries
+    from vitrine.evaluation import evaluate
+
+    grocery = (data or data_dir() / "grocery-store").resolve()
+    root = grocery / "dataset" if (grocery / "dataset").is_dir() else grocery
+    if not (root / "classes.csv").is_file():
+        raise VitrineError(f"{grocery}: Grocery Store Dataset not found (set VITRINE_DATA or pass --data)")
+    target = Store.create(store)
+    out.rule("1. catalog")
+    out.print(f"{root}: {ingest_products(target, load_products(root)).summary()}")
+    out.rule("2. index")
+    engine = _open(target)
+    report = engine.sync()
+    out.print(f"{report.total} products indexed ({engine.embedder.dim}-d, {engine.index.describe()['factory']})")
+    out.rule("3. photo → product on the val split")
+    result = evaluate(engine, load_queries(root / "val.txt", root), name="grocery-val")
+    out.print(_metrics_table(result))
+    result.write(target.reports_dir)
+    out.rule("4. examples")
+    out.print(_hits_table(engine.search(text="green apple for baking", k=5), "text: green apple for baking"))
+    photo = result.per_query[0].image
+    out.print(_hits_table(engine.search(image=photo, k=5), f"photo: {Path(photo).name}"))
+    out.print(f"\nTry: vitrine search {store} --text 'oat milk'   |   vitrine search {store} --image PHOTO.jpg")
+
+
+def _store_with_settings(store: Path, config: Optional[Path], assignments: Optional[list[str]],
+                         must_exist: bool = False):
+    from vitrine.catalog import Store
+
+    target = Store.open(store) if must_exist else Store.create(store, Config.load(config))
+    if assignments:
+        target.config(parse_assignments(assignments)).save(target.config_path)
+    return target
+
+
+def _open(store):
+    from vitrine.engine import open as open_engine
+
+    return open_engine(store)
+
+
+def _hits_table(hits, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("rank", "right"), ("id", "left"), ("title", "left"), ("score", "right")):
+        table.add_column(column, justify=justify)
+    for hit in hits:
+        table.add_row(str(hit.rank), hit.product.id, hit.product.title, f"{hit.score:.4f}")
+    return table
+
+
+def _metrics_table(report) -> Table:
+    table = Table(title=f"{report.name}: {report.queries} queries", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for metric, value in report.metrics.items():
+        table.add_row(metric, f"{value:.4f}")
+    return table
+
+
+def main() -> None:
+    app()

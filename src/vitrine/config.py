@@ -1,0 +1,165 @@
+"""All tunable settings in one typed place: defaults, then a TOML file, then overrides.
+
+A store keeps the configuration it was built with in ``store/config.toml`` so that the same
+store answers the same way on another machine. Overrides use dotted keys
+(``index.factory=HNSW32``), the form the CLI's ``--set`` flag takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import tomli_w
+
+from vitrine.errors import VitrineError
+
+
+@dataclass
+class EncoderConfig:
+    text: str = "minilm"
+    """Text backbone: a registered name, or ``sentence-transformers:/local/path``."""
+    image: str = "efficientnet-lite0"
+    """Image backbone: a registered name."""
+    batch_size: int = 32
+    num_workers: int = 2
+    """DataLoader processes that decode and resize images while the model runs."""
+    threads: int = 0
+    """Torch intra-op threads; 0 means one per core."""
+
+
+@dataclass
+class EmbeddingConfig:
+    kind: str = "zeroshot"
+    image_weight: float = 0.5
+    """Share of a product vector's squared norm given to its image block (zero-shot fusion)."""
+
+
+@dataclass
+class IndexConfig:
+    factory: str = "auto"
+    """``auto`` (exact below ``hnsw_threshold`` vectors, HNSW above) or any FAISS factory string."""
+    hnsw_threshold: int = 50_000
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    compact_ratio: float = 0.25
+    """Rebuild the index once this share of its entries are deleted."""
+
+
+@dataclass
+class SearchConfig:
+    k: int = 10
+    max_k: int = 1000
+    max_query_chars: int = 1000
+
+
+@dataclass
+class Config:
+    encoders: EncoderConfig = field(default_factory=EncoderConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    @classmethod
+    def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
+        """Defaults, updated by the TOML file at ``path`` (if given), then by dotted ``overrides``."""
+        config = cls()
+        if path is not None:
+            config = config.merged(_read_toml(path), source=str(path))
+        if overrides:
+            config = config.with_overrides(overrides)
+        return config
+
+    def merged(self, table: Mapping[str, Any], source: str = "config") -> "Config":
+        flat = {f"{section}.{key}": value for section, values in table.items()
+                if isinstance(values, Mapping) for key, value in values.items()}
+        stray = [section for section, values in table.items() if not isinstance(values, Mapping)]
+        if stray:
+            raise VitrineError(f"{source}: top-level key {stray[0]!r} must be inside a [section]")
+        return self.with_overrides(flat, source=source)
+
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "override") -> "Config":
+        """A copy with dotted keys replaced; values given as strings are converted to the field's type."""
+        config = dataclasses.replace(self, **{f.name: dataclasses.replace(getattr(self, f.name))
+                                              for f in dataclasses.fields(self)})
+        for dotted, value in overrides.items():
+            section_name, _, key = dotted.partition(".")
+            section = getattr(config, section_name, None)
+            if section is None or not dataclasses.is_dataclass(section) or key not in _field_types(section):
+                raise VitrineError(f"{source}: unknown setting {dotted!r}")
+            setattr(section, key, _coerce(value, _field_types(section)[key], dotted, source))
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, tomli_w.dumps(self.to_dict()).encode())
+
+
+def data_dir() -> Path:
+    """Where the shared datasets live: ``$VITRINE_DATA``, else ``../shared/data`` beside this checkout."""
+    if os.environ.get("VITRINE_DATA"):
+        return Path(os.environ["VITRINE_DATA"])
+    for base in (Path.cwd(), *Path(__file__).resolve().parents):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd().parent / "shared" / "data"
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """``["index.factory=HNSW32"]`` → ``{"index.factory": "HNSW32"}``, for CLI ``--set`` flags."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VitrineError(f"--set expects KEY=VALUE (like index.factory=HNSW32), got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the new one, never half of either."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise VitrineError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise VitrineError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _field_types(section: Any) -> dict[str, type]:
+    return {f.name: type(getattr(section, f.name)) for f in dataclasses.fields(section)}
+
+
+def _coerce(value: Any, kind: type, key: str, source: str) -> Any:
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            if text.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if text.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(text)
+        return kind(int(float(text))) if kind is int else kind(text)
+    except ValueError:
+        raise VitrineError(f"{source}: {key} must be {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,165 @@
+"""The search engine: a store's catalog, embedder and vector index behind one front door."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrine.catalog import ImageInput, Product, Store
+from vitrine.config import Config, write_atomic
+from vitrine.embedding import Embedder, Query
+from vitrine.engine.factory import build_embedder
+from vitrine.errors import StoreError, VitrineError
+from vitrine.index import VectorIndex, create_index, load_index
+from vitrine.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+VERSIONS_FILE = "versions.npz"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    score: float
+    product: Product
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    added: int
+    removed: int
+    total: int
+
+
+class SearchEngine:
+    """Search a store by text, photo, or both. Open one with ``vitrine.open(store)``."""
+
+    def __init__(self, store: Store, config: Config, embedder: Embedder, index: VectorIndex,
+                 indexed_versions: dict[int, int]) -> None:
+        self.store = store
+        self.config = config
+        self.embedder = embedder
+        self.index = index
+        self._indexed_versions = indexed_versions
+
+    @property
+    def catalog(self):
+        return self.store.catalog
+
+    # --- searching ---------------------------------------------------------------------------
+
+    def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None) -> list[Hit]:
+        """The ``k`` best products for a text query, a photo, or both."""
+        return self.search_many([Query(text=text, image=image)], k=k)[0]
+
+    def search_many(self, queries: Sequence[Query], k: int | None = None, *, progress: bool = False) -> list[list[Hit]]:
+        """Batched search: queries are encoded together, which is much faster per query."""
+        k = self._checked_k(k)
+        for query in queries:
+            if query.text and len(query.text) > self.config.search.max_query_chars:
+                raise VitrineError(f"query text is {len(query.text)} characters; the limit is "
+                                   f"{self.config.search.max_query_chars}")
+        if not queries:
+            return []
+        vectors = self.embedder.encode_queries(queries, progress=progress)
+        return self.search_vectors(vectors, k)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        scores, keys = self.index.search(vectors, k)
+        products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
+        results = []
+        for row_scores, row_keys in zip(scores, keys):
+            hits = [(float(score), products[int(key)]) for score, key in zip(row_scores, row_keys)
+                    if key >= 0 and int(key) in products]
+            results.append([Hit(rank, score, product) for rank, (score, product) in enumerate(hits, start=1)])
+        return results
+
+    def _checked_k(self, k: int | None) -> int:
+        k = self.config.search.k if k is None else int(k)
+        if not 1 <= k <= self.config.search.max_k:
+            raise VitrineError(f"k must be between 1 and {self.config.search.max_k}, got {k}")
+        return k
+
+    # --- keeping the index in line with the catalog ------------------------------------------
+
+    def sync(self, *, rebuild: bool = False, progress: bool = True, chunk: int = 256) -> SyncReport:
+        """Embed what the catalog has and the index lacks (new or changed), drop what it no longer has."""
+        if rebuild:
+            self.index = create_index(self.embedder.dim, self.config.index)
+            self._indexed_versions = {}
+        wanted = self.catalog.versions()
+        held = set(self.index.ids().tolist())
+        stale = np.array([key for key in held if key not in wanted], dtype=np.int64)
+        removed = self.index.remove(stale) if len(stale) else 0
+        for key in stale.tolist():
+            self._indexed_versions.pop(key, None)
+        todo = [key for key, version in wanted.items()
+                if key not in held or self._indexed_versions.get(key) != version]
+        bar = progress_bar(total=len(todo), enabled=progress and bool(todo), desc="index", unit=" products")
+        for start in range(0, len(todo), chunk):
+            keys = todo[start:start + chunk]
+            products = self.catalog.by_keys(keys)
+            keys = [key for key in keys if key in products]  # deleted while we worked
+            vectors = self.embedder.encode_products([self._resolved(products[key]) for key in keys])
+            self.index.add(np.array(keys, dtype=np.int64), vectors)
+            self._indexed_versions.update((key, wanted[key]) for key in keys)
+            bar.update(len(keys))
+        bar.close()
+        if todo or removed or rebuild:
+            self.save()
+        return SyncReport(added=len(todo), removed=removed, total=len(self.index))
+
+    def _resolved(self, product: Product) -> Product:
+        return replace(product, images=tuple(str(self.store.resolve(image)) for image in product.images))
+
+    def save(self) -> None:
+        self.index.save(self.store.index_dir)
+        keys = np.fromiter(self._indexed_versions.keys(), dtype=np.int64, count=len(self._indexed_versions))
+        versions = np.fromiter(self._indexed_versions.values(), dtype=np.int64, count=len(self._indexed_versions))
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=keys, versions=versions)
+        write_atomic(self.store.index_dir / VERSIONS_FILE, buffer.getvalue())
+        self.store.update_manifest(embedding=self.embedder.describe(), index=self.index.describe(),
+                                   catalog={"products": len(self.catalog)})
+
+    def describe(self) -> dict[str, Any]:
+        return {"store": str(self.store.root), "products": len(self.catalog), "indexed": len(self.index),
+                "embedding": self.embedder.describe(), "index": self.index.describe()}
+
+
+def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None = None,
+         create: bool = False) -> SearchEngine:
+    """Open the engine over a store directory (``create=True`` makes an empty store if missing)."""
+    if not isinstance(store, Store):
+        store = Store.create(Path(store)) if create else Store.open(Path(store))
+    config = store.config(config_overrides)
+    manifest = store.manifest
+    embedder = build_embedder(config, manifest.get("embedding"))
+    try:
+        index = load_index(store.index_dir, config.index)
+    except StoreError as exc:
+        log.warning("%s; the index will be rebuilt from the catalog", exc)
+        index = None
+    if index is not None and index.dim != embedder.dim:
+        raise StoreError(f"{store.index_dir}: index holds {index.dim}-d vectors but the embedder makes "
+                         f"{embedder.dim}-d; run 'vitrine index {store.root} --rebuild'")
+    return SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index),
+                        _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {})
+
+
+def _load_versions(path: Path) -> dict[int, int]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path) as saved:
+            return dict(zip(saved["keys"].tolist(), saved["versions"].tolist()))
+    except (OSError, ValueError, KeyError):
+        return {}  # a lost version map only costs re-embedding; sync will redo it
+

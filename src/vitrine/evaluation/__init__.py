@@ -1,0 +1,8 @@
+"""Metrics, the evaluation harness, and reports."""
+
+from vitrine.evaluation.evaluate import EvalReport, QueryResult, evaluate
+from vitrine.evaluation.metrics import (average_precision_at_k, mean_metrics, ndcg_at_k, precision_at_k,
+                                        query_metrics, recall_at_k, reciprocal_rank)
+
+__all__ = ["EvalReport", "QueryResult", "average_precision_at_k", "evaluate", "mean_metrics", "ndcg_at_k",
+           "precision_at_k", "query_metrics", "recall_at_k", "reciprocal_rank"]

@@ -1,0 +1,84 @@
+"""Running labelled queries through an engine and summarising how well it ranks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitrine.catalog import LabelledQuery
+from vitrine.config import write_atomic
+from vitrine.embedding import Query
+from vitrine.engine import SearchEngine
+from vitrine.evaluation.metrics import mean_metrics, query_metrics
+from vitrine.progress import progress_bar
+
+
+@dataclass
+class QueryResult:
+    where: str
+    text: str | None
+    image: str | None
+    relevant: dict[str, int]
+    ranked: list[str]
+    metrics: dict[str, float]
+
+
+@dataclass
+class EvalReport:
+    name: str
+    queries: int
+    metrics: dict[str, float]
+    seconds: float
+    per_query: list[QueryResult] = field(default_factory=list)
+    unknown_products: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def markdown(self) -> str:
+        lines = [f"# Evaluation: {self.name}", "",
+                 f"{self.queries} queries in {self.seconds:.1f} s"
+                 + (f"; {self.unknown_products} relevant ids are not in the catalog" if self.unknown_products else ""),
+                 "", "| metric | value |", "|---|---|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in self.metrics.items()]
+        misses = [q for q in self.per_query if q.metrics.get("recall@1", 1.0) < 1.0][:20]
+        if misses:
+            lines += ["", "## First queries whose best product was not ranked first", "",
+                      "| query | relevant | top 3 |", "|---|---|---|"]
+            lines += [f"| {q.text or Path(q.image or '').name} | {', '.join(q.relevant)} | {', '.join(q.ranked[:3])} |"
+                      for q in misses]
+        return "\n".join(lines) + "\n"
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / f"eval-{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+        write_atomic(json_path, json.dumps(self.to_dict(), indent=2).encode())
+        write_atomic(md_path, self.markdown().encode())
+        return json_path, md_path
+
+
+def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: str = "queries",
+             depth: int = 100, batch_size: int = 64, progress: bool = True) -> EvalReport:
+    """Search every query (``depth`` results each) and score the rankings."""
+    depth = min(depth, engine.config.search.max_k)
+    known = {product.id for product in engine.catalog}
+    start = time.perf_counter()
+    results: list[QueryResult] = []
+    bar = progress_bar(total=len(queries), enabled=progress, desc=f"eval {name}", unit=" queries")
+    for offset in range(0, len(queries), batch_size):
+        batch = queries[offset:offset + batch_size]
+        hits = engine.search_many([Query(text=q.text, image=q.image) for q in batch], k=depth)
+        for query, ranking in zip(batch, hits):
+            ranked = [hit.product.id for hit in ranking]
+            results.append(QueryResult(query.where, query.text, query.image, query.relevant, ranked[:10],
+                                       query_metrics(ranked, query.relevant)))
+        bar.update(len(batch))
+    bar.close()
+    unknown = sum(1 for q in queries for pid in q.relevant if pid not in known)
+    return EvalReport(name=name, queries=len(queries), metrics=mean_metrics([r.metrics for r in results]),
+                      seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown)

@@ -1,0 +1,51 @@
+"""An index is an index: add, search, remove, save, load. Ids are int64 catalog keys."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from vitrine.errors import DimensionError
+
+
+class VectorIndex(ABC):
+    dim: int
+
+    @abstractmethod
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under ``ids``; an id already present is replaced (an update)."""
+
+    @abstractmethod
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the given ids; unknown ids are ignored. Returns how many were removed."""
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, each ``(len(queries), k)``, best first; missing slots have id -1."""
+
+    @abstractmethod
+    def ids(self) -> np.ndarray:
+        """Every id held, in no particular order."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def __contains__(self, id_: object) -> bool:
+        return bool(np.isin(np.int64(id_), self.ids()))
+
+    @abstractmethod
+    def save(self, folder: Path) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> dict: ...
+
+    def check(self, vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
+        """``vectors`` as contiguous float32 ``(n, dim)``, or a ``DimensionError`` saying why not."""
+        array = np.asarray(vectors, dtype=np.float32)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise DimensionError(f"{what} have shape {tuple(np.shape(vectors))}; this index holds {self.dim}-d vectors")
+        return np.ascontiguousarray(array)

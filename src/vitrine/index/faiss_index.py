@@ -1,0 +1,177 @@
+"""FAISS behind ``VectorIndex``: exact search while small, HNSW once large, or any factory string.
+
+FAISS graph indexes cannot delete, so every kind is treated the same way: entries sit at dense
+positions; ``_keys[pos]`` holds the catalog key (-1 once deleted); deleted positions are masked
+with an ``IDSelector`` at search time, and the index is rebuilt from its own stored vectors when
+the deleted share passes ``compact_ratio``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from vitrine.config import IndexConfig, write_atomic
+from vitrine.errors import StoreError
+from vitrine.index.base import VectorIndex
+
+FLAT = "Flat"
+FILE_NAME = "faiss.npz"
+
+
+class FaissIndex(VectorIndex):
+    def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
+        self.dim = int(dim)
+        self.config = config or IndexConfig()
+        self._index = self._new_index(self._factory_for(0))
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._position: dict[int, int] = {}
+        self._selector: faiss.IDSelector | None = None
+
+    @property
+    def factory(self) -> str:
+        return self._kind
+
+    def __len__(self) -> int:
+        return len(self._position)
+
+    def ids(self) -> np.ndarray:
+        return np.fromiter(self._position.keys(), dtype=np.int64, count=len(self._position))
+
+    def __contains__(self, id_: object) -> bool:
+        return int(id_) in self._position  # type: ignore[arg-type]
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = self.check(vectors)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("ids in one add must be distinct")
+        self.remove(ids)
+        if self._should_grow(len(self) + len(ids)):
+            self._rebuild(self._factory_for(len(self) + len(ids)))
+        if not self._index.is_trained:
+            self._index.train(vectors)
+        start = self._index.ntotal
+        self._index.add(vectors)
+        self._keys = np.concatenate([self._keys, ids])
+        self._position.update(zip(ids.tolist(), range(start, start + len(ids))))
+
+    def remove(self, ids: np.ndarray) -> int:
+        removed = 0
+        for id_ in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
+            position = self._position.pop(id_, None)
+            if position is not None:
+                self._keys[position] = -1
+                removed += 1
+        if removed:
+            self._selector = None
+            if self._deleted() > self.config.compact_ratio * max(self._index.ntotal, 1):
+                self._rebuild(self._kind)
+        return removed
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        queries = self.check(queries, "queries")
+        if k <= 0 or len(self) == 0:
+            return (np.zeros((len(queries), max(k, 0)), dtype=np.float32),
+                    np.full((len(queries), max(k, 0)), -1, dtype=np.int64))
+        scores, positions = self._index.search(queries, k, params=self._search_params())
+        keys = np.where(positions >= 0, self._keys[np.maximum(positions, 0)], -1)
+        return scores, keys
+
+    def reconstruct(self, id_: int) -> np.ndarray:
+        return self._index.reconstruct(self._position[int(id_)])
+
+    def save(self, folder: Path) -> None:
+        """One file, replaced atomically: vectors and keys can never disagree after a crash."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.savez(buffer, index=faiss.serialize_index(self._index), keys=self._keys,
+                 meta=np.frombuffer(json.dumps(self.describe()).encode(), dtype=np.uint8))
+        write_atomic(folder / FILE_NAME, buffer.getvalue())
+
+    @classmethod
+    def exists(cls, folder: Path) -> bool:
+        return (Path(folder) / FILE_NAME).is_file()
+
+    @classmethod
+    def load(cls, folder: Path, config: IndexConfig | None = None) -> "FaissIndex":
+        path = Path(folder) / FILE_NAME
+        try:
+            with np.load(path) as saved:
+                index = faiss.deserialize_index(saved["index"])
+                keys = saved["keys"]
+                meta = json.loads(saved["meta"].tobytes())
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise StoreError(f"{path}: cannot read the vector index ({exc}); rebuild it with 'vitrine index --rebuild'") from None
+        if len(keys) != index.ntotal:
+            raise StoreError(f"{folder}: index holds {index.ntotal} vectors but {len(keys)} keys; rebuild it")
+        self = cls(index.d, config)
+        self._index, self._kind, self._keys = index, meta["factory"], keys
+        self._position = {int(key): pos for pos, key in enumerate(keys.tolist()) if key >= 0}
+        self._apply_search_settings()
+        return self
+
+    def describe(self) -> dict:
+        return {"backend": "faiss", "factory": self._kind, "dim": self.dim, "count": len(self),
+                "deleted": self._deleted()}
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _factory_for(self, size: int) -> str:
+        if self.config.factory != "auto":
+            return self.config.factory
+        return f"HNSW{self.config.hnsw_m}" if size >= self.config.hnsw_threshold else FLAT
+
+    def _should_grow(self, size: int) -> bool:
+        return self.config.factory == "auto" and self._kind == FLAT and self._factory_for(size) != FLAT
+
+    def _new_index(self, factory: str) -> faiss.Index:
+        try:
+            index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise StoreError(f"FAISS cannot build index {factory!r}: {str(exc).splitlines()[-1]}") from None
+        self._kind = factory
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efConstruction = self.config.ef_construction
+        self._index = index
+        self._apply_search_settings()
+        return index
+
+    def _apply_search_settings(self) -> None:
+        if isinstance(self._index, faiss.IndexHNSW):
+            self._index.hnsw.efSearch = self.config.ef_search
+
+    def _deleted(self) -> int:
+        return int(self._index.ntotal - len(self._position))
+
+    def _search_params(self) -> faiss.SearchParameters | None:
+        if self._deleted() == 0:
+            return None
+        if self._selector is None:
+            deleted = faiss.IDSelectorBatch(np.flatnonzero(self._keys < 0).astype(np.int64))
+            self._selector = faiss.IDSelectorNot(deleted)
+            self._selector.referenced = deleted  # the wrapper does not keep its argument alive
+        if isinstance(self._index, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=self._selector, efSearch=self.config.ef_search)
+        return faiss.SearchParameters(sel=self._selector)
+
+    def _rebuild(self, factory: str) -> None:
+        """Re-add the live vectors to a fresh index of kind ``factory``, dropping deleted slots."""
+        live = np.flatnonzero(self._keys >= 0)
+        vectors = self._index.reconstruct_batch(live) if len(live) else np.zeros((0, self.dim), np.float32)
+        keys = self._keys[live]
+        self._new_index(factory)
+        if len(live):
+            if not self._index.is_trained:
+                self._index.train(vectors)
+            self._index.add(vectors)
+        self._keys = keys
+        self._position = {int(key): pos for pos, key in enumerate(keys.tolist())}
+        self._selector = None

@@ -1,0 +1,99 @@
+"""The ``vitrine`` command, driven through typer's runner."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import draw_product, write_jsonl
+from vitrine.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_ingest_index_search_eval(tmp_path: Path, catalog_file: Path):
+    store = tmp_path / "store"
+    result = run("ingest", store, catalog_file)
+    assert result.exit_code == 0, result.output
+    assert "4 added" in result.output
+
+    result = run("index", store)
+    assert result.exit_code == 0, result.output
+    assert "indexed 4 products" in result.output
+
+    result = run("search", store, "--text", "coffee mug", "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["id"] == "mug" and len(hits) == 2
+
+    photo = draw_product(tmp_path / "photo.png", "triangle", (240, 130, 30), size=220)
+    result = run("search", store, "--image", photo)
+    assert result.exit_code == 0, result.output
+    first_row = next(line for line in result.output.splitlines() if line.lstrip("│ ").startswith("1 "))
+    assert "cone" in first_row
+
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"text": "warm scarf", "relevant": {"scarf": 1}},
+        {"image": "photo.png", "relevant": {"cone": 2}},
+    ])
+    result = run("eval", store, queries)
+    assert result.exit_code == 0, result.output
+    assert "recall@1" in result.output
+    report = json.loads(next((store / "reports").glob("eval-q-*.json")).read_text())
+    assert report["queries"] == 2 and report["metrics"]["recall@1"] == 1.0
+    assert report["per_query"][0]["ranked"][0] == "scarf"
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"id": "a", "title": "A", "images": ["gone.png"]}\n')
+    result = run("ingest", tmp_path / "store", source)
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and f"{source}:1" in lines[0].replace("\n", "")
+
+
+def test_skip_bad_reports_counts(tmp_path: Path):
+    source = tmp_path / "p.jsonl"
+    source.write_text('{"id": "a", "title": "A"}\n{oops\n')
+    result = run("ingest", tmp_path / "store", source, "--skip-bad")
+    assert result.exit_code == 0
+    assert "1 added" in result.output and "1 skipped" in result.output
+    assert (tmp_path / "store" / "reports" / "ingest-skipped.json").is_file()
+
+
+def test_user_errors_exit_2(tmp_path: Path):
+    for args in (("search", tmp_path / "nowhere", "--text", "x"),
+                 ("index", tmp_path / "nowhere"),
+                 ("ingest", tmp_path / "store", tmp_path / "missing.jsonl")):
+        result = run(*args)
+        assert result.exit_code == 2, args
+        assert result.output.startswith("error:") and "Traceback" not in result.output
+
+
+def test_search_needs_a_query(built_store: Path):
+    result = run("search", built_store)
+    assert result.exit_code == 2 and "give --text, --image, or both" in result.output
+
+
+def test_set_keeps_settings_in_the_store(built_store: Path, tmp_path: Path):
+    import shutil
+
+    store = tmp_path / "s"
+    shutil.copytree(built_store, store)
+    result = run("index", store, "--set", "index.factory=HNSW16")
+    assert result.exit_code == 0, result.output
+    assert "HNSW16" in result.output
+    assert 'factory = "HNSW16"' in (store / "config.toml").read_text()
+    assert json.loads(run("info", store).output)["index"]["factory"] == "HNSW16"
+
+
+def test_help_explains_commands():
+    result = run("--help")
+    for command in ("ingest", "index", "search", "eval", "demo"):
+        assert command in result.output

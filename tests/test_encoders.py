@@ -1,0 +1,80 @@
+"""The real default backbones, loaded from their PyPI packages (nothing is downloaded)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import draw_product
+from vitrine.config import EncoderConfig
+from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.encoders.image_data import Preprocess
+from vitrine.errors import ImageError, VitrineError
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return load_text_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def image_encoder():
+    return load_image_encoder("efficientnet-lite0", EncoderConfig(num_workers=2))
+
+
+def test_minilm_gives_unit_vectors_that_mean_something(text_encoder):
+    vectors = text_encoder.encode(["fresh red apple", "a crisp apple fruit", "synthetic motor oil 5W-30"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert text_encoder.encode([]).shape == (0, 384)
+
+
+def test_efficientnet_features(tmp_path: Path, image_encoder):
+    red = draw_product(tmp_path / "red.png", "circle", (220, 20, 20))
+    red_again = draw_product(tmp_path / "red2.jpg", "circle", (215, 25, 25), size=200)
+    blue = draw_product(tmp_path / "blue.png", "stripes", (20, 40, 220))
+    vectors = image_encoder.encode([red, red_again, blue])
+    assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+
+
+def test_paths_bytes_and_pil_images_agree(tmp_path: Path, image_encoder):
+    path = draw_product(tmp_path / "x.png", "square", (10, 200, 90))
+    from_path, from_bytes, from_pil = image_encoder.encode([path, path.read_bytes(), Image.open(path)])
+    assert np.allclose(from_path, from_bytes, atol=1e-6) and np.allclose(from_path, from_pil, atol=1e-6)
+
+
+def test_worker_processes_give_the_same_vectors(tmp_path: Path, image_encoder):
+    paths = [draw_product(tmp_path / f"{i}.png", "circle", (i * 30 % 255, 90, 200 - i * 10)) for i in range(9)]
+    in_process = image_encoder.encode(paths, batch_size=8)
+    with_workers = image_encoder.encode(paths, batch_size=4)  # 9 > 2 * 4: DataLoader workers decode
+    assert np.allclose(in_process, with_workers, atol=1e-5)
+
+
+def test_broken_image_is_named(tmp_path: Path, image_encoder):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"definitely not a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg: not a readable image"):
+        image_encoder.encode([broken])
+    with pytest.raises(ImageError, match="image not found"):
+        image_encoder.encode([tmp_path / "missing.png"])
+
+
+def test_preprocess_crops_the_centre_square():
+    image = Image.new("RGB", (300, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (100, 0, 200, 100))  # a white centre third
+    pixels = Preprocess(size=32)(image)
+    assert pixels.shape == (3, 32, 32)
+    assert float(pixels.min()) > 0.5  # black would be -0.99; only the white centre (1.0) survives
+
+
+def test_unknown_encoder_names():
+    with pytest.raises(VitrineError, match="unknown text encoder 'bert-huge'"):
+        load_text_encoder("bert-huge")
+    with pytest.raises(VitrineError, match="unknown image encoder"):
+        load_image_encoder("resnet-9000")
+    with pytest.raises(VitrineError, match="text model folder not found"):
+        load_text_encoder("sentence-transformers:/nowhere/model")

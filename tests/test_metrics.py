@@ -1,0 +1,57 @@
+import math
+
+import pytest
+
+from vitrine.evaluation.metrics import (average_precision_at_k, mean_metrics, ndcg_at_k, precision_at_k,
+                                        query_metrics, recall_at_k, reciprocal_rank)
+
+RANKED = ["a", "x", "b", "y", "c"]
+RELEVANT = {"a": 1, "b": 1, "c": 1, "d": 1}
+
+
+def test_recall_counts_relevant_found_in_top_k():
+    assert recall_at_k(RANKED, RELEVANT, 1) == 0.25
+    assert recall_at_k(RANKED, RELEVANT, 3) == 0.5
+    assert recall_at_k(RANKED, RELEVANT, 5) == 0.75
+    assert recall_at_k(RANKED, {}, 5) == 0.0
+
+
+def test_zero_grades_are_not_relevant():
+    assert recall_at_k(["a"], {"a": 0, "b": 2}, 1) == 0.0
+    assert reciprocal_rank(["a", "b"], {"a": 0, "b": 2}) == 0.5
+
+
+def test_precision():
+    assert precision_at_k(RANKED, RELEVANT, 2) == 0.5
+
+
+def test_average_precision_by_hand():
+    # hits at ranks 1, 3, 5: (1/1 + 2/3 + 3/5) / min(4, 5)
+    assert average_precision_at_k(RANKED, RELEVANT, 5) == pytest.approx((1 + 2 / 3 + 3 / 5) / 4)
+    # cut at 3: hits at 1 and 3, denominator min(4, 3) = 3
+    assert average_precision_at_k(RANKED, RELEVANT, 3) == pytest.approx((1 + 2 / 3) / 3)
+
+
+def test_ndcg_graded_by_hand():
+    ranked = ["b", "a", "z"]
+    relevant = {"a": 3, "b": 1}
+    dcg = 1 / math.log2(2) + 3 / math.log2(3)
+    ideal = 3 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg_at_k(ranked, relevant, 10) == pytest.approx(dcg / ideal)
+    assert ndcg_at_k(["a", "b"], relevant, 10) == pytest.approx(1.0)
+    assert ndcg_at_k(["z"], relevant, 10) == 0.0
+
+
+def test_reciprocal_rank():
+    assert reciprocal_rank(["x", "y", "a"], {"a": 1}) == pytest.approx(1 / 3)
+    assert reciprocal_rank(["x"], {"a": 1}) == 0.0
+
+
+def test_query_metrics_and_mean():
+    one = query_metrics(["a", "b"], {"a": 1})
+    two = query_metrics(["b", "a"], {"a": 1})
+    assert one["recall@1"] == 1.0 and two["recall@1"] == 0.0
+    mean = mean_metrics([one, two])
+    assert mean["recall@1"] == 0.5
+    assert mean["mrr"] == pytest.approx(0.75)
+    assert set(mean) == {"recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr"}
