@@ -1,0 +1,104 @@
+"""Foundation benchmark: zero-shot photo -> product quality, encoding throughput, search latency.
+
+    python benchmarks/foundation.py [--data ../shared/data] [--latency-queries 100] [--json out.json]
+
+Builds a fresh store from the Grocery Store Dataset in a temporary folder, then measures in one run:
+photo -> product Recall@1/5 on the val split (gallery = the 81 iconic catalog products), images/s and
+texts/s for encoding, and single-query search latency (encode + retrieve) for text and photo queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vitrine
+from vitrine.catalog import Store, ingest, load_products, load_queries
+from vitrine.config import data_dir
+from vitrine.evaluation import evaluate
+
+TEXT_QUERIES = ["oat milk", "green apple", "red bell pepper", "organic yoghurt", "juice with orange",
+                "something sweet for dessert", "lactose free milk", "vanilla soy yoghurt", "a ripe banana",
+                "potatoes for mash", "mango", "fresh ginger", "sour cream", "cucumber", "lemon"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def timed_loop(fn, items) -> list[float]:
+    times = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="folder holding grocery-store/ (default: $VITRINE_DATA)")
+    parser.add_argument("--latency-queries", type=int, default=100, help="single queries timed per kind")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    root = (args.data or data_dir()) / "grocery-store" / "dataset"
+    figures: dict[str, float | str] = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store.create(Path(folder) / "store")
+        start = time.perf_counter()
+        ingest(store, load_products(root), progress=False)
+        figures["ingest_s"] = time.perf_counter() - start
+
+        engine = vitrine.open(store)
+        start = time.perf_counter()
+        engine.sync(progress=False)
+        figures["index_81_products_s"] = time.perf_counter() - start
+
+        val = load_queries(root / "val.txt", root)
+        report = evaluate(engine, val, name="grocery-val", progress=False)
+        figures.update({f"val_{name}": value for name, value in report.metrics.items()})
+
+        embedder = engine.embedder
+        photos = [q.image for q in val]
+        embedder.image_encoder.encode(photos[:8])  # warm-up
+        start = time.perf_counter()
+        embedder.image_encoder.encode(photos, batch_size=32)
+        figures["images_per_s"] = len(photos) / (time.perf_counter() - start)
+
+        texts = [f"{t} {p.title}" for t in TEXT_QUERIES for p in list(engine.catalog)[:20]]
+        embedder.text_encoder.encode(texts[:8])
+        start = time.perf_counter()
+        embedder.text_encoder.encode(texts, batch_size=32)
+        figures["texts_per_s"] = len(texts) / (time.perf_counter() - start)
+
+        n = args.latency_queries
+        text_items = [TEXT_QUERIES[i % len(TEXT_QUERIES)] for i in range(n)]
+        photo_items = [photos[(i * 7) % len(photos)] for i in range(n)]
+        engine.search(text=text_items[0]), engine.search(image=photo_items[0])  # warm-up
+        text_times = timed_loop(lambda q: engine.search(text=q, k=10), text_items)
+        photo_times = timed_loop(lambda q: engine.search(image=q, k=10), photo_items)
+        vectors = embedder.encode_queries([vitrine.embedding.Query(image=p) for p in photo_items[:32]])
+        retrieve_times = timed_loop(lambda v: engine.search_vectors(v[None, :], 10), vectors)
+        for kind, times in (("text", text_times), ("photo", photo_times), ("retrieve_only", retrieve_times)):
+            figures[f"{kind}_search_p50_ms"] = 1000 * statistics.median(times)
+            figures[f"{kind}_search_p99_ms"] = 1000 * percentile(times, 99)
+
+    width = max(map(len, figures))
+    print(f"vitrine foundation benchmark (Grocery val: {len(val)} photos, 81 products)")
+    for name, value in figures.items():
+        print(f"  {name:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {name:<{width}}  {value}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
