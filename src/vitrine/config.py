@@ -30,13 +30,50 @@ class EncoderConfig:
     """DataLoader processes that decode and resize images while the model runs."""
     threads: int = 0
     """Torch intra-op threads; 0 means one per core."""
+    cache: bool = True
+    """Keep image features of files (catalog images, query photos given as paths) in ``STORE/cache``."""
 
 
 @dataclass
 class EmbeddingConfig:
     kind: str = "zeroshot"
+    """``zeroshot`` (pretrained backbones, block fusion) or ``trained`` (the towers in ``models/<model>``)."""
+    model: str = "default"
     image_weight: float = 0.5
     """Share of a product vector's squared norm given to its image block (zero-shot fusion)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Contrastive training of the towers on frozen, cached backbone features."""
+
+    objective: str = "contrastive"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dim: int = 256
+    hidden: int = 1024
+    dropout: float = 0.1
+    matryoshka: str = "64,128"
+    """Extra prefix sizes trained to work on their own (comma-separated; empty = off)."""
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    symmetric: bool = True
+    modal_gate: bool = True
+    memory_bank: int = 0
+    """Past product embeddings kept as extra negatives (0 = off)."""
+    memory_max_age: int = 200
+    hard_negatives: int = 0
+    """Negatives mined per query from the current model's index (0 = off)."""
+    hard_refresh: int = 50
+    keyword_pairs: bool = True
+    keyword_weight: float = 0.5
+    keyword_mask: float = 0.6
+    """Keyword Jaccard overlap at which two products count as the same item (above 1 = off)."""
+    min_positive_grade: int = 2
+    """Pairs graded below this (0-3 scale) are not used as positives."""
+    seed: int = 0
 
 
 @dataclass
@@ -64,6 +101,7 @@ class Config:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":

@@ -55,9 +55,29 @@ class BadRecord:
 
 @dataclass(frozen=True)
 class LabelledQuery:
-    """A query with its graded relevant products (grade > 0 counts as relevant)."""
+    """A query with its graded relevant products (grade > 0 counts as relevant).
+
+    ``exclude`` lists products that must not count in the ranking at all (for example the listing a
+    title query was taken from, when the task is to find the *other* listings of the same item).
+    """
 
     relevant: dict[str, int]
     text: str | None = None
     image: str | None = None
     where: str = ""
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: a query (text, photo or both) and a product it should find.
+
+    ``grade`` is the graded relevance on vitrine's 0-3 scale (3 = exact match); pairs from binary
+    data use 3. ``query_key`` groups pairs of the same query (for masking its other relevant products).
+    """
+
+    product_id: str
+    query_text: str | None = None
+    query_image: str | None = None
+    grade: int = 3
+    query_key: str = ""

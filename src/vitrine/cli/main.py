@@ -75,7 +75,8 @@ def ingest(
 @user_errors
 def index(
     store: StoreArg,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Re-embed every product and build a fresh index.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", "--reembed",
+                                          help="Re-embed every product and build a fresh index (after training).")] = False,
     set_: SetOpt = None,
 ) -> None:
     """Embed new and changed products and bring the vector index in line with the catalog."""
@@ -126,6 +127,37 @@ def eval_(
     out.print(_metrics_table(report))
     json_path, md_path = report.write(engine.store.reports_dir)
     out.print(f"reports: {json_path} and {md_path}")
+
+
+@app.command()
+@user_errors
+def train(
+    store: StoreArg,
+    data: Annotated[str, typer.Option(help="Training data: grocery:PATH, crowdflower:PATH, shopee:PATH, or pairs.jsonl.")],
+    objective: Annotated[str, typer.Option(help="contrastive (InfoNCE with the configured negatives).")] = "contrastive",
+    protocol: Annotated[str, typer.Option(help="Grocery only: 'seen', or 'new' to hold out products with fine_id % 4 == 3.")] = "seen",
+    name: Annotated[str, typer.Option(help="Model name: saved as STORE/models/NAME.")] = "default",
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training pairs.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this model.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Train the query and product towers on pairs (frozen backbones, cached features), then use them.
+
+    Negatives come from the batch and, if configured, a memory bank (--set training.memory_bank=4096)
+    and mined hard negatives (--set training.hard_negatives=8). Re-index afterwards: vitrine index STORE --reembed.
+    """
+    from vitrine.catalog.datasets import load_splits
+    from vitrine.training import train_store
+
+    target = _store_with_settings(store, None, set_, must_exist=True)
+    overrides = {"training.objective": objective, **({"training.epochs": epochs} if epochs else {})}
+    splits = load_splits(data, protocol=protocol)
+    result = train_store(target, splits.train, config=target.config(overrides), name=name,
+                         held_out=splits.held_out, resume=resume)
+    folder = target.models_dir / name
+    out.print(f"trained {name}: {result.epochs} epochs, {result.steps} steps in {result.seconds:.1f} s, "
+              f"final loss {result.losses[-1]:.4f}; peak memory {result.peak_rss_mb:.0f} MB")
+    out.print(f"model, loss curve and report: {folder}. Next: vitrine index {store} --reembed")
 
 
 @app.command()

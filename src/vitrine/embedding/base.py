@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,3 +42,21 @@ class Embedder(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the manifest records: enough to rebuild this embedder."""
+
+
+def product_image_features(products: Sequence[Product], encode: Callable[[list[str]], np.ndarray],
+                           dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each product's image feature (the mean direction of its images) and whether it has any.
+
+    ``encode`` maps a list of image paths to unit rows; all images are encoded in one call.
+    """
+    owners = [row for row, product in enumerate(products) for _ in product.images]
+    paths = [image for product in products for image in product.images]
+    has_image = np.array([bool(product.images) for product in products], dtype=bool)
+    if not paths:
+        return np.zeros((len(products), dim), dtype=np.float32), has_image
+    encoded = encode(paths)
+    summed = np.zeros((len(products), encoded.shape[1]), dtype=np.float32)
+    np.add.at(summed, owners, encoded)
+    norms = np.linalg.norm(summed, axis=1, keepdims=True)
+    return np.where(norms > 0, summed / np.maximum(norms, 1e-12), 0.0).astype(np.float32), has_image

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from vitrine.catalog.product import Product
-from vitrine.embedding.base import Embedder, Query
-from vitrine.encoders.base import ImageEncoder, TextEncoder, l2_normalize
+from vitrine.embedding.base import Embedder, Query, product_image_features
+from vitrine.encoders.base import ImageEncoder, TextEncoder
 
 
 class ZeroShotEmbedder(Embedder):
@@ -51,13 +51,9 @@ class ZeroShotEmbedder(Embedder):
 
     def encode_products(self, products: Sequence[Product], *, progress: bool = False) -> np.ndarray:
         texts = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
-        owners = [row for row, product in enumerate(products) for _ in product.images]
-        paths = [image for product in products for image in product.images]
-        images = np.zeros((len(products), self.image_dim), dtype=np.float32)
-        if paths:
-            # A product with several images is represented by their mean direction.
-            np.add.at(images, owners, self.image_encoder.encode(paths, batch_size=self.batch_size, progress=progress))
-            images = l2_normalize(images) * (np.linalg.norm(images, axis=1, keepdims=True) > 0)
+        images, _ = product_image_features(
+            products, lambda paths: self.image_encoder.encode(paths, batch_size=self.batch_size, progress=progress),
+            self.image_dim)
         return self._fuse(images, texts, np.sqrt(self.image_weight), np.sqrt(1.0 - self.image_weight))
 
     def encode_queries(self, queries: Sequence[Query], *, progress: bool = False) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 from vitrine.catalog import ImageInput, Product, Store
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
+from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.index import VectorIndex, create_index, load_index
@@ -48,6 +49,8 @@ class SearchEngine:
         self.embedder = embedder
         self.index = index
         self._indexed_versions = indexed_versions
+        self.stale: str | None = None
+        """Why the index cannot answer queries from this embedder (cleared by ``sync(rebuild=True)``)."""
 
     @property
     def catalog(self):
@@ -72,6 +75,8 @@ class SearchEngine:
         return self.search_vectors(vectors, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        if self.stale:
+            raise StoreError(self.stale)
         scores, keys = self.index.search(vectors, k)
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
         results = []
@@ -91,9 +96,10 @@ class SearchEngine:
 
     def sync(self, *, rebuild: bool = False, progress: bool = True, chunk: int = 256) -> SyncReport:
         """Embed what the catalog has and the index lacks (new or changed), drop what it no longer has."""
-        if rebuild:
+        if rebuild or self.stale:
             self.index = create_index(self.embedder.dim, self.config.index)
             self._indexed_versions = {}
+            self.stale = None
         wanted = self.catalog.versions()
         held = set(self.index.ids().tolist())
         stale = np.array([key for key in held if key not in wanted], dtype=np.int64)
@@ -140,18 +146,25 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
     if not isinstance(store, Store):
         store = Store.create(Path(store)) if create else Store.open(Path(store))
     config = store.config(config_overrides)
-    manifest = store.manifest
-    embedder = build_embedder(config, manifest.get("embedding"))
+    recorded = store.manifest.get("embedding")
+    cache = FeatureCache(store.root / "cache" / "features.sqlite") if config.encoders.cache else None
+    embedder = build_embedder(config, store.models_dir, recorded, cache)
     try:
         index = load_index(store.index_dir, config.index)
     except StoreError as exc:
         log.warning("%s; the index will be rebuilt from the catalog", exc)
         index = None
-    if index is not None and index.dim != embedder.dim:
-        raise StoreError(f"{store.index_dir}: index holds {index.dim}-d vectors but the embedder makes "
-                         f"{embedder.dim}-d; run 'vitrine index {store.root} --rebuild'")
-    return SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index),
-                        _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {})
+    engine = SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index),
+                          _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {})
+    if index is not None and (recorded or {}) != embedder.describe():
+        engine.stale = (f"the index of {store.root} was built with {_name(recorded)} embeddings but the store now "
+                        f"uses {_name(embedder.describe())}; run 'vitrine index {store.root} --reembed'")
+    return engine
+
+
+def _name(description: dict[str, Any] | None) -> str:
+    description = description or {}
+    return f"{description.get('kind', 'unknown')} {description.get('model', '')}".strip()
 
 
 def _load_versions(path: Path) -> dict[int, int]:

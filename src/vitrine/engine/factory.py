@@ -1,38 +1,57 @@
-"""Building the embedder a store asks for, by name, from its manifest or its config."""
+"""Building the embedder a store's config asks for, by name."""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from vitrine.config import Config
-from vitrine.embedding import Embedder, ZeroShotEmbedder
-from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.embedding import Embedder, TrainedEmbedder, ZeroShotEmbedder
+from vitrine.encoders import CachedImageEncoder, FeatureCache, ImageEncoder, load_image_encoder, load_text_encoder
 from vitrine.errors import StoreError
 
 
-def build_embedder(config: Config, recorded: dict[str, Any] | None = None) -> Embedder:
-    """The embedder recorded in a store's manifest, or a new one from ``config``.
+def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | None = None,
+                   cache: FeatureCache | None = None) -> Embedder:
+    """The embedder ``config`` names. Backbones load on first use where their widths are known
+    (from the trained model's config, or from the manifest), so a text-only search never loads the
+    image network. With a ``cache``, image files are encoded once across index builds and evals."""
+    kind = config.embedding.kind
 
-    A recorded embedder knows its dimensions, so its backbones load only when first needed: a
-    text-only search never loads the image network.
-    """
-    kind = (recorded or {}).get("kind", config.embedding.kind)
-    if kind != "zeroshot":
-        raise StoreError(f"unknown embedding kind {kind!r} in this store (this vitrine knows: zeroshot)")
-    text_name = (recorded or {}).get("text_encoder", config.encoders.text)
-    image_name = (recorded or {}).get("image_encoder", config.encoders.image)
+    def image_encoder(name: str) -> ImageEncoder:
+        encoder = load_image_encoder(name, config.encoders)
+        return CachedImageEncoder(encoder, cache) if cache is not None else encoder
+
+    if kind == "trained":
+        return _trained(config, Path(models_dir) / config.embedding.model, image_encoder)
+    if kind == "zeroshot":
+        return _zero_shot(config, recorded if (recorded or {}).get("kind") == "zeroshot" else None, image_encoder)
+    raise StoreError(f"unknown embedding kind {kind!r} in this store's config (zeroshot or trained)")
+
+
+def _trained(config: Config, folder: Path, image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
+    if not (folder / "model.safetensors").is_file():
+        raise StoreError(f"{folder}: no trained model here; run 'vitrine train' first or set embedding.kind=zeroshot")
+    return TrainedEmbedder.load(folder, lambda name: load_text_encoder(name, config.encoders), image_encoder,
+                                batch_size=config.encoders.batch_size)
+
+
+def _zero_shot(config: Config, recorded: dict[str, Any] | None,
+               image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
+    text_name, image_name = config.encoders.text, config.encoders.image
     load_text = functools.partial(load_text_encoder, text_name, config.encoders)
-    load_image = functools.partial(load_image_encoder, image_name, config.encoders)
-    if recorded:
+    load_image = functools.partial(image_encoder, image_name)
+    same_backbones = recorded and (recorded.get("text_encoder"), recorded.get("image_encoder")) == (text_name, image_name)
+    if same_backbones:
         text_dim, image_dim = int(recorded["text_dim"]), int(recorded["image_dim"])
-        weight = float(recorded["image_weight"])
     else:  # a new store: load the backbones now to learn their widths, and keep them
         text, image = load_text(), load_image()
         load_text, load_image = (lambda: text), (lambda: image)
-        text_dim, image_dim, weight = text.dim, image.dim, config.embedding.image_weight
+        text_dim, image_dim = text.dim, image.dim
     return _ZeroShot(text_name, image_name, load_text, load_image, text_dim=text_dim, image_dim=image_dim,
-                     image_weight=weight, batch_size=config.encoders.batch_size)
+                     image_weight=config.embedding.image_weight, batch_size=config.encoders.batch_size)
 
 
 class _ZeroShot(ZeroShotEmbedder):

@@ -72,9 +72,11 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
     bar = progress_bar(total=len(queries), enabled=progress, desc=f"eval {name}", unit=" queries")
     for offset in range(0, len(queries), batch_size):
         batch = queries[offset:offset + batch_size]
-        hits = engine.search_many([Query(text=q.text, image=q.image) for q in batch], k=depth)
+        extra = max((len(q.exclude) for q in batch), default=0)
+        hits = engine.search_many([Query(text=q.text, image=q.image) for q in batch],
+                                  k=min(depth + extra, engine.config.search.max_k))
         for query, ranking in zip(batch, hits):
-            ranked = [hit.product.id for hit in ranking]
+            ranked = [hit.product.id for hit in ranking if hit.product.id not in query.exclude][:depth]
             results.append(QueryResult(query.where, query.text, query.image, query.relevant, ranked[:10],
                                        query_metrics(ranked, query.relevant)))
         bar.update(len(batch))

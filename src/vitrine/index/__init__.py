@@ -5,6 +5,8 @@ from pathlib import Path
 from vitrine.config import IndexConfig
 from vitrine.index.base import VectorIndex
 from vitrine.index.faiss_index import FaissIndex
+from vitrine.index.fusion import fuse_batches, reciprocal_rank_fusion
+from vitrine.index.lexical import LexicalIndex
 
 BACKENDS = {"faiss": FaissIndex}
 
@@ -18,4 +20,5 @@ def load_index(folder: Path, config: IndexConfig | None = None) -> VectorIndex |
     return FaissIndex.load(folder, config) if FaissIndex.exists(folder) else None
 
 
-__all__ = ["FaissIndex", "VectorIndex", "create_index", "load_index"]
+__all__ = ["FaissIndex", "LexicalIndex", "VectorIndex", "create_index", "fuse_batches", "load_index",
+           "reciprocal_rank_fusion"]

@@ -1,0 +1,130 @@
+"""Trainable towers over frozen backbone features (MAKE: three encoders, one gated fusion).
+
+- ``QueryTower``: the query's text through its *own* projection (queries are short, titles long),
+  a query photo through the image projection.
+- ``ProductTower``: title/description projection + image projection + a ``ModalGate`` that predicts,
+  per product, how much its title and its image should weigh (Modal Adaptation).
+
+Every output is L2-normalised. With Matryoshka training, any prefix in ``matryoshka`` can be used
+on its own after renormalising.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vitrine.config import write_atomic
+from vitrine.errors import StoreError
+
+
+@dataclass
+class TowerConfig:
+    text_encoder: str = "minilm"
+    image_encoder: str = "efficientnet-lite0"
+    text_dim: int = 384
+    image_dim: int = 1280
+    dim: int = 256
+    hidden: int = 1024
+    dropout: float = 0.1
+    modal_gate: bool = True
+    """Predict per-product title/image weights; off = a fixed 50/50 blend."""
+    shared_image_projection: bool = True
+    """Query photos and product images share one projection (they are both photos of products)."""
+    matryoshka: list[int] = field(default_factory=lambda: [64, 128, 256])
+    temperature: float = 0.05
+
+
+class Projection(nn.Module):
+    """A residual two-layer MLP: the linear path keeps what the backbone knew, the MLP adds to it."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features) + self.mlp(features)
+
+
+class ModalGate(nn.Module):
+    """Per-product weights for (image, title), summing to 1; a product without an image gets (0, 1)."""
+
+    def __init__(self, text_dim: int, image_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(text_dim + image_dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        logits = self.net(torch.cat([image, text], dim=-1))
+        logits = logits.masked_fill(torch.stack([~has_image, torch.zeros_like(has_image)], dim=-1), float("-inf"))
+        return logits.softmax(dim=-1)
+
+
+class TwoTowerModel(nn.Module):
+    """Query and product towers plus the contrastive temperature, saved as safetensors + config."""
+
+    def __init__(self, config: TowerConfig) -> None:
+        super().__init__()
+        self.config = config
+        make = lambda in_dim: Projection(in_dim, config.dim, config.hidden, config.dropout)  # noqa: E731
+        self.query_text = make(config.text_dim)
+        self.product_text = make(config.text_dim)
+        self.product_image = make(config.image_dim)
+        self.query_image = self.product_image if config.shared_image_projection else make(config.image_dim)
+        self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
+        self.log_temperature = nn.Parameter(torch.tensor(float(config.temperature)).log())
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp().clamp(min=0.005, max=1.0)
+
+    def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """Fused product vectors from title/description features and (mean) image features."""
+        text_vec = F.normalize(self.product_text(text), dim=-1)
+        image_vec = F.normalize(self.product_image(image), dim=-1)
+        weights = self.modal_weights(text, image, has_image)
+        return F.normalize(weights[:, :1] * image_vec + weights[:, 1:] * text_vec, dim=-1)
+
+    def modal_weights(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.gate(text, image, has_image)
+        image_weight = has_image.float().unsqueeze(-1) * 0.5
+        return torch.cat([image_weight, 1.0 - image_weight], dim=-1)
+
+    def queries(self, text: torch.Tensor, image: torch.Tensor, has_text: torch.Tensor,
+                has_image: torch.Tensor) -> torch.Tensor:
+        """Query vectors; a query with both text and photo averages the two directions."""
+        text_vec = F.normalize(self.query_text(text), dim=-1) * has_text.float().unsqueeze(-1)
+        image_vec = F.normalize(self.query_image(image), dim=-1) * has_image.float().unsqueeze(-1)
+        return F.normalize(text_vec + image_vec, dim=-1)
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous() for name, tensor in self.state_dict().items()
+                 if not (self.config.shared_image_projection and name.startswith("query_image."))}
+        save_file(state, str(folder / ".model.safetensors.tmp"))
+        (folder / ".model.safetensors.tmp").replace(folder / "model.safetensors")
+        write_atomic(folder / "config.json", json.dumps({"kind": "two-tower", **asdict(self.config)}, indent=2).encode())
+
+    @classmethod
+    def load(cls, folder: Path) -> "TwoTowerModel":
+        folder = Path(folder)
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+            raw.pop("kind", None)
+            model = cls(TowerConfig(**raw))
+            state = load_file(str(folder / "model.safetensors"))
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(f"{folder}: cannot load the trained model ({exc})") from None
+        if model.config.shared_image_projection:  # saved once, used under both names
+            state.update({f"query_image.{k[len('product_image.'):]}": v for k, v in state.items()
+                          if k.startswith("product_image.")})
+        model.load_state_dict(state)
+        return model.eval()

@@ -1,0 +1,107 @@
+"""Turning products and pairs into a training set of cached backbone features."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from vitrine.catalog.product import Pair, Product
+from vitrine.config import TrainingConfig
+from vitrine.embedding.base import product_image_features
+from vitrine.encoders import ImageEncoder, TextEncoder
+from vitrine.errors import VitrineError
+from vitrine.encoders.cache import FeatureCache
+from vitrine.training.keywords import extract_keywords, keyword_queries
+from vitrine.training.masks import equivalence_matrix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSet:
+    """Everything a step needs, as arrays: products (the keys) and examples (the queries)."""
+
+    product_ids: list[str]
+    product_text: np.ndarray
+    product_image: np.ndarray
+    product_has_image: np.ndarray
+    equivalent: sp.csr_matrix
+    """``(n, n)``: products that are not negatives of each other (same item, same group, keyword twins)."""
+    query_text: np.ndarray
+    query_image: np.ndarray
+    query_has_text: np.ndarray
+    query_has_image: np.ndarray
+    positive: np.ndarray
+    """Product row each example should find."""
+    weight: np.ndarray
+    relevant: list[np.ndarray]
+    """Per example, the other product rows graded relevant to the same query (masked as negatives)."""
+    keyword_examples: int = 0
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+
+def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_encoder: TextEncoder,
+                       image_encoder: ImageEncoder, cache: FeatureCache, config: TrainingConfig,
+                       *, progress: bool = True) -> TrainingSet:
+    """Products must have readable image paths. Pairs naming unknown products are an error."""
+    rows = {product.id: row for row, product in enumerate(products)}
+    unknown = sorted({pair.product_id for pair in pairs} - set(rows))
+    if unknown:
+        raise VitrineError(f"{len(unknown)} training pairs name products the catalog does not hold "
+                           f"(first: {unknown[0]!r}); ingest the products first")
+    positives = [pair for pair in pairs if pair.grade >= config.min_positive_grade]
+    if not positives:
+        raise VitrineError("no training pairs with a grade at or above training.min_positive_grade")
+
+    product_text = cache.texts(text_encoder, [p.text for p in products], progress=progress)
+    product_image, has_image = product_image_features(
+        products, lambda paths: cache.images(image_encoder, paths, progress=progress), image_encoder.dim)
+    keywords = extract_keywords([p.text for p in products]) if (config.keyword_pairs or config.keyword_mask <= 1) else None
+    equivalent = equivalence_matrix([p.group for p in products], keywords, config.keyword_mask)
+
+    texts, images, positive, weight, keys = [], [], [], [], []
+    for pair in positives:
+        texts.append(pair.query_text)
+        images.append(pair.query_image)
+        positive.append(rows[pair.product_id])
+        weight.append(pair.grade / 3.0)
+        keys.append(pair.query_key)
+    keyword_examples = 0
+    if config.keyword_pairs and keywords is not None:
+        for row, words in enumerate(keywords):
+            for query in keyword_queries(words):
+                texts.append(query)
+                images.append(None)
+                positive.append(row)
+                weight.append(config.keyword_weight)
+                keys.append(f"keyword:{query}")
+                keyword_examples += 1
+
+    has_text = np.array([bool(t) for t in texts])
+    has_img = np.array([i is not None for i in images])
+    query_text = np.zeros((len(texts), text_encoder.dim), dtype=np.float32)
+    query_image = np.zeros((len(texts), image_encoder.dim), dtype=np.float32)
+    if has_text.any():
+        query_text[has_text] = cache.texts(text_encoder, [t for t in texts if t], progress=progress)
+    if has_img.any():
+        query_image[has_img] = cache.images(image_encoder, [i for i in images if i is not None], progress=progress)
+
+    relevant_by_key: dict[str, set[int]] = defaultdict(set)
+    for key, row in zip(keys, positive):
+        if key:
+            relevant_by_key[key].add(row)
+    relevant = [np.array(sorted(relevant_by_key[key] - {row}) if key else [], dtype=np.int64)
+                for key, row in zip(keys, positive)]
+    log.info("training set: %d products, %d examples (%d keyword queries)", len(products), len(texts), keyword_examples)
+    return TrainingSet(
+        product_ids=[p.id for p in products], product_text=product_text, product_image=product_image,
+        product_has_image=has_image, equivalent=equivalent, query_text=query_text, query_image=query_image,
+        query_has_text=has_text, query_has_image=has_img, positive=np.array(positive, dtype=np.int64),
+        weight=np.array(weight, dtype=np.float32), relevant=relevant, keyword_examples=keyword_examples)

@@ -1,0 +1,46 @@
+"""Training a store's embedding model end to end: features, towers, checkpoint, report, config."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+
+from vitrine.catalog import Store
+from vitrine.catalog.product import Pair
+from vitrine.config import Config, write_atomic
+from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.errors import VitrineError
+from vitrine.training.data import build_training_set
+from vitrine.encoders.cache import FeatureCache
+from vitrine.training.trainer import ContrastiveTrainer, TrainResult, plot_losses, tower_config
+
+
+def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
+                held_out: set[str] | frozenset[str] = frozenset(), resume: bool = False,
+                progress: bool = True) -> TrainResult:
+    """Train towers on ``pairs`` against the store's catalog (minus ``held_out`` products), save them
+    as ``models/<name>``, and switch the store's config to use them (re-index afterwards)."""
+    config = config or store.config()
+    if config.training.objective != "contrastive":
+        raise VitrineError(f"unknown training objective {config.training.objective!r} (this vitrine knows: contrastive)")
+    products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
+                for p in store.catalog if p.id not in held_out]
+    pairs = [pair for pair in pairs if pair.product_id not in held_out]
+    text_encoder = load_text_encoder(config.encoders.text, config.encoders)
+    image_encoder = load_image_encoder(config.encoders.image, config.encoders)
+    cache = FeatureCache(store.root / "cache" / "features.sqlite")
+    data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training, progress=progress)
+    towers = tower_config(config.training, config.encoders.text, config.encoders.image, text_encoder.dim,
+                          image_encoder.dim)
+    folder = store.models_dir / name
+    trainer = ContrastiveTrainer(data, config.training, towers, folder, progress=progress)
+    result = trainer.fit(resume=resume)
+    trainer.model.save(folder)
+    plot_losses(result.losses, folder / "loss.png", title=f"{name}: contrastive training loss")
+    report = {"name": name, "products": len(products), "examples": len(data), "keyword_examples": data.keyword_examples,
+              "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
+              "temperature": float(trainer.loss.temperature)}
+    write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
+    store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
+    return result

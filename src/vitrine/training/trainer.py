@@ -1,0 +1,192 @@
+"""The contrastive trainer: towers on cached features, negatives from every configured source.
+
+One step: embed a batch of queries and their positive products; gather keys (the batch, other
+processes, the memory bank, mined hard negatives); mask false negatives; symmetric InfoNCE (at every
+Matryoshka prefix); AdamW. Each epoch ends with a checkpoint that ``fit(resume=True)`` continues from.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitrine.config import TrainingConfig
+from vitrine.embedding.towers import TowerConfig, TwoTowerModel
+from vitrine.progress import progress_bar
+from vitrine.training.data import TrainingSet
+from vitrine.training.losses import InfoNCE, MatryoshkaLoss, SymmetricInfoNCE
+from vitrine.training.masks import batch_mask
+from vitrine.training.negatives import HardNegativeMiner, MemoryBank, gather_from_processes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    steps: int
+    seconds: float
+    peak_rss_mb: float
+    losses: list[float] = field(default_factory=list)
+    """Mean loss of each epoch."""
+
+
+def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, text_dim: int,
+                 image_dim: int) -> TowerConfig:
+    dims = [int(d) for d in config.matryoshka.split(",") if d.strip()]
+    return TowerConfig(text_encoder=text_encoder, image_encoder=image_encoder, text_dim=text_dim,
+                       image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
+                       modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
+                       temperature=config.temperature)
+
+
+class ContrastiveTrainer:
+    def __init__(self, data: TrainingSet, config: TrainingConfig, towers: TowerConfig, folder: Path,
+                 *, progress: bool = True) -> None:
+        torch.manual_seed(config.seed)
+        self.data, self.config, self.folder, self.progress = data, config, Path(folder), progress
+        self.model = TwoTowerModel(towers)
+        base = (SymmetricInfoNCE if config.symmetric else InfoNCE)(config.temperature, config.learn_temperature)
+        self.loss = MatryoshkaLoss(base, towers.matryoshka)
+        self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.loss.parameters()),
+                                           lr=config.lr, weight_decay=config.weight_decay)
+        self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
+        self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
+        self.rng = np.random.default_rng(config.seed)
+        self.epoch = self.step = 0
+        self.history: list[float] = []
+        self._tensors = {name: torch.from_numpy(getattr(data, name)) for name in (
+            "product_text", "product_image", "product_has_image", "query_text", "query_image",
+            "query_has_text", "query_has_image", "weight")}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, -(-len(self.data) // self.config.batch_size))
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        if resume and (self.folder / CHECKPOINT).is_file():
+            self.load_checkpoint()
+            log.info("resumed at epoch %d, step %d", self.epoch, self.step)
+        start = time.perf_counter()
+        bar = progress_bar(total=self.config.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
+                           enabled=self.progress, desc="train", unit=" steps")
+        while self.epoch < self.config.epochs:
+            self.model.train()
+            losses = []
+            for batch in np.array_split(self.rng.permutation(len(self.data)), self.steps_per_epoch):
+                losses.append(self.train_step(batch))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", t=f"{float(self.loss.temperature.detach()):.3f}")
+            self.history.append(float(np.mean(losses)))
+            self.epoch += 1
+            self.save_checkpoint()
+        bar.close()
+        self.model.eval()
+        return TrainResult(self.epoch, self.step, time.perf_counter() - start, _peak_rss_mb(), list(self.history))
+
+    def train_step(self, batch: np.ndarray) -> float:
+        t = self._tensors
+        positives = self.data.positive[batch]
+        queries = self.model.queries(t["query_text"][batch], t["query_image"][batch],
+                                     t["query_has_text"][batch], t["query_has_image"][batch])
+        keys = self._products(positives)
+        key_rows = positives
+        keys, key_rows = gather_from_processes(keys), self._gather_rows(key_rows)
+        extra_keys, extra_rows = self._extra_negatives(queries, positives)
+        if extra_keys is not None:
+            keys, key_rows = torch.cat([keys, extra_keys]), np.concatenate([key_rows, extra_rows])
+        ignore = batch_mask(self.data.equivalent, positives, key_rows, [self.data.relevant[i] for i in batch])
+        weights = t["weight"][batch]
+        if isinstance(self.loss.loss, SymmetricInfoNCE):
+            loss = self.loss(queries, keys, ignore, weights)
+        else:
+            loss = self.loss(queries, keys, torch.arange(len(batch)), ignore, weights)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        if self.bank is not None:
+            self.bank.push(keys[: len(batch)].detach(), torch.from_numpy(positives), self.step)
+        self.step += 1
+        return float(loss.detach())
+
+    def _products(self, rows: np.ndarray) -> torch.Tensor:
+        t = self._tensors
+        index = torch.from_numpy(rows)
+        return self.model.products(t["product_text"][index], t["product_image"][index], t["product_has_image"][index])
+
+    def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
+        return gather_from_processes(torch.from_numpy(rows)).numpy()
+
+    def _extra_negatives(self, queries: torch.Tensor, positives: np.ndarray):
+        keys, rows = [], []
+        if self.bank is not None and len(self.bank):
+            vectors, labels = self.bank.get(self.step)
+            keys.append(vectors)
+            rows.append(labels.numpy())
+        if self.miner is not None:
+            if self.miner.due(self.step):
+                self.miner.refresh(self.all_product_vectors(), self.step)
+            mined = self.miner.mine(queries.detach().numpy(), positives)
+            unique = np.unique(mined[mined >= 0])
+            if len(unique):
+                keys.append(self._products(unique))  # with gradient: hard negatives are pushed away
+                rows.append(unique)
+        if not keys:
+            return None, None
+        return torch.cat(keys), np.concatenate(rows)
+
+    @torch.no_grad()
+    def all_product_vectors(self) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        vectors = self._products(np.arange(len(self.data.product_ids))).numpy()
+        self.model.train(was_training)
+        return vectors
+
+    def save_checkpoint(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.model.state_dict(), "loss": self.loss.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "history": self.history, "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+        tmp = self.folder / f".{CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(self.folder / CHECKPOINT)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.folder / CHECKPOINT, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plot_losses(history: list[float], path: Path, title: str = "training loss") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot(range(1, len(history) + 1), history, marker="o", markersize=3)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("mean loss")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
