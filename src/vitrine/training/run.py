@@ -40,7 +40,7 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     plot_losses(result.losses, folder / "loss.png", title=f"{name}: contrastive training loss")
     report = {"name": name, "products": len(products), "examples": len(data), "keyword_examples": data.keyword_examples,
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
-              "temperature": float(trainer.loss.temperature)}
+              "temperature": float(trainer.loss.temperature.detach())}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
