@@ -90,3 +90,20 @@ def test_lost_index_file_is_rebuilt_from_the_catalog(built_store: Path, tmp_path
 def test_opening_a_non_store_is_a_clear_error(tmp_path: Path):
     with pytest.raises(StoreError, match="not a vitrine store"):
         vitrine.open(tmp_path)
+
+
+def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
+    store = Store.create(tmp_path / "store")
+    store.catalog.upsert([Product(f"cable-{i}", f"USB cable {i} m", f"Charging cable, part no. QX{7000 + i}")
+                          for i in range(12)])
+    engine = vitrine.open(store)
+    engine.sync(progress=False)
+    hits = engine.search(text="QX7007", k=3, lexical=True)
+    assert hits[0].product.id == "cable-7"
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    reopened = vitrine.open(store.root)
+    assert len(reopened.lexical) == 12  # saved with the index
+    assert reopened.search(text="QX7007", k=1, lexical=True)[0].product.id == "cable-7"
+    store.catalog.delete("cable-7")
+    reopened.sync(progress=False)
+    assert "cable-7" not in {h.product.id for h in reopened.search(text="QX7007", k=12, lexical=True)}

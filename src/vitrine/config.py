@@ -93,6 +93,11 @@ class SearchConfig:
     k: int = 10
     max_k: int = 1000
     max_query_chars: int = 1000
+    lexical: bool = False
+    """Fuse BM25 results with vector results (reciprocal rank fusion) for queries with text."""
+    fusion_depth: int = 100
+    """Candidates each channel contributes to the fusion."""
+    rrf_k: int = 60
 
 
 @dataclass

@@ -95,11 +95,13 @@ def search(
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="A photo to search with.")] = None,
     k: Annotated[int, typer.Option("-k", help="How many products to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical",
+                                                    help="Fuse BM25 with the vectors (default: the store's search.lexical).")] = None,
 ) -> None:
     """Search STORE by text, by photo, or both."""
     if text is None and image is None:
         raise VitrineError("give --text, --image, or both")
-    hits = _open(store).search(text=text, image=image, k=k)
+    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])
@@ -116,6 +118,7 @@ def eval_(
     format: Annotated[str, typer.Option(help="auto, grocery or jsonl.")] = "auto",
     name: Annotated[Optional[str], typer.Option(help="Report name (default: the query file's name).")] = None,
     depth: Annotated[int, typer.Option(help="Results retrieved per query (for MRR).")] = 100,
+    lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help="Fuse BM25 with the vectors.")] = None,
 ) -> None:
     """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR. Writes JSON + markdown reports."""
     from vitrine.catalog import load_queries
@@ -123,7 +126,7 @@ def eval_(
 
     engine = _open(store)
     labelled = load_queries(queries, root, format)
-    report = evaluate(engine, labelled, name=name or queries.stem, depth=depth)
+    report = evaluate(engine, labelled, name=name or queries.stem, depth=depth, lexical=lexical)
     out.print(_metrics_table(report))
     json_path, md_path = report.write(engine.store.reports_dir)
     out.print(f"reports: {json_path} and {md_path}")

@@ -17,7 +17,7 @@ from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.errors import StoreError, VitrineError
-from vitrine.index import VectorIndex, create_index, load_index
+from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,12 @@ class SearchEngine:
     """Search a store by text, photo, or both. Open one with ``vitrine.open(store)``."""
 
     def __init__(self, store: Store, config: Config, embedder: Embedder, index: VectorIndex,
-                 indexed_versions: dict[int, int]) -> None:
+                 indexed_versions: dict[int, int], lexical: LexicalIndex | None = None) -> None:
         self.store = store
         self.config = config
         self.embedder = embedder
         self.index = index
+        self.lexical = lexical or LexicalIndex()
         self._indexed_versions = indexed_versions
         self.stale: str | None = None
         """Why the index cannot answer queries from this embedder (cleared by ``sync(rebuild=True)``)."""
@@ -58,13 +59,20 @@ class SearchEngine:
 
     # --- searching ---------------------------------------------------------------------------
 
-    def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None) -> list[Hit]:
-        """The ``k`` best products for a text query, a photo, or both."""
-        return self.search_many([Query(text=text, image=image)], k=k)[0]
+    def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
+               *, lexical: bool | None = None) -> list[Hit]:
+        """The ``k`` best products for a text query, a photo, or both.
 
-    def search_many(self, queries: Sequence[Query], k: int | None = None, *, progress: bool = False) -> list[list[Hit]]:
+        ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
+        fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
+        """
+        return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical)[0]
+
+    def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
+                    progress: bool = False) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query."""
         k = self._checked_k(k)
+        lexical = self.config.search.lexical if lexical is None else lexical
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
                 raise VitrineError(f"query text is {len(query.text)} characters; the limit is "
@@ -72,12 +80,29 @@ class SearchEngine:
         if not queries:
             return []
         vectors = self.embedder.encode_queries(queries, progress=progress)
-        return self.search_vectors(vectors, k)
+        if not lexical:
+            return self.search_vectors(vectors, k)
+        depth = max(k, self.config.search.fusion_depth)
+        _, vector_keys = self._vector_search(vectors, depth)
+        scores, keys = self._fused(queries, vector_keys, k, depth)
+        return self._hits(scores, keys)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        return self._hits(*self._vector_search(vectors, k))
+
+    def _vector_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self.stale:
             raise StoreError(self.stale)
-        scores, keys = self.index.search(vectors, k)
+        return self.index.search(vectors, k)
+
+    def _fused(self, queries: Sequence[Query], vector_keys: np.ndarray, k: int, depth: int):
+        """RRF of the vector ranking and BM25 for queries with text; vector order alone for photos."""
+        texts = [query.text or "" for query in queries]
+        _, lexical_keys = self.lexical.search(texts, depth)
+        lexical_keys[[not text for text in texts]] = -1
+        return fuse_batches([vector_keys, lexical_keys], k, rrf_k=self.config.search.rrf_k)
+
+    def _hits(self, scores: np.ndarray, keys: np.ndarray) -> list[list[Hit]]:
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
         results = []
         for row_scores, row_keys in zip(scores, keys):
@@ -98,16 +123,18 @@ class SearchEngine:
         """Embed what the catalog has and the index lacks (new or changed), drop what it no longer has."""
         if rebuild or self.stale:
             self.index = create_index(self.embedder.dim, self.config.index)
+            self.lexical = LexicalIndex()
             self._indexed_versions = {}
             self.stale = None
         wanted = self.catalog.versions()
         held = set(self.index.ids().tolist())
-        stale = np.array([key for key in held if key not in wanted], dtype=np.int64)
+        stale = np.array([key for key in held | set(self.lexical.ids().tolist()) if key not in wanted], dtype=np.int64)
         removed = self.index.remove(stale) if len(stale) else 0
+        self.lexical.remove(stale)
         for key in stale.tolist():
             self._indexed_versions.pop(key, None)
         todo = [key for key, version in wanted.items()
-                if key not in held or self._indexed_versions.get(key) != version]
+                if key not in held or key not in self.lexical or self._indexed_versions.get(key) != version]
         bar = progress_bar(total=len(todo), enabled=progress and bool(todo), desc="index", unit=" products")
         for start in range(0, len(todo), chunk):
             keys = todo[start:start + chunk]
@@ -115,6 +142,7 @@ class SearchEngine:
             keys = [key for key in keys if key in products]  # deleted while we worked
             vectors = self.embedder.encode_products([self._resolved(products[key]) for key in keys])
             self.index.add(np.array(keys, dtype=np.int64), vectors)
+            self.lexical.add(np.array(keys, dtype=np.int64), [products[key].text for key in keys])
             self._indexed_versions.update((key, wanted[key]) for key in keys)
             bar.update(len(keys))
         bar.close()
@@ -127,6 +155,7 @@ class SearchEngine:
 
     def save(self) -> None:
         self.index.save(self.store.index_dir)
+        self.lexical.save(self.store.index_dir)
         keys = np.fromiter(self._indexed_versions.keys(), dtype=np.int64, count=len(self._indexed_versions))
         versions = np.fromiter(self._indexed_versions.values(), dtype=np.int64, count=len(self._indexed_versions))
         buffer = io.BytesIO()
@@ -154,8 +183,14 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
     except StoreError as exc:
         log.warning("%s; the index will be rebuilt from the catalog", exc)
         index = None
+    lexical = None
+    if index is not None and LexicalIndex.exists(store.index_dir):
+        try:
+            lexical = LexicalIndex.load(store.index_dir)
+        except StoreError as exc:
+            log.warning("%s; the lexical index will be rebuilt from the catalog", exc)
     engine = SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index),
-                          _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {})
+                          _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {}, lexical)
     if index is not None and (recorded or {}) != embedder.describe():
         engine.stale = (f"the index of {store.root} was built with {_name(recorded)} embeddings but the store now "
                         f"uses {_name(embedder.describe())}; run 'vitrine index {store.root} --reembed'")
