@@ -32,6 +32,8 @@ class EncoderConfig:
     """Torch intra-op threads; 0 means one per core."""
     cache: bool = True
     """Keep image features of files (catalog images, query photos given as paths) in ``STORE/cache``."""
+    cache_texts: bool = False
+    """Cache text features too: for batch work over a fixed corpus, not for a live service."""
 
 
 @dataclass

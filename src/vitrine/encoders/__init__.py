@@ -1,8 +1,8 @@
 """Pretrained backbones behind two small interfaces, chosen by name."""
 
 from vitrine.encoders.base import ImageEncoder, TextEncoder, l2_normalize
-from vitrine.encoders.cache import CachedImageEncoder, FeatureCache
+from vitrine.encoders.cache import CachedImageEncoder, CachedTextEncoder, FeatureCache
 from vitrine.encoders.registry import IMAGE_ENCODERS, TEXT_ENCODERS, load_image_encoder, load_text_encoder
 
-__all__ = ["CachedImageEncoder", "FeatureCache", "IMAGE_ENCODERS", "ImageEncoder", "TEXT_ENCODERS", "TextEncoder", "l2_normalize",
+__all__ = ["CachedImageEncoder", "CachedTextEncoder", "FeatureCache", "IMAGE_ENCODERS", "ImageEncoder", "TEXT_ENCODERS", "TextEncoder", "l2_normalize",
            "load_image_encoder", "load_text_encoder"]

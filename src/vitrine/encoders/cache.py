@@ -94,3 +94,18 @@ class CachedImageEncoder(ImageEncoder):
         if others:
             out[others] = self.encoder.encode([images[row] for row in others], batch_size=batch_size, progress=progress)
         return out
+
+
+class CachedTextEncoder(TextEncoder):
+    """A text encoder that keeps every text it encodes in a ``FeatureCache``.
+
+    For batch work over a fixed corpus (re-indexing after training, benchmarks); a live service
+    should not cache free-form query texts, which would grow without bound.
+    """
+
+    def __init__(self, encoder: TextEncoder, cache: FeatureCache) -> None:
+        self.encoder, self.cache = encoder, cache
+        self.name, self.dim = encoder.name, encoder.dim
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        return self.cache.texts(self.encoder, texts, progress=progress)

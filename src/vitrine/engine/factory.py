@@ -9,7 +9,8 @@ from typing import Any
 
 from vitrine.config import Config
 from vitrine.embedding import Embedder, TrainedEmbedder, ZeroShotEmbedder
-from vitrine.encoders import CachedImageEncoder, FeatureCache, ImageEncoder, load_image_encoder, load_text_encoder
+from vitrine.encoders import (CachedImageEncoder, CachedTextEncoder, FeatureCache, ImageEncoder, TextEncoder,
+                              load_image_encoder, load_text_encoder)
 from vitrine.errors import StoreError
 
 
@@ -24,24 +25,29 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         encoder = load_image_encoder(name, config.encoders)
         return CachedImageEncoder(encoder, cache) if cache is not None else encoder
 
+    def text_encoder(name: str) -> TextEncoder:
+        encoder = load_text_encoder(name, config.encoders)
+        return CachedTextEncoder(encoder, cache) if cache is not None and config.encoders.cache_texts else encoder
+
     if kind == "trained":
-        return _trained(config, Path(models_dir) / config.embedding.model, image_encoder)
+        return _trained(config, Path(models_dir) / config.embedding.model, text_encoder, image_encoder)
     if kind == "zeroshot":
-        return _zero_shot(config, recorded if (recorded or {}).get("kind") == "zeroshot" else None, image_encoder)
+        recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
+        return _zero_shot(config, recorded, text_encoder, image_encoder)
     raise StoreError(f"unknown embedding kind {kind!r} in this store's config (zeroshot or trained)")
 
 
-def _trained(config: Config, folder: Path, image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
+def _trained(config: Config, folder: Path, text_encoder: Callable[[str], TextEncoder],
+             image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
     if not (folder / "model.safetensors").is_file():
         raise StoreError(f"{folder}: no trained model here; run 'vitrine train' first or set embedding.kind=zeroshot")
-    return TrainedEmbedder.load(folder, lambda name: load_text_encoder(name, config.encoders), image_encoder,
-                                batch_size=config.encoders.batch_size)
+    return TrainedEmbedder.load(folder, text_encoder, image_encoder, batch_size=config.encoders.batch_size)
 
 
-def _zero_shot(config: Config, recorded: dict[str, Any] | None,
+def _zero_shot(config: Config, recorded: dict[str, Any] | None, text_encoder: Callable[[str], TextEncoder],
                image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
     text_name, image_name = config.encoders.text, config.encoders.image
-    load_text = functools.partial(load_text_encoder, text_name, config.encoders)
+    load_text = functools.partial(text_encoder, text_name)
     load_image = functools.partial(image_encoder, image_name)
     same_backbones = recorded and (recorded.get("text_encoder"), recorded.get("image_encoder")) == (text_name, image_name)
     if same_backbones:

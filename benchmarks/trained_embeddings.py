@@ -1,0 +1,221 @@
+"""Trained embeddings benchmark (issue 3): ablations on Grocery, CrowdFlower and Shopee in one run.
+
+    python benchmarks/trained_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \
+        [--only grocery,crowdflower,shopee] [--json out.json]
+
+Every training run happens in a fresh process (so its wall time and peak memory are its own),
+trains through ``vitrine.training.train_store`` exactly as ``vitrine train`` does, re-indexes through
+the engine and is evaluated with ``vitrine.evaluation``. Stores and backbone feature caches live in
+``--work`` and are reused by later runs; delete it to measure from scratch.
+
+Hyper-parameters are the defaults in ``vitrine.config.TrainingConfig``; the ablation variants only
+switch components on and off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+GROCERY_VARIANTS: dict[str, dict[str, Any]] = {
+    "in-batch InfoNCE": {"training.modal_gate": False, "training.memory_bank": 0, "training.hard_negatives": 0},
+    "+ memory bank": {"training.modal_gate": False, "training.memory_bank": 4096, "training.hard_negatives": 0},
+    "+ hard negatives": {"training.modal_gate": False, "training.memory_bank": 4096, "training.hard_negatives": 8},
+    "+ modal adaptation": {"training.modal_gate": True, "training.memory_bank": 4096, "training.hard_negatives": 8},
+}
+
+
+def build_store(folder: Path, splits, overrides: dict[str, Any] | None = None):
+    from vitrine.catalog import Store, ingest
+    from vitrine.config import Config
+
+    store = Store.create(folder, Config.load(overrides={"encoders.cache_texts": True, **(overrides or {})}))
+    if len(store.catalog) == 0:
+        ingest(store, splits.products, progress=False)
+    return store
+
+
+def zero_shot(store, queries, **kwargs) -> dict[str, float]:
+    import vitrine
+    from vitrine.evaluation import evaluate
+
+    store.config({"embedding.kind": "zeroshot"}).save(store.config_path)
+    engine = vitrine.open(store)
+    engine.sync(progress=False)
+    return evaluate(engine, queries, progress=False, **kwargs).metrics
+
+
+def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
+    """One training run in its own process: train, re-index, evaluate. Returns figures."""
+    import vitrine
+    from vitrine.catalog import Store
+    from vitrine.catalog.datasets import load_splits
+    from vitrine.evaluation import evaluate
+    from vitrine.training import train_store
+
+    splits = load_splits(job["data"], protocol=job.get("protocol", "seen"))
+    store = Store.open(job["store"])
+    config = store.config({"embedding.kind": "zeroshot", **job["overrides"]})
+    start = time.perf_counter()
+    result = train_store(store, splits.train, config=config, name=job["name"], held_out=splits.held_out,
+                         progress=False)
+    figures: dict[str, Any] = {"train_s": time.perf_counter() - start, "epochs": result.epochs,
+                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    for lexical in job.get("lexical", [False]):
+        suffix = "+lexical" if lexical else ""
+        metrics = evaluate(engine, splits.val, progress=False, lexical=lexical).metrics
+        figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
+        if splits.held_out:
+            held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+            new_metrics = evaluate(engine, held, progress=False, lexical=lexical).metrics
+            figures.update({f"new-products {name}": value for name, value in new_metrics.items()})
+    if job.get("judged_ndcg"):
+        figures.update(judged_ndcg(engine, splits.val))
+    return figures
+
+
+def in_process(job: dict[str, Any]) -> dict[str, Any]:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(train_and_evaluate, (job,))
+
+
+def judged_ndcg(engine, queries) -> dict[str, float]:
+    """NDCG@10 when ranking only each query's judged products: vector, BM25, and their RRF."""
+    from vitrine.embedding import Query
+    from vitrine.evaluation.metrics import ndcg_at_k
+    from vitrine.index import reciprocal_rank_fusion
+
+    catalog = engine.catalog
+    totals = {"judged ndcg@10 vector": [], "judged ndcg@10 bm25": [], "judged ndcg@10 vector+bm25": []}
+    vectors = engine.embedder.encode_queries([Query(text=q.text) for q in queries])
+    everything = len(engine.lexical)
+    _, lexical_keys = engine.lexical.search([q.text for q in queries], everything)
+    for query, vector, bm25_row in zip(queries, vectors, lexical_keys):
+        keys = {catalog.key_of(pid): pid for pid in query.relevant}
+        scores = {key: float(engine.index.reconstruct(key) @ vector) for key in keys}
+        vector_rank = sorted(keys, key=lambda key: -scores[key])
+        bm25_rank = [int(key) for key in bm25_row if int(key) in keys]
+        bm25_rank += [key for key in vector_rank if key not in set(bm25_rank)]  # unmatched go last
+        fused = [key for key, _ in reciprocal_rank_fusion([vector_rank, bm25_rank])]
+        for name, ranking in (("vector", vector_rank), ("bm25", bm25_rank), ("vector+bm25", fused)):
+            totals[f"judged ndcg@10 {name}"].append(ndcg_at_k([keys[k] for k in ranking], query.relevant, 10))
+    return {name: float(np.mean(values)) for name, values in totals.items()}
+
+
+def bm25_only(engine, queries) -> dict[str, float]:
+    """Rank by BM25 alone through the engine's lexical index."""
+    from vitrine.evaluation.metrics import mean_metrics, query_metrics
+
+    catalog = engine.catalog
+    _, keys = engine.lexical.search([q.text for q in queries], 110)
+    per_query = []
+    for query, row in zip(queries, keys):
+        products = catalog.by_keys([int(k) for k in row if k >= 0])
+        ranked = [products[int(k)].id for k in row if k >= 0 and int(k) in products]
+        per_query.append(query_metrics([pid for pid in ranked if pid not in query.exclude][:100], query.relevant))
+    return mean_metrics(per_query)
+
+
+def grocery(data: Path, work: Path, results: dict) -> None:
+    from vitrine.catalog.datasets import load_splits
+
+    spec = f"grocery:{data / 'grocery-store'}"
+    for protocol in ("seen", "new"):
+        splits = load_splits(spec, protocol=protocol)
+        store = build_store(work / "grocery", splits)
+        rows = {"zero-shot": zero_shot(store, splits.val)}
+        held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+        if held:
+            rows["zero-shot"].update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
+        for variant, overrides in GROCERY_VARIANTS.items():
+            print(f"grocery {protocol}: training {variant} ...", flush=True)
+            rows[variant] = in_process({"data": spec, "protocol": protocol, "store": str(store.root),
+                                        "name": f"{protocol}-{variant.strip('+ ').replace(' ', '-')}",
+                                        "overrides": overrides})
+        results[f"grocery-{protocol}"] = rows
+        print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
+                    ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "train_s", "peak_rss_mb"])
+
+
+def crowdflower(data: Path, work: Path, results: dict) -> None:
+    import vitrine
+    from vitrine.catalog.datasets import load_splits
+
+    spec = f"crowdflower:{data / 'crowdflower-search-relevance'}"
+    splits = load_splits(spec)
+    store = build_store(work / "crowdflower", splits)
+    zero = zero_shot(store, splits.val)
+    engine = vitrine.open(store)
+    rows = {"BM25": bm25_only(engine, splits.val), "zero-shot MiniLM": zero}
+    rows["zero-shot MiniLM"].update(judged_ndcg(engine, splits.val))
+    for name, keywords in (("trained, no keywords", False), ("trained + keyword enhancement", True)):
+        print(f"crowdflower: training {name} ...", flush=True)
+        rows[name] = in_process({"data": spec, "store": str(store.root), "name": name.replace(" ", "-").replace(",", ""),
+                                 "overrides": {"training.keyword_pairs": keywords,
+                                               "training.keyword_mask": 0.6 if keywords else 2.0},
+                                 "lexical": [False, True], "judged_ndcg": True})
+    results["crowdflower"] = rows
+    print_table(f"CrowdFlower val ({len(splits.val)} queries, {len(splits.products)} products)", rows,
+                ["judged ndcg@10 vector", "judged ndcg@10 bm25", "judged ndcg@10 vector+bm25", "ndcg@10", "recall@10",
+                 "ndcg@10+lexical", "recall@10+lexical", "train_s", "peak_rss_mb"])
+
+
+def shopee(data: Path, work: Path, results: dict) -> None:
+    import vitrine
+    from vitrine.catalog.datasets import load_splits
+
+    spec = f"shopee:{data / 'shopee-titles'}"
+    splits = load_splits(spec)
+    store = build_store(work / "shopee", splits)
+    rows = {"zero-shot MiniLM": zero_shot(store, splits.val)}
+    rows["BM25"] = bm25_only(vitrine.open(store), splits.val)
+    print("shopee: training ...", flush=True)
+    rows["trained"] = in_process({"data": spec, "store": str(store.root), "name": "shopee",
+                                  "overrides": {}, "lexical": [False, True]})
+    results["shopee"] = rows
+    print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
+                f"{len(splits.products)} listings indexed)", rows,
+                ["map@10", "recall@10", "map@10+lexical", "recall@10+lexical", "train_s", "peak_rss_mb"])
+
+
+def print_table(title: str, rows: dict[str, dict[str, float]], columns: list[str]) -> None:
+    columns = [c for c in columns if any(c in row for row in rows.values())]
+    print(f"\n{title}")
+    print("| method | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, row in rows.items():
+        cells = [f"{row[c]:.4f}" if c in row and c not in ("train_s", "peak_rss_mb") else
+                 (f"{row[c]:.0f}" if c in row else "") for c in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    from vitrine.config import data_dir
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="folder with the datasets (default: $VITRINE_DATA)")
+    parser.add_argument("--work", type=Path, default=Path(".vitrine/bench"), help="stores and feature caches")
+    parser.add_argument("--only", default="grocery,crowdflower,shopee", help="comma-separated sections to run")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    args = parser.parse_args()
+    data = args.data or data_dir()
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    for section in args.only.split(","):
+        {"grocery": grocery, "crowdflower": crowdflower, "shopee": shopee}[section.strip()](data, args.work, results)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
