@@ -52,6 +52,18 @@ class Projection(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features) + self.mlp(features)
 
+    @torch.no_grad()
+    def start_from(self, basis: torch.Tensor) -> None:
+        """Start as the projection onto ``basis`` (orthonormal rows): the pretrained geometry, kept.
+
+        The MLP's last layer starts at zero, so before training the tower *is* the pretrained
+        space projected; training only has to learn what differs, which small datasets can afford.
+        """
+        self.linear.weight.copy_(basis)
+        self.linear.bias.zero_()
+        self.mlp[-1].weight.zero_()
+        self.mlp[-1].bias.zero_()
+
 
 class ModalGate(nn.Module):
     """Per-product weights for (image, title), summing to 1; a product without an image gets (0, 1)."""
@@ -67,7 +79,7 @@ class ModalGate(nn.Module):
 
 
 class TwoTowerModel(nn.Module):
-    """Query and product towers plus the contrastive temperature, saved as safetensors + config."""
+    """Query and product towers, saved as safetensors + config."""
 
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
@@ -78,11 +90,20 @@ class TwoTowerModel(nn.Module):
         self.product_image = make(config.image_dim)
         self.query_image = self.product_image if config.shared_image_projection else make(config.image_dim)
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
-        self.log_temperature = nn.Parameter(torch.tensor(float(config.temperature)).log())
 
-    @property
-    def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp().clamp(min=0.005, max=1.0)
+    @torch.no_grad()
+    def start_from_features(self, text: torch.Tensor, image: torch.Tensor) -> None:
+        """Initialise every projection with the principal directions of the backbone features.
+
+        Query and title towers start identical, so before any training a text query is compared with
+        titles exactly as the pretrained text model would compare them.
+        """
+        text_basis = principal_basis(text, self.config.dim)
+        for tower in (self.query_text, self.product_text):
+            tower.start_from(text_basis)
+        image_basis = principal_basis(image, self.config.dim)
+        for tower in {id(self.product_image): self.product_image, id(self.query_image): self.query_image}.values():
+            tower.start_from(image_basis)
 
     def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
         """Fused product vectors from title/description features and (mean) image features."""
@@ -128,3 +149,18 @@ class TwoTowerModel(nn.Module):
                           if k.startswith("product_image.")})
         model.load_state_dict(state)
         return model.eval()
+
+
+def principal_basis(features: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(dim, d)``: the top principal directions of ``features`` as orthonormal rows (uncentred, since
+    cosine similarity is measured from the origin), completed with random orthonormal directions when
+    the data spans fewer than ``dim``, and with zero rows if ``dim`` exceeds the feature width ``d``."""
+    d = features.shape[1]
+    rows = features[features.norm(dim=1) > 0].float()
+    basis = torch.linalg.svd(rows, full_matrices=False)[2][:dim] if len(rows) else torch.zeros(0, d)
+    wanted = min(dim, d)
+    if len(basis) < wanted:  # complete with random directions orthogonal to what we have
+        extra = torch.randn(d, wanted - len(basis), generator=torch.Generator().manual_seed(0))
+        extra -= basis.T @ (basis @ extra)
+        basis = torch.cat([basis, torch.linalg.qr(extra)[0].T])
+    return torch.cat([basis, torch.zeros(dim - wanted, d)])

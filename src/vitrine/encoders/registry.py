@@ -21,14 +21,15 @@ def _local_sentence_transformer(path: str) -> TextEncoder:
     return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}")
 
 
-def _efficientnet_lite0(config: EncoderConfig) -> ImageEncoder:
+def _efficientnet_lite0(config: EncoderConfig, size: int | None) -> ImageEncoder:
     from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 
-    return EfficientNetLiteEncoder(num_workers=config.num_workers)
+    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224)
 
 
 TEXT_ENCODERS: dict[str, Callable[[EncoderConfig], TextEncoder]] = {"minilm": _minilm}
-IMAGE_ENCODERS: dict[str, Callable[[EncoderConfig], ImageEncoder]] = {"efficientnet-lite0": _efficientnet_lite0}
+IMAGE_ENCODERS: dict[str, Callable[[EncoderConfig, int | None], ImageEncoder]] = {
+    "efficientnet-lite0": _efficientnet_lite0}
 
 
 def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEncoder:
@@ -44,11 +45,20 @@ def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEnc
 
 
 def load_image_encoder(name: str, config: EncoderConfig | None = None) -> ImageEncoder:
+    """A registered image backbone; ``name@SIZE`` (``efficientnet-lite0@320``) sets the input resolution.
+
+    The resolution is part of the name because it changes the features: a model trained on one
+    resolution must be served with the same one, and caches must not mix them.
+    """
     config = config or EncoderConfig()
     _set_threads(config)
-    if name not in IMAGE_ENCODERS:
-        raise VitrineError(f"unknown image encoder {name!r} (registered: {', '.join(IMAGE_ENCODERS)})")
-    return IMAGE_ENCODERS[name](config)
+    base, _, size = name.partition("@")
+    if base not in IMAGE_ENCODERS or (size and not size.isdigit()):
+        raise VitrineError(f"unknown image encoder {name!r} (registered: {', '.join(IMAGE_ENCODERS)};"
+                           " add @SIZE for another input resolution)")
+    encoder = IMAGE_ENCODERS[base](config, int(size) if size else None)
+    encoder.name = name
+    return encoder
 
 
 def _set_threads(config: EncoderConfig) -> None:

@@ -41,6 +41,8 @@ class TrainingSet:
     weight: np.ndarray
     relevant: list[np.ndarray]
     """Per example, the other product rows graded relevant to the same query (masked as negatives)."""
+    query_keys: list[str]
+    """Which query each example comes from (examples of one query stay on one side of a dev split)."""
     keyword_examples: int = 0
 
     def __len__(self) -> int:
@@ -104,4 +106,5 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
         product_ids=[p.id for p in products], product_text=product_text, product_image=product_image,
         product_has_image=has_image, equivalent=equivalent, query_text=query_text, query_image=query_image,
         query_has_text=has_text, query_has_image=has_img, positive=np.array(positive, dtype=np.int64),
-        weight=np.array(weight, dtype=np.float32), relevant=relevant, keyword_examples=keyword_examples)
+        weight=np.array(weight, dtype=np.float32), relevant=relevant, query_keys=keys,
+        keyword_examples=keyword_examples)

@@ -7,6 +7,7 @@ Matryoshka prefix); AdamW. Each epoch ends with a checkpoint that ``fit(resume=T
 
 from __future__ import annotations
 
+import copy
 import logging
 import resource
 import time
@@ -37,6 +38,10 @@ class TrainResult:
     peak_rss_mb: float
     losses: list[float] = field(default_factory=list)
     """Mean loss of each epoch."""
+    dev_scores: list[float] = field(default_factory=list)
+    """Dev MRR after each epoch (empty without a dev split)."""
+    best_epoch: int = 0
+    """The epoch whose weights were kept (1-based; the last one without a dev split)."""
 
 
 def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, text_dim: int,
@@ -54,6 +59,10 @@ class ContrastiveTrainer:
         torch.manual_seed(config.seed)
         self.data, self.config, self.folder, self.progress = data, config, Path(folder), progress
         self.model = TwoTowerModel(towers)
+        self.model.start_from_features(
+            torch.from_numpy(np.concatenate([data.product_text, data.query_text[data.query_has_text]])),
+            torch.from_numpy(np.concatenate([data.product_image[data.product_has_image],
+                                             data.query_image[data.query_has_image]])))
         base = (SymmetricInfoNCE if config.symmetric else InfoNCE)(config.temperature, config.learn_temperature)
         self.loss = MatryoshkaLoss(base, towers.matryoshka)
         self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.loss.parameters()),
@@ -61,15 +70,18 @@ class ContrastiveTrainer:
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
+        self.train_rows, self.dev_rows = dev_split(data, config.dev_fraction, config.seed)
         self.epoch = self.step = 0
         self.history: list[float] = []
+        self.dev_scores: list[float] = []
+        self.best: tuple[float, int, dict] | None = None  # (score, epoch, weights)
         self._tensors = {name: torch.from_numpy(getattr(data, name)) for name in (
             "product_text", "product_image", "product_has_image", "query_text", "query_image",
             "query_has_text", "query_has_image", "weight")}
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, -(-len(self.data) // self.config.batch_size))
+        return max(1, -(-len(self.train_rows) // self.config.batch_size))
 
     def fit(self, *, resume: bool = False) -> TrainResult:
         if resume and (self.folder / CHECKPOINT).is_file():
@@ -78,19 +90,52 @@ class ContrastiveTrainer:
         start = time.perf_counter()
         bar = progress_bar(total=self.config.epochs * self.steps_per_epoch, initial=self.epoch * self.steps_per_epoch,
                            enabled=self.progress, desc="train", unit=" steps")
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self._patience_ran_out():
             self.model.train()
             losses = []
-            for batch in np.array_split(self.rng.permutation(len(self.data)), self.steps_per_epoch):
+            for batch in np.array_split(self.rng.permutation(self.train_rows), self.steps_per_epoch):
                 losses.append(self.train_step(batch))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", t=f"{float(self.loss.temperature.detach()):.3f}")
             self.history.append(float(np.mean(losses)))
             self.epoch += 1
+            self._score_dev()
             self.save_checkpoint()
         bar.close()
+        best_epoch = self.epoch
+        if self.best is not None:
+            self.model.load_state_dict(self.best[2])
+            best_epoch = self.best[1]
         self.model.eval()
-        return TrainResult(self.epoch, self.step, time.perf_counter() - start, _peak_rss_mb(), list(self.history))
+        return TrainResult(self.epoch, self.step, time.perf_counter() - start, _peak_rss_mb(), list(self.history),
+                           list(self.dev_scores), best_epoch)
+
+    def _score_dev(self) -> None:
+        if not len(self.dev_rows):
+            return
+        score = self.dev_mrr()
+        self.dev_scores.append(score)
+        if self.best is None or score > self.best[0]:
+            self.best = (score, self.epoch, copy.deepcopy(self.model.state_dict()))
+
+    def _patience_ran_out(self) -> bool:
+        return self.best is not None and self.epoch - self.best[1] >= self.config.patience
+
+    @torch.no_grad()
+    def dev_mrr(self) -> float:
+        """Mean reciprocal rank of each dev example's product among all training products."""
+        t, rows = self._tensors, self.dev_rows
+        self.model.eval()
+        products = torch.from_numpy(self.all_product_vectors())
+        queries = self.model.queries(t["query_text"][rows], t["query_image"][rows],
+                                     t["query_has_text"][rows], t["query_has_image"][rows])
+        positives = torch.from_numpy(self.data.positive[rows])
+        ranks = []
+        for start in range(0, len(rows), 512):
+            scores = queries[start:start + 512] @ products.T
+            target = scores.gather(1, positives[start:start + 512, None])
+            ranks.append((scores > target).sum(dim=1) + 1)
+        return float((1.0 / torch.cat(ranks).float()).mean())
 
     def train_step(self, batch: np.ndarray) -> float:
         t = self._tensors
@@ -155,7 +200,8 @@ class ContrastiveTrainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "loss": self.loss.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
-                 "history": self.history, "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                 "history": self.history, "dev_scores": self.dev_scores, "best": self.best,
+                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         tmp = self.folder / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
         tmp.replace(self.folder / CHECKPOINT)
@@ -166,8 +212,27 @@ class ContrastiveTrainer:
         self.loss.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.dev_scores, self.best = state["dev_scores"], state["best"]
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+
+
+def dev_split(data: TrainingSet, fraction: float, seed: int, cap: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, dev rows): whole queries held back, never keyword examples; at most ``cap`` dev rows.
+
+    Too few distinct queries (under 20) make a dev score noise, so then there is no dev split.
+    """
+    rows = np.arange(len(data))
+    real = sorted({key for key in data.query_keys if key and not key.startswith("keyword:")})
+    if fraction <= 0 or len(real) < 20:
+        return rows, rows[:0]
+    rng = np.random.default_rng(seed + 1)
+    held = set(rng.choice(real, size=max(1, round(fraction * len(real))), replace=False).tolist())
+    is_dev = np.array([key in held for key in data.query_keys])
+    dev = rows[is_dev]
+    if len(dev) > cap:
+        dev = np.sort(rng.choice(dev, size=cap, replace=False))
+    return rows[~is_dev], dev
 
 
 def _peak_rss_mb() -> float:
