@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,9 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def in_process(job: dict[str, Any]) -> dict[str, Any]:
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(train_and_evaluate, (job,))
+    # Not a Pool: its daemonic workers may not start the DataLoader's own worker processes.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(train_and_evaluate, job).result()
 
 
 def judged_ndcg(engine, queries) -> dict[str, float]:

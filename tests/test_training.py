@@ -112,3 +112,55 @@ def test_held_out_products_are_not_trained_on(store, tmp_path):
                 progress=False)
     report = (store.models_dir / "default" / "training.json").read_text()
     assert '"products": 3' in report and '"cone"' in report
+
+
+def synthetic_set(queries: int = 30, products: int = 10, seed: int = 0):
+    """Random features with a learnable signal: each query is its product's text feature plus noise."""
+    import scipy.sparse as sp
+
+    from vitrine.training.data import TrainingSet
+
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(products, 8)).astype(np.float32)
+    positive = np.arange(queries) % products
+    query_text = (text[positive] + 0.5 * rng.normal(size=(queries, 8))).astype(np.float32)
+    keys = [f"q{i}" for i in range(queries)] + ["keyword:x"] * 5
+    positive = np.concatenate([positive, np.zeros(5, dtype=np.int64)])
+    query_text = np.concatenate([query_text, np.repeat(text[:1], 5, axis=0)])
+    n = len(keys)
+    return TrainingSet(
+        product_ids=[f"p{i}" for i in range(products)], product_text=text,
+        product_image=np.zeros((products, 4), np.float32), product_has_image=np.zeros(products, bool),
+        equivalent=sp.identity(products, dtype=bool, format="csr"), query_text=query_text,
+        query_image=np.zeros((n, 4), np.float32), query_has_text=np.ones(n, bool), query_has_image=np.zeros(n, bool),
+        positive=positive, weight=np.ones(n, np.float32), relevant=[np.zeros(0, np.int64)] * n, query_keys=keys)
+
+
+def test_dev_split_holds_back_whole_queries_but_no_keyword_examples():
+    from vitrine.training.trainer import dev_split
+
+    data = synthetic_set()
+    train, dev = dev_split(data, 0.2, seed=0)
+    assert len(dev) == 6 and len(train) == len(data) - 6
+    assert not {data.query_keys[i] for i in dev} & {data.query_keys[i] for i in train}
+    assert all(not data.query_keys[i].startswith("keyword:") for i in dev)
+    assert len(dev_split(synthetic_set(queries=10), 0.2, seed=0)[1]) == 0  # too few queries: no dev split
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path):
+    import torch
+
+    from vitrine.embedding import TowerConfig
+
+    data = synthetic_set(queries=40)
+    config = replace(TrainingConfig(), epochs=40, batch_size=8, lr=3e-2, patience=2, dev_fraction=0.25,
+                     matryoshka="", keyword_pairs=False)
+    trainer = ContrastiveTrainer(data, config, TowerConfig(text_dim=8, image_dim=4, dim=8, hidden=16,
+                                                           matryoshka=[8]), tmp_path, progress=False)
+    result = trainer.fit()
+    assert len(result.dev_scores) == result.epochs
+    assert result.epochs < 40  # patience ran out
+    assert result.best_epoch == int(np.argmax(result.dev_scores)) + 1
+    assert result.epochs - result.best_epoch == 2
+    assert trainer.dev_mrr() == pytest.approx(max(result.dev_scores), abs=1e-6)  # the best weights are back
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), trainer.best[2].values()))

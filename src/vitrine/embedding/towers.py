@@ -33,6 +33,8 @@ class TowerConfig:
     dim: int = 256
     hidden: int = 1024
     dropout: float = 0.1
+    image_dropout: float = 0.2
+    """Dropout on the image backbone features (feature-space augmentation for photos)."""
     modal_gate: bool = True
     """Predict per-product title/image weights; off = a fixed 50/50 blend."""
     shared_image_projection: bool = True
@@ -44,12 +46,16 @@ class TowerConfig:
 class Projection(nn.Module):
     """A residual two-layer MLP: the linear path keeps what the backbone knew, the MLP adds to it."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, dropout: float, input_dropout: float = 0.0) -> None:
         super().__init__()
+        # Dropping backbone features is augmentation for frozen features: no view of a photo is
+        # seen twice exactly, which matters when the training photos come in near-identical runs.
+        self.input_dropout = nn.Dropout(input_dropout)
         self.linear = nn.Linear(in_dim, out_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.input_dropout(features)
         return self.linear(features) + self.mlp(features)
 
     @torch.no_grad()
@@ -84,11 +90,13 @@ class TwoTowerModel(nn.Module):
     def __init__(self, config: TowerConfig) -> None:
         super().__init__()
         self.config = config
-        make = lambda in_dim: Projection(in_dim, config.dim, config.hidden, config.dropout)  # noqa: E731
+        make = lambda in_dim, input_dropout=0.0: Projection(  # noqa: E731
+            in_dim, config.dim, config.hidden, config.dropout, input_dropout)
         self.query_text = make(config.text_dim)
         self.product_text = make(config.text_dim)
-        self.product_image = make(config.image_dim)
-        self.query_image = self.product_image if config.shared_image_projection else make(config.image_dim)
+        self.product_image = make(config.image_dim, config.image_dropout)
+        self.query_image = (self.product_image if config.shared_image_projection
+                            else make(config.image_dim, config.image_dropout))
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
 
     @torch.no_grad()

@@ -49,6 +49,7 @@ def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, 
     dims = [int(d) for d in config.matryoshka.split(",") if d.strip()]
     return TowerConfig(text_encoder=text_encoder, image_encoder=image_encoder, text_dim=text_dim,
                        image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
+                       image_dropout=config.image_dropout,
                        modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
                        temperature=config.temperature)
 
