@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-trained clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/foundation.py
+
+bench-trained: $(STAMP)
+	$(PY) benchmarks/trained_embeddings.py
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

@@ -8,9 +8,6 @@ from vitrine.index.faiss_index import FaissIndex
 from vitrine.index.fusion import fuse_batches, reciprocal_rank_fusion
 from vitrine.index.lexical import LexicalIndex
 
-BACKENDS = {"faiss": FaissIndex}
-
-
 def create_index(dim: int, config: IndexConfig | None = None) -> VectorIndex:
     return FaissIndex(dim, config)
 
