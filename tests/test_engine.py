@@ -107,3 +107,16 @@ def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
     store.catalog.delete("cable-7")
     reopened.sync(progress=False)
     assert "cable-7" not in {h.product.id for h in reopened.search(text="QX7007", k=12, lexical=True)}
+
+
+def test_lost_lexical_file_is_refilled_without_re_embedding(built_store: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built_store, copy)
+    (copy / "index" / "lexical.json").unlink()
+    engine = vitrine.open(copy)
+    assert len(engine.lexical) == 0
+    report = engine.sync(progress=False)
+    assert report.added == 0 and len(engine.lexical) == 4
+    assert engine.search(text="Orange Traffic Cone", k=1, lexical=True)[0].product.id == "cone"

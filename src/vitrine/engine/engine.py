@@ -133,8 +133,11 @@ class SearchEngine:
         self.lexical.remove(stale)
         for key in stale.tolist():
             self._indexed_versions.pop(key, None)
-        todo = [key for key, version in wanted.items()
-                if key not in held or key not in self.lexical or self._indexed_versions.get(key) != version]
+        todo = [key for key, version in wanted.items() if key not in held or self._indexed_versions.get(key) != version]
+        # A lost or older lexical file only needs texts back, not new vectors.
+        pending = set(todo)
+        texts_only = [key for key in wanted if key not in self.lexical and key not in pending]
+        self._add_texts(texts_only)
         bar = progress_bar(total=len(todo), enabled=progress and bool(todo), desc="index", unit=" products")
         for start in range(0, len(todo), chunk):
             keys = todo[start:start + chunk]
@@ -146,9 +149,14 @@ class SearchEngine:
             self._indexed_versions.update((key, wanted[key]) for key in keys)
             bar.update(len(keys))
         bar.close()
-        if todo or removed or rebuild:
+        if todo or texts_only or removed or rebuild:
             self.save()
         return SyncReport(added=len(todo), removed=removed, total=len(self.index))
+
+    def _add_texts(self, keys: list[int]) -> None:
+        for start in range(0, len(keys), 1000):
+            products = self.catalog.by_keys(keys[start:start + 1000])
+            self.lexical.add(np.array(list(products), dtype=np.int64), [p.text for p in products.values()])
 
     def _resolved(self, product: Product) -> Product:
         return replace(product, images=tuple(str(self.store.resolve(image)) for image in product.images))
