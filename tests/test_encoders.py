@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import draw_product
 from vitrine.config import EncoderConfig
-from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.encoders import l2_normalize, load_image_encoder, load_text_encoder
 from vitrine.encoders.image_data import Preprocess
 from vitrine.errors import ImageError, VitrineError
 
@@ -78,3 +78,34 @@ def test_unknown_encoder_names():
         load_image_encoder("resnet-9000")
     with pytest.raises(VitrineError, match="text model folder not found"):
         load_text_encoder("sentence-transformers:/nowhere/model")
+
+
+def test_split_backbone_top_reproduces_the_full_network(tmp_path: Path, image_encoder):
+    import torch
+
+    from vitrine.encoders import load_image_top
+
+    photo = draw_product(tmp_path / "a.png", "circle", (200, 40, 40))
+    bottom = load_image_encoder("efficientnet-lite0/top2")
+    assert not bottom.normalized and bottom.map_shape == (192, 7, 7) and bottom.dim == 192 * 49
+    maps = bottom.encode([photo])
+    top = load_image_top("efficientnet-lite0/top2").eval()
+    pooled = top(torch.from_numpy(maps)).detach().numpy()
+    assert np.allclose(l2_normalize(pooled), image_encoder.encode([photo]), atol=1e-4)
+    top.train()
+    assert not any(m.training for m in top.modules() if isinstance(m, torch.nn.BatchNorm2d))  # ImageNet stats kept
+    torch.manual_seed(0)
+    augmented = top(torch.from_numpy(np.repeat(maps, 4, axis=0))).detach().numpy()
+    assert not np.allclose(augmented[0], pooled[0], atol=1e-3)  # flips and crops change the view
+
+
+def test_split_encoder_names():
+    from vitrine.encoders import parse_image_encoder, with_top_blocks
+
+    assert parse_image_encoder("efficientnet-lite0@288/top2") == ("efficientnet-lite0", 288, 2)
+    assert with_top_blocks("efficientnet-lite0@288", 1) == "efficientnet-lite0@288/top1"
+    assert with_top_blocks("efficientnet-lite0@288/top1", 0) == "efficientnet-lite0@288"
+    with pytest.raises(VitrineError, match="unknown image encoder"):
+        parse_image_encoder("efficientnet-lite0/topX")
+    with pytest.raises(VitrineError, match="top_blocks must be between 0 and 16"):
+        load_image_encoder("efficientnet-lite0/top17")

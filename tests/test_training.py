@@ -15,6 +15,7 @@ from vitrine.encoders import FeatureCache, load_image_encoder, load_text_encoder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.training import ContrastiveTrainer, build_training_set, train_store
 from vitrine.training.trainer import CHECKPOINT, tower_config
+from vitrine.embedding import TwoTowerModel
 
 
 def shopper_photos(folder: Path, per_product: int = 3) -> list[Pair]:
@@ -164,3 +165,18 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path):
     assert result.epochs - result.best_epoch == 2
     assert trainer.dev_mrr() == pytest.approx(max(result.dev_scores), abs=1e-6)  # the best weights are back
     assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), trainer.best[2].values()))
+
+
+@pytest.mark.parametrize("visual", ["none", "masked-contrastive"])
+def test_fine_tuning_the_backbone_top_lowers_the_loss(store, tmp_path, visual):
+    overrides = {"training.epochs": 10, "training.batch_size": 8, "training.hidden": 64, "training.lr": 3e-3,
+                 "training.unfreeze_blocks": 1, "training.visual_task": visual, "encoders.image": "efficientnet-lite0@96"}
+    config = store.config(overrides)
+    result = train_store(store, shopper_photos(tmp_path / "photos"), config=config, progress=False)
+    assert result.losses[-1] < 0.8 * result.losses[0]
+    saved = TwoTowerModel.load(store.models_dir / "default")
+    assert saved.config.image_encoder == "efficientnet-lite0@96/top1" and saved.image_top is not None
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    photo = draw_product(tmp_path / "new-photo.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
+    assert engine.search(image=photo, k=1)[0].product.id == "scarf"

@@ -80,6 +80,18 @@ class TrainingConfig:
     """Keyword Jaccard overlap at which two products count as the same item (above 1 = off)."""
     min_positive_grade: int = 2
     """Pairs graded below this (0-3 scale) are not used as positives."""
+    unfreeze_blocks: int = 0
+    """Fine-tune the image backbone's top N blocks with the towers (0 = frozen backbone). Their
+    input maps are cached like any feature, so an epoch costs only the top's forward and backward."""
+    backbone_lr_scale: float = 0.1
+    """Learning rate of the unfrozen backbone blocks, relative to ``lr`` (pretrained weights move slowly)."""
+    visual_task: str = "none"
+    """Self-supervised image loss added to training: none, masked-contrastive or masked-regression
+    (needs ``unfreeze_blocks`` > 0)."""
+    visual_weight: float = 0.5
+    visual_batch: int = 32
+    """Query photos per step that also feed the visual task."""
+    mask_ratio: float = 0.5
     dev_fraction: float = 0.1
     """Share of the training queries held back to pick the best epoch (early stopping); 0 = off."""
     patience: int = 4

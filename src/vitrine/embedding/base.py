@@ -45,10 +45,12 @@ class Embedder(ABC):
 
 
 def product_image_features(products: Sequence[Product], encode: Callable[[list[str]], np.ndarray],
-                           dim: int) -> tuple[np.ndarray, np.ndarray]:
+                           dim: int, *, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Each product's image feature (the mean direction of its images) and whether it has any.
 
-    ``encode`` maps a list of image paths to unit rows; all images are encoded in one call.
+    ``encode`` maps a list of image paths to rows; all images are encoded in one call. With
+    ``normalize=False`` (feature maps for a trainable backbone top, whose scale matters) the plain
+    mean is returned instead of its direction.
     """
     owners = [row for row, product in enumerate(products) for _ in product.images]
     paths = [image for product in products for image in product.images]
@@ -58,5 +60,8 @@ def product_image_features(products: Sequence[Product], encode: Callable[[list[s
     encoded = encode(paths)
     summed = np.zeros((len(products), encoded.shape[1]), dtype=np.float32)
     np.add.at(summed, owners, encoded)
+    if not normalize:
+        counts = np.bincount(owners, minlength=len(products)).reshape(-1, 1)
+        return (summed / np.maximum(counts, 1)).astype(np.float32), has_image
     norms = np.linalg.norm(summed, axis=1, keepdims=True)
     return np.where(norms > 0, summed / np.maximum(norms, 1e-12), 0.0).astype(np.float32), has_image

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitrine.config import write_atomic
+from vitrine.encoders.registry import load_image_top, parse_image_encoder
 from vitrine.errors import StoreError
 
 
@@ -41,6 +42,17 @@ class TowerConfig:
     """Query photos and product images share one projection (they are both photos of products)."""
     matryoshka: list[int] = field(default_factory=lambda: [64, 128, 256])
     temperature: float = 0.05
+    image_input_dim: int = 0
+    """Width of the image input when it is a flattened feature map for a trainable backbone top
+    (``image_encoder`` named ``.../topN``); 0 means pooled features of width ``image_dim``."""
+
+    @property
+    def image_input_width(self) -> int:
+        return self.image_input_dim or self.image_dim
+
+    @property
+    def fine_tunes_backbone(self) -> bool:
+        return parse_image_encoder(self.image_encoder)[2] > 0
 
 
 class Projection(nn.Module):
@@ -87,9 +99,11 @@ class ModalGate(nn.Module):
 class TwoTowerModel(nn.Module):
     """Query and product towers, saved as safetensors + config."""
 
-    def __init__(self, config: TowerConfig) -> None:
+    def __init__(self, config: TowerConfig, image_top: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
+        # The backbone's top blocks, trained with the towers when the image input is a feature map.
+        self.image_top = image_top or (load_image_top(config.image_encoder) if config.fine_tunes_backbone else None)
         make = lambda in_dim, input_dropout=0.0: Projection(  # noqa: E731
             in_dim, config.dim, config.hidden, config.dropout, input_dropout)
         self.query_text = make(config.text_dim)
@@ -109,12 +123,27 @@ class TwoTowerModel(nn.Module):
         text_basis = principal_basis(text, self.config.dim)
         for tower in (self.query_text, self.product_text):
             tower.start_from(text_basis)
+        if self.image_top is not None:  # the projection sees pooled features, so pool the maps first
+            was_training = self.image_top.training
+            self.image_top.eval()
+            image = torch.cat([self.image_top(chunk) for chunk in image.split(256)]) if len(image) else image
+            self.image_top.train(was_training)
         image_basis = principal_basis(image, self.config.dim)
         for tower in {id(self.product_image): self.product_image, id(self.query_image): self.query_image}.values():
             tower.start_from(image_basis)
 
+    def image_features(self, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features: the input itself, or the trainable top run on the rows with an image."""
+        if self.image_top is None:
+            return image
+        pooled = image.new_zeros(len(image), self.config.image_dim)
+        if bool(has_image.any()):
+            pooled[has_image] = self.image_top(image[has_image])
+        return pooled
+
     def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
         """Fused product vectors from title/description features and (mean) image features."""
+        image = self.image_features(image, has_image)
         text_vec = F.normalize(self.product_text(text), dim=-1)
         image_vec = F.normalize(self.product_image(image), dim=-1)
         weights = self.modal_weights(text, image, has_image)
@@ -129,6 +158,7 @@ class TwoTowerModel(nn.Module):
     def queries(self, text: torch.Tensor, image: torch.Tensor, has_text: torch.Tensor,
                 has_image: torch.Tensor) -> torch.Tensor:
         """Query vectors; a query with both text and photo averages the two directions."""
+        image = self.image_features(image, has_image)
         text_vec = F.normalize(self.query_text(text), dim=-1) * has_text.float().unsqueeze(-1)
         image_vec = F.normalize(self.query_image(image), dim=-1) * has_image.float().unsqueeze(-1)
         return F.normalize(text_vec + image_vec, dim=-1)

@@ -53,7 +53,8 @@ class TrainedEmbedder(Embedder):
 
     def encode_products(self, products: Sequence[Product], *, progress: bool = False) -> np.ndarray:
         text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
-        image, has_image = product_image_features(products, self._image_features, self.model.config.image_dim)
+        image, has_image = product_image_features(products, self._image_features, self.model.config.image_input_width,
+                                                  normalize=not self.model.config.fine_tunes_backbone)
         with torch.inference_mode():
             vectors = self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image))
         return self._served(vectors)
@@ -61,7 +62,7 @@ class TrainedEmbedder(Embedder):
     def encode_queries(self, queries: Sequence[Query], *, progress: bool = False) -> np.ndarray:
         config = self.model.config
         text = np.zeros((len(queries), config.text_dim), dtype=np.float32)
-        image = np.zeros((len(queries), config.image_dim), dtype=np.float32)
+        image = np.zeros((len(queries), config.image_input_width), dtype=np.float32)
         has_text = np.array([bool(q.text) for q in queries])
         has_image = np.array([q.image is not None for q in queries])
         if has_text.any():

@@ -22,6 +22,8 @@ class TextEncoder(ABC):
 class ImageEncoder(ABC):
     name: str
     dim: int
+    normalized: bool = True
+    """False for encoders that return raw feature maps for a trainable top (never mean-normalised)."""
 
     @abstractmethod
     def encode(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:

@@ -82,7 +82,7 @@ class CachedImageEncoder(ImageEncoder):
 
     def __init__(self, encoder: ImageEncoder, cache: FeatureCache) -> None:
         self.encoder, self.cache = encoder, cache
-        self.name, self.dim = encoder.name, encoder.dim
+        self.name, self.dim, self.normalized = encoder.name, encoder.dim, encoder.normalized
 
     def encode(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         files = [row for row, image in enumerate(images) if isinstance(image, (str, Path)) and os.path.isfile(image)]

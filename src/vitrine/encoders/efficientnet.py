@@ -1,17 +1,26 @@
-"""EfficientNet-Lite0 (ImageNet) as an image tower: global-average-pooled 1280-d features."""
+"""EfficientNet-Lite0 (ImageNet) as an image tower: global-average-pooled 1280-d features.
+
+For end-to-end fine-tuning, the network splits in two: the frozen bottom (everything below the top
+``N`` blocks), whose feature maps are computed once and cached like any other feature, and the
+trainable top (``EfficientNetTop``: the last blocks, the head convolution and pooling), which becomes
+part of the trained image tower.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from vitrine.catalog.images import ImageInput
 from vitrine.encoders.base import ImageEncoder, l2_normalize
 from vitrine.encoders.image_data import Preprocess, image_batches
+from vitrine.errors import VitrineError
 from vitrine.progress import progress_bar
 
 
@@ -26,28 +35,119 @@ def load_efficientnet_lite0(num_classes: int = 1000) -> torch.nn.Module:
 
 
 class EfficientNetLiteEncoder(ImageEncoder):
-    """Pooled features of the last conv block. Runs in ``channels_last`` (about 2x faster on CPU)."""
+    """Pooled features of the last conv block. Runs in ``channels_last`` (about 2x faster on CPU).
+
+    With ``top_blocks=N`` it stops below the last ``N`` blocks and returns those feature maps,
+    flattened and unnormalised, as the input of a trainable ``EfficientNetTop``.
+    """
 
     def __init__(self, model: torch.nn.Module | None = None, name: str = "efficientnet-lite0",
-                 num_workers: int = 2, image_size: int = 224) -> None:
+                 num_workers: int = 2, image_size: int = 224, top_blocks: int = 0) -> None:
         self.model = (model or load_efficientnet_lite0()).eval().to(memory_format=torch.channels_last)
         self.name = name
-        self.dim = 1280
         self.num_workers = num_workers
         # The network is fully convolutional with global pooling, so any input size works; photos
         # of about 350 px keep more detail for look-alike products at 288-320 than at 224.
         self.preprocess = Preprocess(size=image_size)
+        blocks = len(self.model._blocks)
+        if not 0 <= top_blocks <= blocks:
+            raise VitrineError(f"{name}: top_blocks must be between 0 and {blocks}, got {top_blocks}")
+        self.cut = blocks - top_blocks
+        self.top_blocks = top_blocks
+        self.normalized = top_blocks == 0
+        self.map_shape = self._map_shape(image_size) if top_blocks else (1280, 1, 1)
+        self.dim = int(np.prod(self.map_shape)) if top_blocks else 1280
+
+    def _map_shape(self, image_size: int) -> tuple[int, int, int]:
+        with torch.inference_mode():
+            maps = self.bottom_maps(torch.zeros(1, 3, image_size, image_size))
+        return tuple(int(size) for size in maps.shape[1:])  # type: ignore[return-value]
 
     @torch.inference_mode()
     def feature_maps(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 1280, 7, 7)`` maps, for callers that need spatial features (saliency, patches)."""
+        """``(B, 1280, h, w)`` maps, for callers that need spatial features (saliency, patches)."""
         return self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+
+    @torch.inference_mode()
+    def bottom_maps(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The maps entering block ``cut`` (the input of the trainable top)."""
+        net = self.model
+        x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
+        for idx, block in enumerate(net._blocks[: self.cut]):
+            x = block(x, drop_connect_rate=net._global_params.drop_connect_rate * idx / len(net._blocks))
+        return x
+
+    def top(self) -> "EfficientNetTop":
+        """A trainable copy of the blocks above the cut, the head convolution and pooling."""
+        return EfficientNetTop(self.model, self.top_blocks, self.map_shape)
 
     def encode(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        run = ((lambda pixels: self.bottom_maps(pixels).flatten(1)) if self.top_blocks
+               else (lambda pixels: self.feature_maps(pixels).mean(dim=(2, 3))))
         batches = image_batches(images, self.preprocess, batch_size, self.num_workers)
-        pooled = [self.feature_maps(pixels).mean(dim=(2, 3)).float().numpy()
-                  for pixels in progress_bar(batches, enabled=progress, total=-(-len(images) // batch_size),
-                                             desc="encode images", unit="batch")]
-        return l2_normalize(np.concatenate(pooled))
+        features = [run(pixels).float().contiguous().numpy()
+                    for pixels in progress_bar(batches, enabled=progress, total=-(-len(images) // batch_size),
+                                               desc="encode images", unit="batch")]
+        stacked = np.concatenate(features)
+        return l2_normalize(stacked) if self.normalized else stacked
+
+
+class EfficientNetTop(nn.Module):
+    """The top ``N`` blocks + head of EfficientNet-Lite as a module: flattened maps in, pooled 1280-d out.
+
+    BatchNorm keeps its ImageNet statistics (a few thousand product photos would only make them
+    noisier); its affine weights and all convolutions train. In training mode each map is randomly
+    flipped and cropped: augmentation that costs nothing, since the maps come from a cache.
+    """
+
+    def __init__(self, network: nn.Module, top_blocks: int, map_shape: Sequence[int], crop: float = 0.8) -> None:
+        super().__init__()
+        cut = len(network._blocks) - top_blocks
+        self.blocks = copy.deepcopy(network._blocks[cut:])
+        self.conv_head = copy.deepcopy(network._conv_head)
+        self.bn = copy.deepcopy(network._bn1)
+        self.swish = copy.deepcopy(network._swish)
+        total = len(network._blocks)
+        self.drop_rates = [network._global_params.drop_connect_rate * idx / total for idx in range(cut, total)]
+        self.map_shape = tuple(int(size) for size in map_shape)
+        self.crop = crop
+        self.out_dim = self.conv_head.out_channels
+
+    def train(self, mode: bool = True) -> "EfficientNetTop":
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+    def maps(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(len(flat), *self.map_shape)
+
+    def forward(self, flat: torch.Tensor, *, pool: bool = True, augment: bool | None = None) -> torch.Tensor:
+        x = self.maps(flat)
+        if self.training if augment is None else augment:
+            x = self._augment(x)
+        x = self.spatial(x)
+        return x.mean(dim=(2, 3)) if pool else x
+
+    def spatial(self, maps: torch.Tensor) -> torch.Tensor:
+        """``(B, 1280, h, w)`` head activations of ``(B, C, h, w)`` input maps."""
+        x = maps.contiguous(memory_format=torch.channels_last)
+        for block, rate in zip(self.blocks, self.drop_rates):
+            x = block(x, drop_connect_rate=rate)
+        return self.swish(self.bn(self.conv_head(x)))
+
+    def _augment(self, maps: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = maps.shape
+        flip = torch.rand(batch, device=maps.device) < 0.5
+        maps = torch.where(flip.view(-1, 1, 1, 1), maps.flip(3), maps)
+        size_h, size_w = max(1, round(height * self.crop)), max(1, round(width * self.crop))
+        if (size_h, size_w) == (height, width):
+            return maps
+        top = torch.randint(0, height - size_h + 1, (batch, 1, 1))
+        left = torch.randint(0, width - size_w + 1, (batch, 1, 1))
+        rows = top + torch.arange(size_h).view(1, -1, 1)
+        cols = left + torch.arange(size_w).view(1, 1, -1)
+        return maps[torch.arange(batch).view(-1, 1, 1), :, rows, cols].permute(0, 3, 1, 2)

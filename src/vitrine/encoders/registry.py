@@ -21,15 +21,16 @@ def _local_sentence_transformer(path: str) -> TextEncoder:
     return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}")
 
 
-def _efficientnet_lite0(config: EncoderConfig, size: int | None) -> ImageEncoder:
+def _efficientnet_lite0(config: EncoderConfig, size: int | None, top_blocks: int = 0) -> ImageEncoder:
     from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 
-    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224)
+    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224, top_blocks=top_blocks)
 
 
 TEXT_ENCODERS: dict[str, Callable[[EncoderConfig], TextEncoder]] = {"minilm": _minilm}
-IMAGE_ENCODERS: dict[str, Callable[[EncoderConfig, int | None], ImageEncoder]] = {
-    "efficientnet-lite0": _efficientnet_lite0}
+IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {"efficientnet-lite0": _efficientnet_lite0}
+SPLITTABLE = {"efficientnet-lite0"}
+"""Image backbones that can stop below their top blocks (``name/topN``) for end-to-end fine-tuning."""
 
 
 def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEncoder:
@@ -45,20 +46,46 @@ def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEnc
 
 
 def load_image_encoder(name: str, config: EncoderConfig | None = None) -> ImageEncoder:
-    """A registered image backbone; ``name@SIZE`` (``efficientnet-lite0@320``) sets the input resolution.
+    """A registered image backbone; ``name@SIZE`` (``efficientnet-lite0@320``) sets the input resolution,
+    and ``name@SIZE/topN`` stops below the last ``N`` blocks and returns their input feature maps,
+    for a model that fine-tunes those blocks (its ``top()`` is the trainable rest).
 
     The resolution is part of the name because it changes the features: a model trained on one
     resolution must be served with the same one, and caches must not mix them.
     """
     config = config or EncoderConfig()
     _set_threads(config)
-    base, _, size = name.partition("@")
-    if base not in IMAGE_ENCODERS or (size and not size.isdigit()):
-        raise VitrineError(f"unknown image encoder {name!r} (registered: {', '.join(IMAGE_ENCODERS)};"
-                           " add @SIZE for another input resolution)")
-    encoder = IMAGE_ENCODERS[base](config, int(size) if size else None)
+    base, size, top = parse_image_encoder(name)
+    encoder = IMAGE_ENCODERS[base](config, size, top) if top else IMAGE_ENCODERS[base](config, size)
     encoder.name = name
     return encoder
+
+
+def load_image_top(name: str, config: EncoderConfig | None = None):
+    """The trainable top (a ``torch.nn.Module``: flattened maps in, pooled features out) that
+    completes the split encoder ``name`` (``.../topN``), starting from the pretrained weights."""
+    encoder = load_image_encoder(name, config)
+    if not hasattr(encoder, "top") or not parse_image_encoder(name)[2]:
+        raise VitrineError(f"image encoder {name!r} has no trainable top (name it NAME@SIZE/topN)")
+    return encoder.top()
+
+
+def parse_image_encoder(name: str) -> tuple[str, int | None, int]:
+    """``efficientnet-lite0@288/top2`` -> ``("efficientnet-lite0", 288, 2)``."""
+    head, _, top = name.partition("/top")
+    base, _, size = head.partition("@")
+    if base not in IMAGE_ENCODERS or (size and not size.isdigit()) or ("/top" in name and not top.isdigit()):
+        raise VitrineError(f"unknown image encoder {name!r} (registered: {', '.join(IMAGE_ENCODERS)};"
+                           " add @SIZE for another input resolution, /topN to fine-tune the top N blocks)")
+    if top and base not in SPLITTABLE:
+        raise VitrineError(f"image encoder {base!r} cannot fine-tune its top blocks (only {', '.join(SPLITTABLE)})")
+    return base, int(size) if size else None, int(top or 0)
+
+
+def with_top_blocks(name: str, blocks: int) -> str:
+    """The encoder name that leaves the top ``blocks`` of ``name`` to training (0: the frozen backbone)."""
+    head = name.partition("/top")[0]
+    return f"{head}/top{blocks}" if blocks else head
 
 
 def _set_threads(config: EncoderConfig) -> None:

@@ -64,7 +64,8 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
 
     product_text = cache.texts(text_encoder, [p.text for p in products], progress=progress)
     product_image, has_image = product_image_features(
-        products, lambda paths: cache.images(image_encoder, paths, progress=progress), image_encoder.dim)
+        products, lambda paths: cache.images(image_encoder, paths, progress=progress), image_encoder.dim,
+        normalize=image_encoder.normalized)
     keywords = extract_keywords([p.text for p in products]) if (config.keyword_pairs or config.keyword_mask <= 1) else None
     equivalent = equivalence_matrix([p.group for p in products], keywords, config.keyword_mask)
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from vitrine.catalog import Store
 from vitrine.catalog.product import Pair
 from vitrine.config import Config, write_atomic
-from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blocks
 from vitrine.errors import VitrineError
 from vitrine.training.data import build_training_set
 from vitrine.encoders.cache import FeatureCache
@@ -28,13 +28,17 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]
     text_encoder = load_text_encoder(config.encoders.text, config.encoders)
-    image_encoder = load_image_encoder(config.encoders.image, config.encoders)
+    # With unfrozen top blocks the cached image features are the maps entering those blocks.
+    image_name = with_top_blocks(config.encoders.image, config.training.unfreeze_blocks)
+    image_encoder = load_image_encoder(image_name, config.encoders)
+    image_top = image_encoder.top() if config.training.unfreeze_blocks else None
     cache = FeatureCache(store.root / "cache" / "features.sqlite")
     data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training, progress=progress)
-    towers = tower_config(config.training, config.encoders.text, config.encoders.image, text_encoder.dim,
-                          image_encoder.dim)
+    towers = tower_config(config.training, config.encoders.text, image_name, text_encoder.dim,
+                          image_top.out_dim if image_top is not None else image_encoder.dim,
+                          image_input_dim=image_encoder.dim if image_top is not None else 0)
     folder = store.models_dir / name
-    trainer = ContrastiveTrainer(data, config.training, towers, folder, progress=progress)
+    trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
     result = trainer.fit(resume=resume)
     trainer.model.save(folder)
     plot_losses(result.losses, folder / "loss.png", title=f"{name}: contrastive training loss")

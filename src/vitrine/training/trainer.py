@@ -24,6 +24,7 @@ from vitrine.training.data import TrainingSet
 from vitrine.training.losses import InfoNCE, MatryoshkaLoss, SymmetricInfoNCE
 from vitrine.training.masks import batch_mask
 from vitrine.training.negatives import HardNegativeMiner, MemoryBank, gather_from_processes
+from vitrine.training.visual import visual_task
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +46,29 @@ class TrainResult:
 
 
 def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, text_dim: int,
-                 image_dim: int) -> TowerConfig:
+                 image_dim: int, image_input_dim: int = 0) -> TowerConfig:
     dims = [int(d) for d in config.matryoshka.split(",") if d.strip()]
     return TowerConfig(text_encoder=text_encoder, image_encoder=image_encoder, text_dim=text_dim,
                        image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
                        image_dropout=config.image_dropout,
                        modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
-                       temperature=config.temperature)
+                       temperature=config.temperature, image_input_dim=image_input_dim)
 
 
 class ContrastiveTrainer:
     def __init__(self, data: TrainingSet, config: TrainingConfig, towers: TowerConfig, folder: Path,
-                 *, progress: bool = True) -> None:
+                 *, image_top: torch.nn.Module | None = None, progress: bool = True) -> None:
         torch.manual_seed(config.seed)
         self.data, self.config, self.folder, self.progress = data, config, Path(folder), progress
-        self.model = TwoTowerModel(towers)
+        self.model = TwoTowerModel(towers, image_top)
         self.model.start_from_features(
             torch.from_numpy(np.concatenate([data.product_text, data.query_text[data.query_has_text]])),
             torch.from_numpy(np.concatenate([data.product_image[data.product_has_image],
                                              data.query_image[data.query_has_image]])))
         base = (SymmetricInfoNCE if config.symmetric else InfoNCE)(config.temperature, config.learn_temperature)
         self.loss = MatryoshkaLoss(base, towers.matryoshka)
-        self.optimizer = torch.optim.AdamW(list(self.model.parameters()) + list(self.loss.parameters()),
-                                           lr=config.lr, weight_decay=config.weight_decay)
+        self.visual = visual_task(config.visual_task, self.model, config.mask_ratio)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.lr, weight_decay=config.weight_decay)
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
@@ -79,6 +80,17 @@ class ContrastiveTrainer:
         self._tensors = {name: torch.from_numpy(getattr(data, name)) for name in (
             "product_text", "product_image", "product_has_image", "query_text", "query_image",
             "query_has_text", "query_has_image", "weight")}
+
+    def _parameter_groups(self) -> list[dict]:
+        backbone = list(self.model.image_top.parameters()) if self.model.image_top is not None else []
+        held = {id(p) for p in backbone}
+        rest = [p for p in self.model.parameters() if id(p) not in held] + list(self.loss.parameters())
+        if self.visual is not None:
+            rest += list(self.visual.parameters())
+        groups = [{"params": rest}]
+        if backbone:
+            groups.append({"params": backbone, "lr": self.config.lr * self.config.backbone_lr_scale})
+        return groups
 
     @property
     def steps_per_epoch(self) -> int:
@@ -123,19 +135,26 @@ class ContrastiveTrainer:
         return self.best is not None and self.epoch - self.best[1] >= self.config.patience
 
     @torch.no_grad()
-    def dev_mrr(self) -> float:
-        """Mean reciprocal rank of each dev example's product among all training products."""
+    def dev_mrr(self, chunk: int = 256) -> float:
+        """Mean reciprocal rank of each dev example's product among all training products.
+
+        Products that are not its negatives (same item or group, keyword twins, other products
+        graded relevant to the query) do not count against it, as in training.
+        """
         t, rows = self._tensors, self.dev_rows
         self.model.eval()
         products = torch.from_numpy(self.all_product_vectors())
-        queries = self.model.queries(t["query_text"][rows], t["query_image"][rows],
-                                     t["query_has_text"][rows], t["query_has_image"][rows])
-        positives = torch.from_numpy(self.data.positive[rows])
         ranks = []
-        for start in range(0, len(rows), 512):
-            scores = queries[start:start + 512] @ products.T
-            target = scores.gather(1, positives[start:start + 512, None])
-            ranks.append((scores > target).sum(dim=1) + 1)
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            queries = self.model.queries(t["query_text"][part], t["query_image"][part],
+                                         t["query_has_text"][part], t["query_has_image"][part])
+            positives = self.data.positive[part]
+            scores = queries @ products.T
+            target = scores.gather(1, torch.from_numpy(positives)[:, None])
+            ignore = batch_mask(self.data.equivalent, positives, np.arange(len(products)),
+                                [self.data.relevant[i] for i in part])
+            ranks.append(((scores > target) & ~ignore).sum(dim=1) + 1)
         return float((1.0 / torch.cat(ranks).float()).mean())
 
     def train_step(self, batch: np.ndarray) -> float:
@@ -155,6 +174,8 @@ class ContrastiveTrainer:
             loss = self.loss(queries, keys, ignore, weights)
         else:
             loss = self.loss(queries, keys, torch.arange(len(batch)), ignore, weights)
+        if self.visual is not None:
+            loss = loss + self.config.visual_weight * self._visual_loss(batch)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -163,10 +184,20 @@ class ContrastiveTrainer:
         self.step += 1
         return float(loss.detach())
 
+    def _visual_loss(self, batch: np.ndarray) -> torch.Tensor:
+        photos = batch[self.data.query_has_image[batch]][: self.config.visual_batch]
+        if len(photos) < 2:  # a contrastive task needs another image to tell apart
+            return torch.zeros(())
+        return self.visual(self.model, self._tensors["query_image"][torch.from_numpy(photos)])
+
     def _products(self, rows: np.ndarray) -> torch.Tensor:
+        """Product vectors of ``rows``; repeated rows are computed once (photos of one product share a batch)."""
         t = self._tensors
-        index = torch.from_numpy(rows)
-        return self.model.products(t["product_text"][index], t["product_image"][index], t["product_has_image"][index])
+        unique, inverse = np.unique(rows, return_inverse=True)
+        index = torch.from_numpy(unique)
+        vectors = self.model.products(t["product_text"][index], t["product_image"][index],
+                                      t["product_has_image"][index])
+        return vectors[torch.from_numpy(inverse.reshape(-1))]
 
     def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
         return gather_from_processes(torch.from_numpy(rows)).numpy()
@@ -200,6 +231,7 @@ class ContrastiveTrainer:
     def save_checkpoint(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         state = {"model": self.model.state_dict(), "loss": self.loss.state_dict(),
+                 "visual": self.visual.state_dict() if self.visual is not None else {},
                  "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                  "history": self.history, "dev_scores": self.dev_scores, "best": self.best,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
@@ -211,6 +243,8 @@ class ContrastiveTrainer:
         state = torch.load(self.folder / CHECKPOINT, weights_only=False)
         self.model.load_state_dict(state["model"])
         self.loss.load_state_dict(state["loss"])
+        if self.visual is not None:
+            self.visual.load_state_dict(state.get("visual", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.dev_scores, self.best = state["dev_scores"], state["best"]
