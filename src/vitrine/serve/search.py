@@ -40,13 +40,13 @@ def router(state: ServiceState) -> APIRouter:
         """Products for a photo, text, or both: multipart (``image`` file, ``text``, ``k``, ``rerank``) or JSON
         (``image`` as base64)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "multipart/form-data":
+        if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
             text, photo, k, choice = await _from_form(request, state)
         elif kind == "application/json":
             text, photo, k, choice = _from_json(await request.body(), state)
         else:
-            raise HTTPException(415, "send the search as multipart/form-data (image file) or application/json "
-                                     "(image as base64)")
+            raise HTTPException(415, "send the search as multipart/form-data (image file), application/json "
+                                     "(image as base64) or an urlencoded form (text only)")
         return await run_in_threadpool(run_search, state, text, photo, k, choice)
 
     return routes
@@ -130,6 +130,7 @@ def _post_body(state: ServiceState) -> dict:
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             **fields, "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP photo"}}}},
+        "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": fields}},
         "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
             **fields, "image": {"type": "string", "description": "base64 JPEG, PNG or WebP photo"}}}},
     }}}
