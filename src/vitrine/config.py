@@ -136,6 +136,8 @@ class ServeConfig:
     """Requests running the models at once; the rest wait their turn instead of fighting for the cores."""
     queue_timeout: float = 10.0
     """Seconds a request may wait for a model slot before it is answered 503 (busy)."""
+    warm_up: bool = True
+    """Load the models and run one text and one photo query before serving, so the first shopper does not wait."""
     save_delay: float = 2.0
     """Seconds after a write before the index files are saved (writes in between share one save).
     The catalog commit is the durable acknowledgement; a lost index save is replayed at start-up."""

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI
+from PIL import Image
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from vitrine import __version__
 from vitrine.catalog import Store
 from vitrine.config import ServeConfig
+from vitrine.embedding import Query
 from vitrine.engine import SearchEngine, open as open_engine
 from vitrine.serve import handlers, ops, products, search
 from vitrine.serve.metrics import Metrics, RequestMetrics
@@ -42,6 +44,8 @@ def create_app(store_or_engine: str | Path | Store | SearchEngine, config: Serve
     engine = store_or_engine if isinstance(store_or_engine, SearchEngine) else open_engine(store_or_engine)
     config = config or engine.config.serve
     replayed = engine.sync(progress=False)
+    if config.warm_up:
+        _warm_up(engine)
     state = ServiceState(engine=engine, config=config, api_key=resolve_key(config, api_key), metrics=Metrics(),
                          slots=ModelSlots(config.encode_slots, config.queue_timeout),
                          saver=DebouncedSaver(engine, config.save_delay), replayed=replayed)
@@ -70,3 +74,9 @@ def create_app(store_or_engine: str | Path | Store | SearchEngine, config: Serve
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodyLimit, limit=config.max_request_bytes)
     return app
+
+
+def _warm_up(engine: SearchEngine) -> None:
+    """Load both backbones and run their first (slowest) pass now, not in a shopper's request."""
+    photo = Image.new("RGB", (64, 64), (200, 200, 200))
+    engine.embedder.encode_queries([Query(text="warm up"), Query(image=photo)])
