@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test demo bench bench-trained clean
+.PHONY: install test browser demo bench bench-trained bench-service clean
 
 install: $(STAMP)
 
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
+# The browser test drives Debian's Chromium (Playwright cannot download its own here): install it once.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo)
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+# Builds the Grocery store in .vitrine/grocery if missing (trained towers), then serves it and prints the URL.
 demo: $(STAMP)
 	$(VENV)/bin/vitrine demo
 
@@ -29,6 +35,10 @@ bench: $(STAMP)
 
 bench-trained: $(STAMP)
 	$(PY) benchmarks/trained_embeddings.py
+
+bench-service: $(STAMP)
+	@mkdir -p .vitrine
+	$(PY) benchmarks/service_load.py --json .vitrine/bench-service.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

@@ -124,12 +124,45 @@ class SearchConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The HTTP service (``vitrine serve``): where it listens, who may write, what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = "VITRINE_API_KEY"
+    """Environment variable holding the key that write endpoints require (``--api-key`` wins over it).
+    Without a key, writes are refused: a shop opts in to them."""
+    read_requires_key: bool = False
+    """Also require the key for searches and product pages (an internal service)."""
+    max_request_bytes: int = 16_000_000
+    """Refused (413) before the body is read past this many bytes."""
+    max_upload_bytes: int = 8_000_000
+    """One image, after base64 decoding."""
+    max_pixels: int = 40_000_000
+    """Width x height of one uploaded image, checked before decoding (decompression bombs)."""
+    max_images: int = 8
+    """Images on one product."""
+    max_query_chars: int = 500
+    max_k: int = 100
+    encode_slots: int = 1
+    """Requests running the models at once; the rest wait their turn instead of fighting for the cores."""
+    queue_timeout: float = 10.0
+    """Seconds a request may wait for a model slot before it is answered 503 (busy)."""
+    warm_up: bool = True
+    """Load the models and run one text and one photo query before serving, so the first shopper does not wait."""
+    save_delay: float = 2.0
+    """Seconds after a write before the index files are saved (writes in between share one save).
+    The catalog commit is the durable acknowledgement; a lost index save is replayed at start-up."""
+
+
+@dataclass
 class Config:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":

@@ -38,5 +38,13 @@ class UnknownProductError(VitrineError, KeyError):
         return self.args[0]
 
 
+class ProductExistsError(VitrineError):
+    """A product id that the catalog already holds, where a new one was asked for."""
+
+    def __init__(self, product_id: str) -> None:
+        super().__init__(f"product {product_id!r} already exists")
+        self.product_id = product_id
+
+
 class DimensionError(VitrineError, ValueError):
     """Vectors whose width does not match the index or model."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
 from vitrine.catalog.images import MAX_PIXELS, check_image, content_name, read_image_bytes
@@ -68,8 +68,13 @@ def _accept(store: Store, record: Record, seen: set[str], max_pixels: int) -> Pr
 
 def store_image(store: Store, path: str, where: str, max_pixels: int = MAX_PIXELS) -> str:
     """Copy the image at ``path`` into the store (once per content); return its store-relative path."""
-    data = read_image_bytes(path, where)
-    extension = check_image(data, f"{where}: {path}", max_pixels)
+    return store_image_bytes(store, read_image_bytes(path, where), f"{where}: {path}", max_pixels)
+
+
+def store_image_bytes(store: Store, data: bytes, where: str, max_pixels: int = MAX_PIXELS,
+                      formats: Collection[str] | None = None) -> str:
+    """Check ``data`` and write it into the store (durably, once per content); return its store-relative path."""
+    extension = check_image(data, where, max_pixels, formats)
     relative = f"images/{content_name(data, extension)}"
     target = store.resolve(relative)
     if not target.exists():

@@ -135,6 +135,17 @@ class Catalog:
         with self._lock:
             return dict(self._db.execute("SELECT key, version FROM products").fetchall())
 
+    def versions_of(self, product_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``id → (key, version)`` for the given ids that the catalog holds."""
+        found: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(product_ids), 500):
+            chunk = list(product_ids[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            with self._lock:
+                rows = self._db.execute(f"SELECT id, key, version FROM products WHERE id IN ({marks})", chunk).fetchall()
+            found.update((row[0], (int(row[1]), int(row[2]))) for row in rows)
+        return found
+
     def __iter__(self) -> Iterator[Product]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_FIELDS} FROM products ORDER BY key").fetchall()

@@ -182,11 +182,75 @@ def info(store: StoreArg) -> None:
 
 @app.command()
 @user_errors
-def demo(
-    store: Annotated[Path, typer.Option(help="Where to build the demo store.")] = Path(".vitrine/grocery"),
-    data: Annotated[Optional[Path], typer.Option(help="The Grocery Store Dataset (default: $VITRINE_DATA/grocery-store).")] = None,
+def serve(
+    store: StoreArg,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: serve.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: serve.port, 8000).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", help="Key that write endpoints require (X-API-Key header). Prefer the environment variable "
+                          "named by serve.api_key_env (VITRINE_API_KEY): a flag shows in the process list.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a setting for this run only, e.g. --set serve.read_requires_key=true.")] = None,
 ) -> None:
-    """Build a store from the Grocery Store Dataset, evaluate photo search on its val split, show examples."""
+    """Serve STORE over HTTP: the search API (OpenAPI at /docs), metrics, and the web page at /.
+
+    Before it listens, the index is checked against the catalog and whatever it lacks is embedded.
+    """
+    from vitrine.engine import open as open_engine
+
+    engine = open_engine(store, config_overrides=parse_assignments(set_ or []))
+    _serve(engine, host, port, api_key)
+
+
+def _serve(engine, host: Optional[str], port: Optional[int], api_key: Optional[str]) -> None:
+    import uvicorn
+
+    from vitrine.serve import create_app
+
+    config = engine.config.serve
+    host, port = host or config.host, port or config.port
+    app = create_app(engine, config, api_key=api_key)
+    state = app.state.service
+    replayed = state.replayed
+    if replayed.added or replayed.removed:
+        out.print(f"replayed from the catalog: {replayed.added} products embedded, {replayed.removed} removed")
+    writes = "enabled (X-API-Key)" if state.api_key else f"disabled (set {config.api_key_env} to enable)"
+    out.print(f"vitrine: {len(engine.catalog)} products from {engine.store.root}; writes {writes}")
+    out.print(f"serving at [bold]http://{host}:{port}/[/]  (API docs: http://{host}:{port}/docs; Ctrl+C stops)",
+              highlight=False)
+    # No access log: at hundreds of requests a second it costs more than the searches; /metrics counts them.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5,
+                timeout_graceful_shutdown=10)
+
+
+@app.command()
+@user_errors
+def demo(
+    store: Annotated[Path, typer.Option(help="Where the demo store lives (built if missing).")] = Path(".vitrine/grocery"),
+    data: Annotated[Optional[Path], typer.Option(help="The Grocery Store Dataset (default: $VITRINE_DATA/grocery-store).")] = None,
+    train: Annotated[bool, typer.Option("--train/--no-train",
+                                        help="Train the towers on the Grocery training photos when building.")] = True,
+    serve_: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the web page and API afterwards.")] = True,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Build a store from the Grocery Store Dataset (if missing), then serve it: search page at the printed URL.
+
+    Building ingests the 81 products, trains the towers on the training photos (a few minutes on two
+    cores; --no-train keeps zero-shot), indexes, and evaluates photo search on the val split.
+    """
+    from vitrine.catalog import Store
+
+    if not (store / "manifest.json").is_file() or len(Store.open(store).catalog) == 0:
+        _build_demo_store(store, data, train)
+    else:
+        out.print(f"using the demo store in {store} (delete it to rebuild)")
+    engine = _open(store)
+    if serve_:
+        _serve(engine, host, port, None)
+
+
+def _build_demo_store(store: Path, data: Optional[Path], train: bool) -> None:
     from vitrine.catalog import Store, ingest as ingest_products, load_products, load_queries
     from vitrine.evaluation import evaluate
 
@@ -197,19 +261,22 @@ def demo(
     target = Store.create(store)
     out.rule("1. catalog")
     out.print(f"{root}: {ingest_products(target, load_products(root)).summary()}")
-    out.rule("2. index")
+    if train and (root / "train.txt").is_file():
+        from vitrine.catalog.datasets import load_splits
+        from vitrine.training import train_store
+
+        out.rule("2. training the towers on the Grocery training photos")
+        splits = load_splits(f"grocery:{root}")
+        result = train_store(target, splits.train, held_out=splits.held_out)
+        out.print(f"trained: {result.epochs} epochs in {result.seconds:.0f} s")
+    out.rule("3. index")
     engine = _open(target)
-    report = engine.sync()
+    report = engine.sync(rebuild=True)
     out.print(f"{report.total} products indexed ({engine.embedder.dim}-d, {engine.index.describe()['factory']})")
-    out.rule("3. photo → product on the val split")
+    out.rule("4. photo → product on the val split")
     result = evaluate(engine, load_queries(root / "val.txt", root), name="grocery-val")
     out.print(_metrics_table(result))
     result.write(target.reports_dir)
-    out.rule("4. examples")
-    out.print(_hits_table(engine.search(text="green apple for baking", k=5), "text: green apple for baking"))
-    photo = result.per_query[0].image
-    out.print(_hits_table(engine.search(image=photo, k=5), f"photo: {Path(photo).name}"))
-    out.print(f"\nTry: vitrine search {store} --text 'oat milk'   |   vitrine search {store} --image PHOTO.jpg")
 
 
 def _store_with_settings(store: Path, config: Optional[Path], assignments: Optional[list[str]],

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vitrine.catalog import ImageInput, Product, Store
+from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
-from vitrine.errors import StoreError, VitrineError
+from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
 
@@ -39,6 +42,29 @@ class SyncReport:
     total: int
 
 
+@dataclass(frozen=True)
+class TimedHits:
+    """Results of one search and the seconds each stage took (``encode``, ``retrieve``, ``fetch``)."""
+
+    hits: list[Hit]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """How the index compares with the catalog: ``missing`` and ``outdated`` are both 0 when it is current."""
+
+    products: int
+    indexed: int
+    missing: int
+    outdated: int
+    unsaved: int
+
+    @property
+    def current(self) -> bool:
+        return self.missing == 0 and self.outdated == 0 and self.indexed == self.products
+
+
 class SearchEngine:
     """Search a store by text, photo, or both. Open one with ``vitrine.open(store)``."""
 
@@ -52,6 +78,12 @@ class SearchEngine:
         self._indexed_versions = indexed_versions
         self.stale: str | None = None
         """Why the index cannot answer queries from this embedder (cleared by ``sync(rebuild=True)``)."""
+        # Two locks, so that searches never wait for a writer's model work: writers take ``_write_lock``
+        # for a whole write (commit, embed, add, save) and so run one at a time; ``_index_lock`` guards
+        # the index structures themselves and is held only for the moments of searching or changing them.
+        self._write_lock = threading.RLock()
+        self._index_lock = threading.RLock()
+        self._unsaved = 0
 
     @property
     def catalog(self):
@@ -68,9 +100,19 @@ class SearchEngine:
         """
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical)[0]
 
+    def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
+                     *, lexical: bool | None = None) -> TimedHits:
+        """``search``, with the seconds spent in each stage (for a service's responses and metrics)."""
+        timings: dict[str, float] = {}
+        hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, timings=timings)[0]
+        return TimedHits(hits, timings)
+
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
-                    progress: bool = False) -> list[list[Hit]]:
-        """Batched search: queries are encoded together, which is much faster per query."""
+                    progress: bool = False, timings: dict[str, float] | None = None) -> list[list[Hit]]:
+        """Batched search: queries are encoded together, which is much faster per query.
+
+        ``timings``, if given, receives the seconds spent encoding, retrieving and fetching products.
+        """
         k = self._checked_k(k)
         lexical = self.config.search.lexical if lexical is None else lexical
         for query in queries:
@@ -79,26 +121,34 @@ class SearchEngine:
                                    f"{self.config.search.max_query_chars}")
         if not queries:
             return []
+        clock = _Stopwatch(timings)
         vectors = self.embedder.encode_queries(queries, progress=progress)
+        clock.lap("encode")
         if not lexical:
-            return self.search_vectors(vectors, k)
-        depth = max(k, self.config.search.fusion_depth)
-        _, vector_keys = self._vector_search(vectors, depth)
-        scores, keys = self._fused(queries, vector_keys, k, depth)
-        return self._hits(scores, keys)
+            scores, keys = self._vector_search(vectors, k)
+        else:
+            depth = max(k, self.config.search.fusion_depth)
+            _, vector_keys = self._vector_search(vectors, depth)
+            scores, keys = self._fused(queries, vector_keys, k, depth)
+        clock.lap("retrieve")
+        hits = self._hits(scores, keys)
+        clock.lap("fetch")
+        return hits
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         return self._hits(*self._vector_search(vectors, k))
 
     def _vector_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.stale:
-            raise StoreError(self.stale)
-        return self.index.search(vectors, k)
+        with self._index_lock:
+            if self.stale:
+                raise StoreError(self.stale)
+            return self.index.search(vectors, k)
 
     def _fused(self, queries: Sequence[Query], vector_keys: np.ndarray, k: int, depth: int):
         """RRF of the vector ranking and BM25 for queries with text; vector order alone for photos."""
         texts = [query.text or "" for query in queries]
-        _, lexical_keys = self.lexical.search(texts, depth)
+        with self._index_lock:  # BM25 rebuilds its model lazily on the first search after a change
+            _, lexical_keys = self.lexical.search(texts, depth)
         lexical_keys[[not text for text in texts]] = -1
         return fuse_batches([vector_keys, lexical_keys], k, rrf_k=self.config.search.rrf_k)
 
@@ -121,6 +171,10 @@ class SearchEngine:
 
     def sync(self, *, rebuild: bool = False, progress: bool = True, chunk: int = 256) -> SyncReport:
         """Embed what the catalog has and the index lacks (new or changed), drop what it no longer has."""
+        with self._write_lock, self._index_lock:  # a batch job: searches wait until it is done
+            return self._sync(rebuild=rebuild, progress=progress, chunk=chunk)
+
+    def _sync(self, *, rebuild: bool, progress: bool, chunk: int) -> SyncReport:
         if rebuild or self.stale:
             self.index = create_index(self.embedder.dim, self.config.index)
             self.lexical = LexicalIndex()
@@ -161,7 +215,88 @@ class SearchEngine:
     def _resolved(self, product: Product) -> Product:
         return replace(product, images=tuple(str(self.store.resolve(image)) for image in product.images))
 
+    # --- writes, one product at a time as a live shop makes them -----------------------------
+
+    def upsert(self, products: Sequence[Product], *, must_exist: bool = False, must_be_new: bool = False,
+               save: bool = True) -> UpsertCounts:
+        """Commit ``products`` to the catalog, then embed them and put them in the index at once.
+
+        Image paths must already be store-relative (see ``vitrine.catalog.ingest.store_image_bytes``).
+        The catalog commit is the durable step: if the process dies before the index is saved,
+        ``sync()`` (run when a store is opened for serving) replays what the index lacks.
+        ``save=False`` leaves saving the index files to the caller (a service saves on a debounce).
+        """
+        ids = [product.id for product in products]
+        if len(set(ids)) != len(ids):
+            raise VitrineError("the same product id is given twice")
+        with self._write_lock:
+            if self.stale:
+                raise StoreError(self.stale)
+            held = self.catalog.versions_of(ids)
+            if must_be_new and held:
+                raise ProductExistsError(next(iter(held)))
+            if must_exist and len(held) < len(ids):
+                raise UnknownProductError(next(i for i in ids if i not in held))
+            counts = self.catalog.upsert(products)
+            now = self.catalog.versions_of(ids)
+            changed = [product for product in products
+                       if self._indexed_versions.get(now[product.id][0]) != now[product.id][1]
+                       or now[product.id][0] not in self.index]
+            if changed:
+                keys = np.array([now[product.id][0] for product in changed], dtype=np.int64)
+                vectors = self.embedder.encode_products([self._resolved(product) for product in changed])
+                with self._index_lock:
+                    self.index.add(keys, vectors)
+                    self.lexical.add(keys, [product.text for product in changed])
+                    self._indexed_versions.update((now[p.id][0], now[p.id][1]) for p in changed)
+                self._unsaved += 1
+            if save and self._unsaved:
+                self.save()
+        return counts
+
+    def remove(self, product_ids: Sequence[str], *, save: bool = True) -> int:
+        """Delete products from the catalog (committed first) and from the index. Unknown ids raise."""
+        with self._write_lock:
+            held = self.catalog.versions_of(list(product_ids))
+            missing = [product_id for product_id in product_ids if product_id not in held]
+            if missing:
+                raise UnknownProductError(missing[0])
+            for product_id in product_ids:
+                self.catalog.delete(product_id)
+            keys = np.array([key for key, _ in held.values()], dtype=np.int64)
+            with self._index_lock:
+                self.index.remove(keys)
+                self.lexical.remove(keys)
+                for key in keys.tolist():
+                    self._indexed_versions.pop(key, None)
+            self._unsaved += 1
+            if save:
+                self.save()
+        return len(held)
+
+    def index_state(self) -> IndexState:
+        """Compare the index with the catalog (a full pass over the catalog's versions)."""
+        wanted = self.catalog.versions()
+        with self._index_lock:
+            held = set(self.index.ids().tolist())
+            outdated = sum(1 for key, version in wanted.items()
+                           if key in held and self._indexed_versions.get(key) != version)
+            indexed = len(self.index)
+        return IndexState(products=len(wanted), indexed=indexed, missing=sum(1 for key in wanted if key not in held),
+                          outdated=outdated, unsaved=self._unsaved)
+
+    @property
+    def unsaved(self) -> int:
+        """Writes since the index files were last saved."""
+        return self._unsaved
+
     def save(self) -> None:
+        """Write the index files (each replaced atomically). Searches go on meanwhile; writes wait."""
+        with self._write_lock:
+            self._unsaved = 0
+            self._save()
+
+    def _save(self) -> None:
         self.index.save(self.store.index_dir)
         self.lexical.save(self.store.index_dir)
         keys = np.fromiter(self._indexed_versions.keys(), dtype=np.int64, count=len(self._indexed_versions))
@@ -175,6 +310,21 @@ class SearchEngine:
     def describe(self) -> dict[str, Any]:
         return {"store": str(self.store.root), "products": len(self.catalog), "indexed": len(self.index),
                 "embedding": self.embedder.describe(), "index": self.index.describe()}
+
+
+class _Stopwatch:
+    """Adds the seconds since the last lap to ``timings[stage]``; does nothing without a dict."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.timings is None:
+            return
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None = None,

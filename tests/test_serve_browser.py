@@ -1,0 +1,79 @@
+"""The web page in a real browser (Playwright driving Debian's Chromium): type, upload a photo, see results."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+import vitrine
+from conftest import REPO, draw_product
+from vitrine.config import ServeConfig
+from vitrine.serve import create_app
+
+CHROMIUM = next((path for path in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(path).exists()), None)
+ARTIFACTS = REPO / "tests" / "artifacts"
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (make test installs it with apt-get)")
+
+
+@pytest.fixture(scope="module")
+def server_url(built_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    store = Path(shutil.copytree(built_store, tmp_path_factory.mktemp("browser") / "store"))
+    app = create_app(vitrine.open(store), ServeConfig())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = draw_product(tmp_path / "shopper-photo.jpg", "circle", (190, 25, 25), size=300, background=(205, 200, 190))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(server_url)
+        expect(page.locator("#store-meta")).to_contain_text("4 products")
+        expect(page.locator("#rerank")).to_be_disabled()  # /api/info offers no reranker yet
+
+        page.fill("#q", "a warm winter scarf")
+        page.press("#q", "Enter")
+        first = page.locator("#grid .card").first
+        expect(first).to_contain_text("Striped Wool Scarf")
+        expect(page.locator("#results-meta")).to_contain_text("4 products")
+        assert page.locator("#grid .card img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+
+        page.fill("#q", "")
+        page.set_input_files("#photo", str(photo))
+        expect(page.locator("#photo-chip")).to_be_visible()
+        expect(page.locator("#results-title")).to_contain_text("your photo")
+        expect(page.locator("#grid .card").first).to_contain_text("Red Apple")
+        page.screenshot(path=str(ARTIFACTS / "search-photo.png"), full_page=True)
+
+        page.locator("#grid .card").first.click()
+        expect(page.locator("#product-title")).to_have_text("Red Apple")
+        expect(page.locator("#product-attributes")).to_contain_text("Fruit")
+        page.screenshot(path=str(ARTIFACTS / "product-page.png"), full_page=True)
+
+        page.goto(f"{server_url}/#/p/no-such-product")
+        expect(page.locator("#message")).to_contain_text("unknown product id")
+        browser.close()
+    assert not errors
+    assert (ARTIFACTS / "search-photo.png").stat().st_size > 10_000
