@@ -19,6 +19,7 @@ from vitrine.engine.factory import build_embedder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
+from vitrine.rerank import Candidate, FeatureBuilder, Reranker, RerankQuery, product_table
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class Hit:
     rank: int
     score: float
     product: Product
+    product_key: int = -1
+    """The product's catalog key (its vector id)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class SearchEngine:
         self._indexed_versions = indexed_versions
         self.stale: str | None = None
         """Why the index cannot answer queries from this embedder (cleared by ``sync(rebuild=True)``)."""
+        self._reranker: Reranker | None = None
 
     @property
     def catalog(self):
@@ -60,18 +64,26 @@ class SearchEngine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-               *, lexical: bool | None = None) -> list[Hit]:
+               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
         fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
+        ``rerank`` (``"hybrid"``, ``"listwise"``, ``"pointwise"``, ``"sliding"``; None = off) retrieves
+        ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
+        (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
         """
-        return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical)[0]
+        return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
+                                candidates=candidates)[0]
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
+                    rerank: str | None = None, candidates: int | None = None,
                     progress: bool = False) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query."""
         k = self._checked_k(k)
+        if rerank:
+            reranker = self.reranker()  # fail before any encoding if there is none
+            k_final, k = k, self._checked_k(max(k, candidates or self.config.rerank.candidates))
         lexical = self.config.search.lexical if lexical is None else lexical
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
@@ -81,11 +93,37 @@ class SearchEngine:
             return []
         vectors = self.embedder.encode_queries(queries, progress=progress)
         if not lexical:
-            return self.search_vectors(vectors, k)
-        depth = max(k, self.config.search.fusion_depth)
-        _, vector_keys = self._vector_search(vectors, depth)
-        scores, keys = self._fused(queries, vector_keys, k, depth)
-        return self._hits(scores, keys)
+            scores, keys = self._vector_search(vectors, k)
+        else:
+            depth = max(k, self.config.search.fusion_depth)
+            _, vector_keys = self._vector_search(vectors, depth)
+            scores, keys = self._fused(queries, vector_keys, k, depth)
+        hits = self._hits(scores, keys)
+        if rerank:
+            hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
+        return hits
+
+    # --- reranking (vitrine.rerank) ------------------------------------------------------------
+
+    def reranker(self) -> Reranker:
+        """The store's trained reranker (``models/<rerank.model>``), bound to this engine's features."""
+        if self._reranker is None:
+            folder = self.store.models_dir / self.config.rerank.model
+            if not (folder / "config.json").is_file():
+                raise StoreError(f"{folder}: no reranker here; train one with 'vitrine train-reranker {self.store.root}'")
+            reranker = Reranker.load(folder)
+            if reranker.embedding and reranker.embedding != self.embedder.describe():
+                raise StoreError(f"the reranker in {folder} was trained on {_name(reranker.embedding)} embeddings but "
+                                 f"the store uses {_name(self.embedder.describe())}; run 'vitrine train-reranker' again")
+            self._reranker = reranker.bind(FeatureBuilder(product_table(self.store, self.embedder), self.lexical))
+        return self._reranker
+
+    def _reranked(self, reranker: Reranker, queries: Sequence[Query], vectors: np.ndarray,
+                  hits: list[list[Hit]], strategy: str, k: int) -> list[list[Hit]]:
+        asked = [RerankQuery(q.text, q.image, vector) for q, vector in zip(queries, vectors)]
+        found = [[Candidate(hit.product_key, hit.score, hit.product) for hit in row] for row in hits]
+        ranked = reranker.rank_many(asked, found, strategy)
+        return [[Hit(r.rank, r.score, r.candidate.product, r.candidate.key) for r in row[:k]] for row in ranked]
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         return self._hits(*self._vector_search(vectors, k))
@@ -106,9 +144,9 @@ class SearchEngine:
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
         results = []
         for row_scores, row_keys in zip(scores, keys):
-            hits = [(float(score), products[int(key)]) for score, key in zip(row_scores, row_keys)
+            hits = [(float(score), products[int(key)], int(key)) for score, key in zip(row_scores, row_keys)
                     if key >= 0 and int(key) in products]
-            results.append([Hit(rank, score, product) for rank, (score, product) in enumerate(hits, start=1)])
+            results.append([Hit(rank, score, product, key) for rank, (score, product, key) in enumerate(hits, start=1)])
         return results
 
     def _checked_k(self, k: int | None) -> int:
@@ -151,6 +189,7 @@ class SearchEngine:
         bar.close()
         if todo or texts_only or removed or rebuild:
             self.save()
+            self._reranker = None  # its product table is refreshed on next use
         return SyncReport(added=len(todo), removed=removed, total=len(self.index))
 
     def _add_texts(self, keys: list[int]) -> None:
