@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test demo bench bench-trained clean
+.PHONY: install test demo bench bench-trained bench-rerank clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ bench: $(STAMP)
 
 bench-trained: $(STAMP)
 	$(PY) benchmarks/trained_embeddings.py
+
+bench-rerank: $(STAMP)
+	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info
