@@ -194,8 +194,8 @@ def small_config(**changes) -> RerankConfig:
 
 
 def test_training_lowers_the_loss_and_beats_retrieval_order():
-    train, dev = drawn_lists(80, 23), drawn_lists(20, 23, seed=1)
-    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config())
+    train, dev = drawn_lists(48, 23), drawn_lists(16, 23, seed=1)
+    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config(epochs=5))
     assert report.losses[-1] < report.losses[0] * 0.9
     reranker = Reranker(FeatureSpec(DIM), model)
     assert evaluate_lists(reranker, dev, "listwise")["ndcg@10"] > evaluate_lists(reranker, dev, "retrieval")["ndcg@10"] + 0.1
@@ -203,7 +203,7 @@ def test_training_lowers_the_loss_and_beats_retrieval_order():
 
 @pytest.fixture(scope="module")
 def trained() -> Reranker:
-    reranker, _ = train_reranker(drawn_lists(60, 23), drawn_lists(20, 23, seed=1), small_config(epochs=3))
+    reranker, _ = train_reranker(drawn_lists(30, 23), drawn_lists(10, 23, seed=1), small_config(epochs=2))
     return reranker
 
 

@@ -21,28 +21,26 @@ QUERIES = {"apple": ["red apple", "sweet apple fruit", "crisp apple"],
            "cone": ["traffic cone", "road safety cone", "plastic cone"]}
 
 
-@pytest.fixture
-def store_with_pairs(built_store: Path, tmp_path: Path) -> tuple[Path, Path]:
-    store = tmp_path / "store"
-    shutil.copytree(built_store, store)
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query_text": text, "product_id": pid, "grade": 3}
-                                                    for pid, texts in QUERIES.items() for text in texts])
-    return store, pairs
-
-
 def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def test_train_reranker_then_search_with_every_strategy(store_with_pairs):
-    store, pairs = store_with_pairs
-    engine = vitrine.open(store)
-    with pytest.raises(StoreError, match="no reranker here"):
-        engine.search(text="apple", rerank="hybrid")
-
+@pytest.fixture(scope="module")
+def trained_store(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built store with a reranker trained (once, through the CLI) on a pairs file."""
+    root = tmp_path_factory.mktemp("rerank")
+    store = root / "store"
+    shutil.copytree(built_store, store)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"query_text": text, "product_id": pid, "grade": 3}
+                                               for pid, texts in QUERIES.items() for text in texts])
     result = run("train-reranker", store, "--data", pairs, "--epochs", "3", "--set", "rerank.dim=16")
     assert result.exit_code == 0, result.output
     assert "trained reranker rerank on" in result.output
+    return store
+
+
+def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
+    store = trained_store
     folder = store / "models" / "rerank"
     assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json"} <= {
         p.name for p in folder.iterdir()}
@@ -62,8 +60,10 @@ def test_train_reranker_then_search_with_every_strategy(store_with_pairs):
     assert len(json.loads(result.output)) == 2
 
 
-def test_rerank_errors_are_one_line(store_with_pairs):
-    store, pairs = store_with_pairs
+def test_rerank_errors_are_one_line(built_store: Path):
+    store = built_store  # nothing here writes to it
+    with pytest.raises(StoreError, match="no reranker here"):
+        vitrine.open(store).search(text="apple", rerank="hybrid")
     result = run("search", store, "--text", "mug", "--rerank", "hybrid")
     assert result.exit_code == 2 and "error:" in result.output and "train-reranker" in result.output
     result = run("search", store, "--text", "mug", "--candidates", "5")
@@ -72,12 +72,10 @@ def test_rerank_errors_are_one_line(store_with_pairs):
     assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output
 
 
-def test_reranker_follows_catalog_changes(store_with_pairs):
+def test_reranker_follows_catalog_changes(trained_store: Path):
     from vitrine.catalog import Product
 
-    store, pairs = store_with_pairs
-    assert run("train-reranker", store, "--data", pairs, "--epochs", "1", "--set", "rerank.dim=16").exit_code == 0
-    engine = vitrine.open(store)
+    engine = vitrine.open(trained_store)  # runs last in this module: it changes the catalog
     engine.search(text="mug", rerank="hybrid")
     engine.catalog.upsert([Product("kettle", "Steel Kettle", "A kettle to boil water for tea.")])
     engine.sync(progress=False)
