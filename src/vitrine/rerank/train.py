@@ -225,6 +225,7 @@ def _fit(model: torch.nn.Module, count: int, step_loss, dev: Sequence[CandidateL
         report.epochs = epoch
         bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
         if dev:
+            model.eval()
             score = evaluate_lists(probe, dev, strategy)["ndcg@10"]
             report.dev_scores.append(score)
             if best is None or score > best[0]:
