@@ -98,7 +98,7 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
 
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-                latency_queries: int, results: dict, out_dir: Path) -> None:
+                latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None) -> None:
     from vitrine.config import RerankConfig
     from vitrine.rerank.calibration import expected_calibration_error, reliability_diagram, softmax
     from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, split_dev, train_reranker
@@ -106,6 +106,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     print(f"\n== {name} ==", flush=True)
     store, train_lists, val_lists, table, lexical = prepare(name, spec, name, work, overrides, fuse_lexical)
     config = RerankConfig()
+    if epochs:
+        config.epochs = epochs
     train_rows, dev_rows = split_dev(train_lists, config.dev_fraction, config.seed)
     train, dev = [train_lists[i] for i in train_rows], [train_lists[i] for i in dev_rows]
     start = time.perf_counter()
@@ -219,6 +221,7 @@ def main() -> None:
     parser.add_argument("--only", default="grocery,crowdflower", help="comma-separated datasets")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=None, help="reranker epochs (default: rerank.epochs, 40)")
     args = parser.parse_args()
     data = args.data or data_dir()
     import torch
@@ -234,7 +237,8 @@ def main() -> None:
     }
     for name in args.only.split(","):
         spec, overrides, fuse = datasets[name.strip()]
-        run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work)
+        run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
+                    args.epochs)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
