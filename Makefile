@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test browser demo bench bench-trained bench-service clean
+.PHONY: install test browser demo bench bench-trained bench-rerank bench-service clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ bench-trained: $(STAMP)
 bench-service: $(STAMP)
 	@mkdir -p .vitrine
 	$(PY) benchmarks/service_load.py --json .vitrine/bench-service.json
+
+bench-rerank: $(STAMP)
+	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

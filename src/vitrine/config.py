@@ -156,6 +156,43 @@ class ServeConfig:
 
 
 @dataclass
+class RerankConfig:
+    """The Pailitao-VL reranker (``vitrine.rerank``): what ``search(rerank=...)`` and ``train-reranker`` use."""
+
+    model: str = "rerank"
+    """Reranker folder under ``models/``."""
+    strategy: str = "hybrid"
+    """Default strategy when a search asks for reranking without naming one:
+    ``hybrid``, ``listwise``, ``pointwise`` or ``sliding``."""
+    candidates: int = 50
+    """Retrieved candidates handed to the reranker (K)."""
+    chunk_size: int = 10
+    """Candidates one listwise forward pass compares (M)."""
+    stride: int = 5
+    """Sliding-window baseline: how far the window moves (back to front)."""
+    dim: int = 64
+    """Width of the listwise transformer and the pointwise MLP."""
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    epochs: int = 40
+    batch_size: int = 64
+    """Chunks (listwise) per step; pointwise steps take the same chunks flattened."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    tau: float = 1.0
+    """Temperature of the pairwise and NULL losses."""
+    null_weight: float = 1.0
+    absolute_weight: float = 1.0
+    calibration: str = "temperature"
+    """How r = P(instance match) is calibrated on the dev split: ``temperature``, ``isotonic`` or ``none``."""
+    dev_fraction: float = 0.15
+    """Training queries held back to pick the best epoch and to fit the calibration."""
+    patience: int = 6
+    seed: int = 0
+
+
+@dataclass
 class Config:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
@@ -163,6 +200,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":

@@ -97,11 +97,16 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical",
                                                     help="Fuse BM25 with the vectors (default: the store's search.lexical).")] = None,
+    rerank: Annotated[Optional[str], typer.Option(
+        help="Rerank with the store's trained reranker: hybrid, listwise, pointwise or sliding.")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="Candidates retrieved for the reranker (default 50).")] = None,
 ) -> None:
     """Search STORE by text, by photo, or both."""
     if text is None and image is None:
         raise VitrineError("give --text, --image, or both")
-    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical)
+    if candidates is not None and not rerank:
+        raise VitrineError("--candidates only applies with --rerank")
+    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])
@@ -169,6 +174,49 @@ def train(
     out.print(f"trained {name}: {result.epochs} epochs, {result.steps} steps in {result.seconds:.1f} s, "
               f"final loss {result.losses[-1]:.4f}; peak memory {result.peak_rss_mb:.0f} MB")
     out.print(f"model, loss curve and report: {folder}. Next: vitrine index {store} --reembed")
+
+
+@app.command(name="train-reranker")
+@user_errors
+def train_reranker(
+    store: StoreArg,
+    data: Annotated[str, typer.Option(help="Training data: grocery:PATH, crowdflower:PATH, shopee:PATH, or pairs.jsonl.")],
+    protocol: Annotated[str, typer.Option(help="Grocery only: 'seen', or 'new' to hold out products with fine_id % 4 == 3.")] = "seen",
+    name: Annotated[Optional[str], typer.Option(help="Reranker name: saved as STORE/models/NAME (default rerank.model).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the training lists.")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="Retrieved candidates per training query (K).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Train the Pailitao-VL reranker (chunk listwise + NULL + absolute scorer, and a pointwise scorer) on
+    lists of the store's top-K for each training query, then use it: vitrine search STORE --rerank hybrid.
+
+    Lists come from the store's current embedder and index settings (train and index the towers first
+    for the best candidates); its mistakes on training queries are the hard negatives.
+    """
+    from vitrine.catalog.datasets import load_splits
+    from vitrine.rerank import product_table
+    from vitrine.rerank.train import train_store_reranker
+
+    target = _store_with_settings(store, None, set_, must_exist=True)
+    overrides = {**({"rerank.epochs": epochs} if epochs else {}), **({"rerank.candidates": candidates} if candidates else {})}
+    config = target.config(overrides)
+    if name:
+        config = config.with_overrides({"rerank.model": name})
+    splits = load_splits(data, protocol=protocol)
+    engine = _open(target)
+    engine.sync(progress=True)
+    table = product_table(target, engine.embedder, progress=True)
+    reranker, report = train_store_reranker(target, splits, engine.embedder, table, config.rerank,
+                                            lexical=engine.lexical, fuse_lexical=config.search.lexical,
+                                            rrf_k=config.search.rrf_k, progress=True)
+    if name:
+        target.config({"rerank.model": name}).save(target.config_path)
+    listwise = report["listwise"]
+    out.print(f"trained reranker {config.rerank.model} on {report['train_lists']} lists ({report['dev_lists']} held back): "
+              f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']}, dev ECE of r "
+              f"{report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
+              f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")
+    out.print(f"saved in {target.models_dir / config.rerank.model}. Next: vitrine search {store} --text ... --rerank hybrid")
 
 
 @app.command()

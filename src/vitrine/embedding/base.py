@@ -43,6 +43,12 @@ class Embedder(ABC):
     def describe(self) -> dict[str, Any]:
         """What the manifest records: enough to rebuild this embedder."""
 
+    def encode_product_parts(self, products: Sequence[Product], *, progress: bool = False) -> dict[str, np.ndarray]:
+        """The fused product vectors and, where the embedder has them, each modality's own vector in the
+        same space (``text``, ``image``; unit rows, zero where a product lacks the modality), so a
+        reranker can tell how much of a match comes from the title and how much from the picture."""
+        return {"fused": self.encode_products(products, progress=progress)}
+
 
 def product_image_features(products: Sequence[Product], encode: Callable[[list[str]], np.ndarray],
                            dim: int, *, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,16 @@ class TrainedEmbedder(Embedder):
             vectors = self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image))
         return self._served(vectors)
 
+    def encode_product_parts(self, products: Sequence[Product], *, progress: bool = False) -> dict[str, np.ndarray]:
+        text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
+        image, has_image = product_image_features(products, self._image_features, self.model.config.image_dim)
+        text_t, image_t, has_t = torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image)
+        with torch.inference_mode():
+            fused = self.model.products(text_t, image_t, has_t)
+            text_vec = self.model.product_text(text_t)
+            image_vec = self.model.product_image(image_t) * has_t.float().unsqueeze(-1)
+        return {"fused": self._served(fused), "text": self._served(text_vec), "image": self._served(image_vec)}
+
     def encode_queries(self, queries: Sequence[Query], *, progress: bool = False) -> np.ndarray:
         config = self.model.config
         text = np.zeros((len(queries), config.text_dim), dtype=np.float32)

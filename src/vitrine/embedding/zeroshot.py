@@ -73,6 +73,14 @@ class ZeroShotEmbedder(Embedder):
         text_scale = np.where(both, np.sqrt(1.0 - self.image_weight), 1.0)[:, None]
         return self._fuse(images, texts, image_scale, text_scale)
 
+    def encode_product_parts(self, products: Sequence[Product], *, progress: bool = False) -> dict[str, np.ndarray]:
+        # The blocks of the fused vector already are the modalities: keep each alone, renormalised.
+        fused = self.encode_products(products, progress=progress)
+        image, text = fused.copy(), fused.copy()
+        image[:, self.image_dim:] = 0.0
+        text[:, :self.image_dim] = 0.0
+        return {"fused": fused, "text": _unit_rows(text), "image": _unit_rows(image)}
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "fusion": "concat[image, text]",
                 "image_weight": self.image_weight, "image_dim": self.image_dim, "text_dim": self.text_dim,
@@ -87,3 +95,8 @@ class ZeroShotEmbedder(Embedder):
         if encoder.dim != dim:
             raise ValueError(f"encoder {encoder.name} gives {encoder.dim}-d vectors, the store expects {dim}-d")
         return encoder
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)

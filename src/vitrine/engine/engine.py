@@ -22,6 +22,7 @@ from vitrine.engine.factory import build_embedder
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
+from vitrine.rerank import Candidate, FeatureBuilder, Reranker, RerankQuery, product_table
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Hit:
     rank: int
     score: float
     product: Product
+    product_key: int = -1
+    """The product's catalog key (its vector id)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class SearchEngine:
         self._write_lock = threading.RLock()
         self._index_lock = threading.RLock()
         self._unsaved = 0
+        self._reranker: Reranker | None = None
 
     @property
     def catalog(self):
@@ -92,28 +96,39 @@ class SearchEngine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-               *, lexical: bool | None = None) -> list[Hit]:
+               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
         fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
+        ``rerank`` (``"hybrid"``, ``"listwise"``, ``"pointwise"``, ``"sliding"``; None = off) retrieves
+        ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
+        (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
         """
-        return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical)[0]
+        return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
+                                candidates=candidates)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-                     *, lexical: bool | None = None) -> TimedHits:
+                     *, lexical: bool | None = None, rerank: str | None = None,
+                     candidates: int | None = None) -> TimedHits:
         """``search``, with the seconds spent in each stage (for a service's responses and metrics)."""
         timings: dict[str, float] = {}
-        hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, timings=timings)[0]
+        hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
+                                candidates=candidates, timings=timings)[0]
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
+                    rerank: str | None = None, candidates: int | None = None,
                     progress: bool = False, timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query.
 
-        ``timings``, if given, receives the seconds spent encoding, retrieving and fetching products.
+        ``timings``, if given, receives the seconds spent encoding, retrieving, fetching products
+        and reranking.
         """
         k = self._checked_k(k)
+        if rerank:
+            reranker = self.reranker()  # fail before any encoding if there is none
+            k_final, k = k, self._checked_k(max(k, candidates or self.config.rerank.candidates))
         lexical = self.config.search.lexical if lexical is None else lexical
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
@@ -133,7 +148,32 @@ class SearchEngine:
         clock.lap("retrieve")
         hits = self._hits(scores, keys)
         clock.lap("fetch")
+        if rerank:
+            hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
+            clock.lap("rerank")
         return hits
+
+    # --- reranking (vitrine.rerank) ------------------------------------------------------------
+
+    def reranker(self) -> Reranker:
+        """The store's trained reranker (``models/<rerank.model>``), bound to this engine's features."""
+        if self._reranker is None:
+            folder = self.store.models_dir / self.config.rerank.model
+            if not (folder / "config.json").is_file():
+                raise StoreError(f"{folder}: no reranker here; train one with 'vitrine train-reranker {self.store.root}'")
+            reranker = Reranker.load(folder)
+            if reranker.embedding and reranker.embedding != self.embedder.describe():
+                raise StoreError(f"the reranker in {folder} was trained on {_name(reranker.embedding)} embeddings but "
+                                 f"the store uses {_name(self.embedder.describe())}; run 'vitrine train-reranker' again")
+            self._reranker = reranker.bind(FeatureBuilder(product_table(self.store, self.embedder), self.lexical))
+        return self._reranker
+
+    def _reranked(self, reranker: Reranker, queries: Sequence[Query], vectors: np.ndarray,
+                  hits: list[list[Hit]], strategy: str, k: int) -> list[list[Hit]]:
+        asked = [RerankQuery(q.text, q.image, vector) for q, vector in zip(queries, vectors)]
+        found = [[Candidate(hit.product_key, hit.score, hit.product) for hit in row] for row in hits]
+        ranked = reranker.rank_many(asked, found, strategy)
+        return [[Hit(r.rank, r.score, r.candidate.product, r.candidate.key) for r in row[:k]] for row in ranked]
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
         return self._hits(*self._vector_search(vectors, k))
@@ -156,9 +196,9 @@ class SearchEngine:
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
         results = []
         for row_scores, row_keys in zip(scores, keys):
-            hits = [(float(score), products[int(key)]) for score, key in zip(row_scores, row_keys)
+            hits = [(float(score), products[int(key)], int(key)) for score, key in zip(row_scores, row_keys)
                     if key >= 0 and int(key) in products]
-            results.append([Hit(rank, score, product) for rank, (score, product) in enumerate(hits, start=1)])
+            results.append([Hit(rank, score, product, key) for rank, (score, product, key) in enumerate(hits, start=1)])
         return results
 
     def _checked_k(self, k: int | None) -> int:
@@ -205,6 +245,7 @@ class SearchEngine:
         bar.close()
         if todo or texts_only or removed or rebuild:
             self.save()
+            self._reranker = None  # its product table is refreshed on next use
         return SyncReport(added=len(todo), removed=removed, total=len(self.index))
 
     def _add_texts(self, keys: list[int]) -> None:
@@ -238,6 +279,7 @@ class SearchEngine:
             if must_exist and len(held) < len(ids):
                 raise UnknownProductError(next(i for i in ids if i not in held))
             counts = self.catalog.upsert(products)
+            self._reranker = None  # its product table is a snapshot of the catalog: rebuild it on next use
             now = self.catalog.versions_of(ids)
             changed = [product for product in products
                        if self._indexed_versions.get(now[product.id][0]) != now[product.id][1]
@@ -263,6 +305,7 @@ class SearchEngine:
                 raise UnknownProductError(missing[0])
             for product_id in product_ids:
                 self.catalog.delete(product_id)
+            self._reranker = None
             keys = np.array([key for key, _ in held.values()], dtype=np.int64)
             with self._index_lock:
                 self.index.remove(keys)

@@ -42,6 +42,7 @@ class LexicalIndex:
         self._model: bm25s.BM25 | None = None
         self._rows = np.zeros(0, dtype=np.int64)  # model row -> catalog key
         self._stale = False
+        self._row_of: dict[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -110,6 +111,25 @@ class LexicalIndex:
         keys[asked, :top] = np.where(hit, rows[hit_rows], -1)
         return scores, keys
 
+    def scores_of(self, query: str, ids: Sequence[int]) -> np.ndarray:
+        """BM25 scores of the given documents for one query (0 for unknown ids or no shared term):
+        what a reranker reads as its lexical feature, whatever the retriever returned."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out = np.zeros(len(ids), dtype=np.float32)
+        model, rows = self._current_model()
+        if model is None or not len(ids) or not query:
+            return out
+        tokens = [token for token in self.tokenize([query])[0] if token in model.vocab_dict]
+        if not tokens:
+            return out
+        if self._row_of is None:
+            self._row_of = {int(key): row for row, key in enumerate(rows.tolist())}
+        positions = np.array([self._row_of.get(int(id_), -1) for id_ in ids.tolist()])
+        scores = np.asarray(model.get_scores(tokens), dtype=np.float32)
+        found = positions >= 0
+        out[found] = scores[positions[found]]
+        return out
+
     def tokenize(self, texts: Iterable[str]) -> list[list[str]]:
         """Lowercased letter/digit runs of the cleaned texts, English stopwords dropped; no stemming,
         so Indonesian and English titles are treated alike."""
@@ -161,5 +181,5 @@ class LexicalIndex:
             if corpus.vocab:  # bm25s cannot index a corpus without a single token
                 model = bm25s.BM25(k1=self.k1, b=self.b)  # method "lucene": idf > 0, so score 0 means no shared term
                 model.index(corpus, show_progress=False)
-            self._model, self._rows, self._stale = model, rows, False
+            self._model, self._rows, self._stale, self._row_of = model, rows, False, None
         return self._model, self._rows

@@ -71,7 +71,7 @@ def run_search(state: ServiceState, text: str | None, photo: bytes | None, k: in
             decoding = time.perf_counter()
             image = decode_photo(photo, "photo", config)
             timings["decode"] = time.perf_counter() - decoding
-        result = engine.search_timed(text=text, image=image, k=k)
+        result = engine.search_timed(text=text, image=image, k=k, rerank=rerank.engine_choice(choice))
     timings.update(result.timings)
     timings["total"] = time.perf_counter() - started
     state.metrics.observe_stages(timings)

@@ -1,0 +1,125 @@
+"""Calibrating the absolute score r = P(instance match): temperature scaling or isotonic regression,
+expected calibration error, and a reliability diagram.
+
+r is only worth merging by if it means the same thing in every chunk and every query, so it is fitted
+on held-back queries (the reranker's dev split), never on the lists it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Calibrator:
+    """Maps level logits ``(..., 4)`` to a calibrated r. ``kind``: ``none``, ``temperature`` or ``isotonic``."""
+
+    kind: str = "none"
+    temperature: float = 1.0
+    knots_x: list[float] = field(default_factory=list)
+    knots_y: list[float] = field(default_factory=list)
+    """Isotonic: the fitted step function as (raw r, calibrated r) knots, interpolated linearly."""
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.kind == "temperature":
+            return softmax(logits / self.temperature)[..., 0]
+        raw = softmax(logits)[..., 0]
+        if self.kind == "isotonic" and self.knots_x:
+            return np.interp(raw, self.knots_x, self.knots_y)
+        return raw
+
+    @classmethod
+    def fit(cls, kind: str, logits: np.ndarray, levels: np.ndarray) -> "Calibrator":
+        """Fit on dev logits ``(n, 4)`` and their true levels ``(n,)``."""
+        logits = np.asarray(logits, dtype=np.float64).reshape(-1, np.shape(logits)[-1])
+        levels = np.asarray(levels).reshape(-1)
+        if kind == "none" or len(levels) == 0:
+            return cls("none")
+        if kind == "temperature":
+            return cls("temperature", temperature=fit_temperature(logits, levels))
+        if kind == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            raw = softmax(logits)[:, 0]
+            model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, levels == 0)
+            return cls("isotonic", knots_x=model.X_thresholds_.tolist(), knots_y=model.y_thresholds_.tolist())
+        raise ValueError(f"unknown calibration {kind!r} (none, temperature or isotonic)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "temperature": self.temperature, "knots_x": self.knots_x, "knots_y": self.knots_y}
+
+
+def fit_temperature(logits: np.ndarray, levels: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of the true levels (one parameter, so a
+    bounded scalar search is exact enough and cannot overfit a small dev split)."""
+    from scipy.optimize import minimize_scalar
+
+    rows = np.arange(len(levels))
+
+    def nll(log_t: float) -> float:
+        scaled = logits / np.exp(log_t)
+        scaled = scaled - scaled.max(axis=1, keepdims=True)
+        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        return float(-log_probs[rows, levels].mean())
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(found.x))
+
+
+def expected_calibration_error(probabilities: np.ndarray, outcomes: np.ndarray, bins: int = 10) -> float:
+    """ECE: over equal-width bins of predicted probability, the gap |accuracy − confidence| weighted by the
+    bin's share of the predictions."""
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
+    if len(probabilities) == 0:
+        return 0.0
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(outcomes[in_bin].mean() - probabilities[in_bin].mean())
+    return float(error)
+
+
+def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 10,
+                        title: str = "reliability of r = P(instance match)") -> Path:
+    """One line per named (probabilities, outcomes): observed frequency against mean prediction per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    for name, (probabilities, outcomes) in curves.items():
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
+        which = np.minimum((probabilities * bins).astype(int), bins - 1)
+        xs = [probabilities[which == b].mean() for b in range(bins) if (which == b).any()]
+        ys = [outcomes[which == b].mean() for b in range(bins) if (which == b).any()]
+        ece = expected_calibration_error(probabilities, outcomes, bins)
+        axis.plot(xs, ys, marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+    axis.set_xlabel("predicted r")
+    axis.set_ylabel("observed share of instance matches")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_title(title, fontsize=9)
+    axis.legend(fontsize=7, loc="upper left")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

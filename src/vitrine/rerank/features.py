@@ -1,0 +1,263 @@
+"""What the reranker reads: per-query and per-candidate feature vectors built from what the engine
+already computes, so reranking costs no backbone pass.
+
+- query: the fused query vector, and which modalities the query has (text, photo);
+- candidate: the fused product vector, its element-wise product with the query vector (where the two
+  agree, dimension by dimension, which lets the model compare candidates with each other), and scalars:
+  the retrieval score (raw, standardised within the list, gap to the top), the cosine with the query,
+  the retrieval rank, the cosines of the query with the product's *text* and *image* vectors alone,
+  whether the product has an image, BM25 (log and relative to the list's best), keyword overlap
+  (share of the product's TF-IDF keywords found in the query, see ``vitrine.training.keywords``) and
+  title overlap (share of query words in the title).
+
+Product vectors come from a ``ProductTable``: every catalog product's fused/text/image vectors and
+keywords, computed once per embedder and kept in ``STORE/cache/rerank-products.npz`` (products added or
+changed since are encoded on the next open; a new embedder rebuilds it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrine.catalog.product import Product
+from vitrine.config import write_atomic
+from vitrine.embedding import Embedder
+from vitrine.index import LexicalIndex
+from vitrine.progress import progress_bar
+from vitrine.training.keywords import extract_keywords
+
+log = logging.getLogger(__name__)
+
+SCALARS = ("retrieval", "retrieval_z", "gap_to_top", "cosine", "rank", "cos_text", "cos_image", "has_image",
+           "bm25_log", "bm25_share", "keyword_overlap", "title_overlap")
+TABLE_FILE = "rerank-products.npz"
+_WORD = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The layout a model was trained on; a table of another width cannot feed it."""
+
+    dim: int
+    scalars: tuple[str, ...] = SCALARS
+
+    @property
+    def query_dim(self) -> int:
+        return self.dim + 2
+
+    @property
+    def item_dim(self) -> int:
+        return 2 * self.dim + len(self.scalars)
+
+
+@dataclass
+class CandidateList:
+    """One query's K candidates as arrays, in retrieval order. ``levels`` only where labels are known."""
+
+    keys: np.ndarray
+    query: np.ndarray
+    items: np.ndarray
+    retrieval: np.ndarray
+    levels: np.ndarray | None = None
+    ideal: np.ndarray | None = None
+    """Gains (3 − level) of every labelled product of the query, best first: the NDCG ideal and the
+    number of instance matches G, which reach beyond the K candidates."""
+    text: str | None = None
+    labelled: np.ndarray | None = None
+    """Which candidates the labels actually judge (the others are taken as irrelevant)."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class ProductTable:
+    """Every catalog product's vectors (fused, text alone, image alone) and keywords, by catalog key."""
+
+    keys: np.ndarray
+    versions: np.ndarray
+    fused: np.ndarray
+    text: np.ndarray
+    image: np.ndarray
+    has_image: np.ndarray
+    ids: list[str]
+    titles: list[str]
+    keywords: list[list[str]]
+    embedding: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._row = {int(key): row for row, key in enumerate(self.keys.tolist())}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def dim(self) -> int:
+        return int(self.fused.shape[1])
+
+    def rows(self, keys: Sequence[int]) -> np.ndarray:
+        """Table rows of ``keys``; a key the table lacks is an error (refresh the table first)."""
+        return np.array([self._row[int(key)] for key in keys], dtype=np.int64)
+
+    def __contains__(self, key: object) -> bool:
+        return int(key) in self._row  # type: ignore[arg-type]
+
+    @classmethod
+    def build(cls, entries: Sequence[tuple[int, int, Product]], embedder: Embedder, *,
+              previous: "ProductTable | None" = None, batch_size: int = 256, progress: bool = False) -> "ProductTable":
+        """A table over ``(key, version, product)`` entries (image paths readable from here). Rows of
+        ``previous`` with the same key, version and embedder are reused instead of encoded again."""
+        description = embedder.describe()
+        reusable = previous is not None and previous.embedding == description
+        keys = np.array([key for key, _, _ in entries], dtype=np.int64)
+        versions = np.array([version for _, version, _ in entries], dtype=np.int64)
+        n = len(entries)
+        fused = np.zeros((n, embedder.dim), dtype=np.float32)
+        text, image = np.zeros_like(fused), np.zeros_like(fused)
+        todo = []
+        for row, (key, version, _) in enumerate(entries):
+            if reusable and key in previous and previous.versions[previous._row[key]] == version:
+                old = previous._row[key]
+                fused[row], text[row], image[row] = previous.fused[old], previous.text[old], previous.image[old]
+            else:
+                todo.append(row)
+        bar = progress_bar(total=len(todo), enabled=progress and bool(todo), desc="rerank features", unit=" products")
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            parts = embedder.encode_product_parts([entries[row][2] for row in rows])
+            fused[rows] = parts["fused"]
+            # An embedder without modality parts gives the fused vector for both: the cosines then agree.
+            text[rows] = parts.get("text", parts["fused"])
+            image[rows] = parts.get("image", parts["fused"])
+            bar.update(len(rows))
+        bar.close()
+        products = [product for _, _, product in entries]
+        has_image = np.array([bool(p.images) for p in products], dtype=bool)
+        image[~has_image] = 0.0
+        return cls(keys, versions, fused, text, image, has_image, [p.id for p in products], [p.title for p in products],
+                   extract_keywords([p.text for p in products]) if products else [], description)
+
+    def save(self, path: Path) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        meta = {"embedding": self.embedding, "ids": self.ids, "titles": self.titles, "keywords": self.keywords}
+        np.savez(buffer, keys=self.keys, versions=self.versions, fused=self.fused, text=self.text, image=self.image,
+                 has_image=self.has_image, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(path), buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "ProductTable | None":
+        """The saved table, or ``None`` if it is missing or unreadable (it is only a cache)."""
+        try:
+            with np.load(path) as saved:
+                meta = json.loads(saved["meta"].tobytes().decode())
+                return cls(saved["keys"], saved["versions"], saved["fused"], saved["text"], saved["image"],
+                           saved["has_image"], meta["ids"], meta["titles"], meta["keywords"], meta["embedding"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def words(text: str | None) -> set[str]:
+    return {word.lower() for word in _WORD.findall(text or "")}
+
+
+class FeatureBuilder:
+    """Builds ``CandidateList``s from query vectors and retrieved keys, reading the product table and
+    (for queries with text) the lexical index."""
+
+    def __init__(self, table: ProductTable, lexical: LexicalIndex | None = None) -> None:
+        self.table = table
+        self.lexical = lexical
+        self.spec = FeatureSpec(table.dim)
+        self._keyword_words = [set().union(*(words(k) for k in kws)) if kws else set() for kws in table.keywords]
+        self._title_words = [words(title) for title in table.titles]
+
+    def build(self, query_vector: np.ndarray, query_text: str | None, query_has_image: bool,
+              keys: Sequence[int], retrieval: Sequence[float], levels: np.ndarray | None = None,
+              ideal: np.ndarray | None = None) -> CandidateList:
+        keys = np.asarray(keys, dtype=np.int64)
+        retrieval = np.asarray(retrieval, dtype=np.float32)
+        q = np.asarray(query_vector, dtype=np.float32)
+        rows = self.table.rows(keys)
+        fused = self.table.fused[rows]
+        k = len(keys)
+        cosine = fused @ q
+        spread = retrieval.std() if k > 1 else 0.0
+        bm25 = (self.lexical.scores_of(query_text, keys) if self.lexical is not None and query_text
+                else np.zeros(k, dtype=np.float32))
+        query_words = words(query_text)
+        keyword_overlap = np.array([len(query_words & self._keyword_words[r]) / len(self._keyword_words[r])
+                                    if self._keyword_words[r] else 0.0 for r in rows.tolist()], dtype=np.float32)
+        title_overlap = np.array([len(query_words & self._title_words[r]) / len(query_words) if query_words else 0.0
+                                  for r in rows.tolist()], dtype=np.float32)
+        scalars = np.stack([
+            retrieval,
+            (retrieval - retrieval.mean()) / (spread + 1e-6) if k else retrieval,
+            retrieval - (retrieval.max() if k else 0.0),
+            cosine,
+            np.arange(k, dtype=np.float32) / max(k, 1),
+            self.table.text[rows] @ q,
+            self.table.image[rows] @ q,
+            self.table.has_image[rows].astype(np.float32),
+            np.log1p(bm25),
+            bm25 / bm25.max() if k and bm25.max() > 0 else bm25,
+            keyword_overlap,
+            title_overlap,
+        ], axis=1).astype(np.float32) if k else np.zeros((0, len(SCALARS)), dtype=np.float32)
+        items = np.concatenate([fused, fused * q[None, :], scalars], axis=1).astype(np.float32)
+        query = np.concatenate([q, [float(bool(query_text)), float(query_has_image)]]).astype(np.float32)
+        return CandidateList(keys, query, items, retrieval, levels, ideal, query_text)
+
+
+def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,
+             lexical: LexicalIndex | None = None, rrf_k: int = 60, depth: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` over the table (what the engine's index returns, without touching it), fused with
+    BM25 by RRF for queries with text when ``lexical`` is given. Used to build training lists from any
+    embedder, including ones whose vectors are not in the store's index. Returns ``(scores, keys)``."""
+    from vitrine.index import fuse_batches
+
+    scores = vectors @ table.fused.T
+    width = min(max(k, depth if lexical is not None else k), len(table))
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    keys = table.keys[top]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    if lexical is None or texts is None:
+        return top_scores[:, :k].astype(np.float32), keys[:, :k]
+    _, lexical_keys = lexical.search([t or "" for t in texts], width)
+    lexical_keys[[not t for t in texts]] = -1
+    fused_scores, fused_keys = fuse_batches([keys, lexical_keys], k, rrf_k=rrf_k)
+    return fused_scores, fused_keys
+
+
+def product_table(store, embedder: Embedder, *, progress: bool = False) -> ProductTable:
+    """The store's product table for ``embedder``, brought up to date with the catalog and saved in
+    ``STORE/cache``: only products new or changed since the last build are encoded."""
+    path = store.root / "cache" / TABLE_FILE
+    previous = ProductTable.load(path) if path.is_file() else None
+    versions = store.catalog.versions()
+    if (previous is not None and previous.embedding == embedder.describe() and len(previous) == len(versions)
+            and all(versions.get(int(k)) == int(v) for k, v in zip(previous.keys.tolist(), previous.versions.tolist()))):
+        return previous
+    table = ProductTable.build(catalog_entries(store), embedder, previous=previous, progress=progress)
+    table.save(path)
+    return table
+
+
+def catalog_entries(store) -> list[tuple[int, int, Product]]:
+    """``(key, version, product)`` for every catalog product, image paths resolved inside the store."""
+    from dataclasses import replace
+
+    versions = store.catalog.versions()
+    products = store.catalog.by_keys(sorted(versions))
+    return [(key, versions[key], replace(products[key], images=tuple(str(store.resolve(i)) for i in products[key].images)))
+            for key in sorted(products)]

@@ -1,0 +1,146 @@
+"""The reranking models, small enough for a CPU: a pointwise scorer and the chunk listwise model.
+
+Both read ``FeatureSpec`` layouts (``vitrine.rerank.features``). Inputs are standardised with
+statistics fitted on the training lists and kept as buffers, so a saved model carries its own scaling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vitrine.rerank.levels import LEVELS
+
+
+@dataclass
+class ModelConfig:
+    query_dim: int
+    item_dim: int
+    dim: int = 64
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class ChunkOutput:
+    local: torch.Tensor
+    """``(B, M)`` within-chunk scores: comparable inside one chunk only."""
+    null: torch.Tensor
+    """``(B,)`` the NULL option's score ("no instance match in this chunk")."""
+    level_logits: torch.Tensor
+    """``(B, M, 4)`` absolute scorer: logits of the four relevance levels."""
+
+
+class Standardise(nn.Module):
+    """``(x − mean) / std`` with statistics fitted once on training features."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        flat = features.reshape(-1, features.shape[-1]).float()
+        self.mean.copy_(flat.mean(dim=0))
+        self.std.copy_(flat.std(dim=0).clamp(min=1e-4))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block (self-attention + MLP). Written out rather than
+    ``nn.TransformerEncoderLayer``, whose per-call eligibility checks for its fast path walk every
+    submodule and cost more than the maths at this size (chunks of 12 tokens, 64 wide)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``x (B, T, d)``; ``keep (B, T)`` True for tokens that may be attended to."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
+                                                  dropout_p=self.dropout.p if self.training else 0.0)
+        x = x + self.dropout(self.out(attended.transpose(1, 2).reshape(b, t, d)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+class ChunkListwiseModel(nn.Module):
+    """A transformer over ``[NULL, query, c_1..c_M]``: candidates attend to each other and to the query
+    (local comparative reasoning), the NULL token is a learned "none of these" option.
+
+    Heads: a local score per candidate and for NULL (trained with the pairwise and NULL losses), and the
+    absolute scorer, an MLP on ``[z_query ‖ z_candidate]`` → 4 level logits, from the same forward pass.
+    No position embedding: the order of candidates in a chunk carries no meaning beyond the retrieval
+    rank, which is one of the features.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.query_norm = Standardise(config.query_dim)
+        self.item_norm = Standardise(config.item_dim)
+        self.query_in = nn.Linear(config.query_dim, d)
+        self.item_in = nn.Sequential(nn.Linear(config.item_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.null = nn.Parameter(torch.randn(d) * 0.02)
+        self.kind = nn.Embedding(3, d)  # NULL, query, candidate
+        self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.out_norm = nn.LayerNorm(d)
+        self.local_head = nn.Linear(d, 1)
+        self.absolute_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout),
+                                           nn.Linear(d, LEVELS))
+
+    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> ChunkOutput:
+        """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates."""
+        batch, m = mask.shape
+        null = (self.null + self.kind.weight[0]).expand(batch, 1, -1)
+        q = (self.query_in(self.query_norm(query)) + self.kind.weight[1]).unsqueeze(1)
+        c = self.item_in(self.item_norm(items)) + self.kind.weight[2]
+        z = torch.cat([null, q, c], dim=1)
+        keep = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
+        for block in self.blocks:
+            z = block(z, keep)
+        z = self.out_norm(z)
+        z_null, z_query, z_items = z[:, 0], z[:, 1], z[:, 2:]
+        local = self.local_head(z_items).squeeze(-1)
+        null_score = self.local_head(z_null).squeeze(-1)
+        pair = torch.cat([z_query.unsqueeze(1).expand(-1, m, -1), z_items], dim=-1)
+        return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, self.absolute_head(pair))
+
+
+class PointwiseScorer(nn.Module):
+    """One candidate at a time: an MLP on ``[query ‖ candidate]`` → 4 level logits (cross-entropy)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.query_norm = Standardise(config.query_dim)
+        self.item_norm = Standardise(config.item_dim)
+        self.net = nn.Sequential(nn.Linear(config.query_dim + config.item_dim, 2 * d), nn.GELU(),
+                                 nn.Dropout(config.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, LEVELS))
+
+    def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``query (B, Fq)``, ``items (B, M, Fi)`` → ``(B, M, 4)`` level logits."""
+        q = self.query_norm(query).unsqueeze(1).expand(-1, items.shape[1], -1)
+        return self.net(torch.cat([q, self.item_norm(items)], dim=-1))
+
+
+def expected_gain(level_logits: torch.Tensor) -> torch.Tensor:
+    """``Σ_l P(l)·(3 − l)``: the pointwise ranking score (the expected NDCG gain of a candidate)."""
+    gains = torch.arange(LEVELS - 1, -1, -1, dtype=level_logits.dtype, device=level_logits.device)
+    return (level_logits.softmax(dim=-1) * gains).sum(dim=-1)

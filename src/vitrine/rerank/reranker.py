@@ -1,0 +1,303 @@
+"""The front door: ``Reranker.load(folder).rank(query, candidates)``, with interchangeable strategies.
+
+Strategies (``STRATEGIES``; a new one is one function and one line):
+
+- ``pointwise``: each candidate scored alone (expected gain of its 4-level prediction);
+- ``local``: the chunk model's local scores, sorted as if comparable across chunks (the naive baseline);
+- ``listwise``: local scores minus the chunk's NULL score, so every chunk shares one zero point;
+- ``absolute``: the calibrated absolute score r = P(instance match) alone;
+- ``hybrid``: Pailitao-VL's merge: each chunk sorted by its local scores, then a K-way merge that
+  repeatedly takes the chunk head with the highest r;
+- ``sliding``: RankGPT's sliding window over the same chunk model (window M, stride S, back to front).
+
+Every chunk strategy runs all chunks of all queries as one batched forward pass; only ``sliding``
+runs window after window. Every strategy returns a permutation of its input: no candidate is dropped
+or repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vitrine.catalog.images import ImageInput
+from vitrine.catalog.product import Product
+from vitrine.config import write_atomic
+from vitrine.errors import StoreError, VitrineError
+from vitrine.rerank.calibration import Calibrator
+from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec
+from vitrine.rerank.merge import chunk_slices, hybrid_merge, sliding_window
+from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer, expected_gain
+
+FORMAT = "pailitao-reranker/1"
+
+
+@dataclass(frozen=True)
+class RerankQuery:
+    """The query as the engine holds it: what the shopper gave and its vector."""
+
+    text: str | None = None
+    image: ImageInput | None = None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    key: int
+    """The product's catalog key (its vector id)."""
+    score: float = 0.0
+    """The retrieval score."""
+    product: Product | None = None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    candidate: Candidate
+    score: float
+    """The strategy's score (r for ``hybrid`` and ``absolute``); higher is better within one ranking."""
+    rank: int
+    position: int
+    """Where the candidate was in the retrieved list (0-based)."""
+
+
+@dataclass
+class Ordering:
+    """One list's result: ``order`` holds retrieval positions, best first; ``scores`` go with ``order``."""
+
+    order: np.ndarray
+    scores: np.ndarray
+
+
+class BaseReranker(ABC):
+    """What every reranker offers: reorder one query's candidates."""
+
+    @abstractmethod
+    def rank(self, query: RerankQuery, candidates: Sequence[Candidate]) -> list[Ranked]: ...
+
+
+@dataclass
+class RerankSettings:
+    strategy: str = "hybrid"
+    chunk_size: int = 10
+    stride: int = 5
+
+
+@dataclass
+class Reranker(BaseReranker):
+    """Feature-based Pailitao-VL reranker: a chunk listwise model and a pointwise scorer over the same
+    features, a calibrator for r, and the feature builder bound to a store (``bind``)."""
+
+    spec: FeatureSpec
+    listwise: ChunkListwiseModel | None = None
+    pointwise: PointwiseScorer | None = None
+    calibrator: Calibrator = field(default_factory=Calibrator)
+    settings: RerankSettings = field(default_factory=RerankSettings)
+    embedding: dict[str, Any] = field(default_factory=dict)
+    """The embedder the features were built with (vectors of another embedder mean nothing to it)."""
+    features: FeatureBuilder | None = None
+
+    def bind(self, features: FeatureBuilder) -> "Reranker":
+        if features.spec.dim != self.spec.dim:
+            raise VitrineError(f"the reranker reads {self.spec.dim}-d vectors, the store's embedder gives "
+                               f"{features.spec.dim}-d; train the reranker again ('vitrine train-reranker')")
+        self.features = features
+        return self
+
+    # --- ranking -----------------------------------------------------------------------------
+
+    def rank(self, query: RerankQuery, candidates: Sequence[Candidate], strategy: str | None = None) -> list[Ranked]:
+        return self.rank_many([query], [candidates], strategy)[0]
+
+    def rank_many(self, queries: Sequence[RerankQuery], candidates: Sequence[Sequence[Candidate]],
+                  strategy: str | None = None) -> list[list[Ranked]]:
+        if self.features is None:
+            raise VitrineError("this reranker is not bound to a store's features (Reranker.bind)")
+        lists = []
+        for query, found in zip(queries, candidates):
+            if query.vector is None:
+                raise VitrineError("the reranker needs the query's vector")
+            lists.append(self.features.build(query.vector, query.text, query.image is not None,
+                                             [c.key for c in found], [c.score for c in found]))
+        results = []
+        for found, ordering in zip(candidates, self.rank_lists(lists, strategy)):
+            results.append([Ranked(found[pos], float(score), rank, int(pos))
+                            for rank, (pos, score) in enumerate(zip(ordering.order.tolist(), ordering.scores), start=1)])
+        return results
+
+    def rank_lists(self, lists: Sequence[CandidateList], strategy: str | None = None) -> list[Ordering]:
+        name = strategy or self.settings.strategy
+        if name not in STRATEGIES:
+            raise VitrineError(f"unknown rerank strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+        return STRATEGIES[name](self, list(lists))
+
+    # --- model passes ------------------------------------------------------------------------
+
+    def _model(self, kind: str):
+        # Models are put in eval mode once (after training, on load); doing it per call costs
+        # milliseconds of module walking on the serving path.
+        model = self.listwise if kind == "listwise" else self.pointwise
+        if model is None:
+            raise VitrineError(f"this reranker has no {kind} model; train it with 'vitrine train-reranker'")
+        return model
+
+    @torch.inference_mode()
+    def chunk_scores(self, lists: Sequence[CandidateList]) -> list[dict[str, np.ndarray]]:
+        """Per list: ``local (K,)``, ``null (chunks,)``, ``logits (K, 4)``, ``r (K,)``, ``chunks``, from one
+        batched forward pass over every chunk of every list."""
+        model = self._model("listwise")
+        size = self.settings.chunk_size
+        plan = [(i, part) for i, found in enumerate(lists) for part in chunk_slices(len(found), size)]
+        out = [{"local": np.zeros(len(found), dtype=np.float32), "null": np.zeros(0, dtype=np.float32),
+                "logits": np.zeros((len(found), 4), dtype=np.float32), "chunks": chunk_slices(len(found), size)}
+               for found in lists]
+        if plan:
+            query, items, mask = stack_chunks([(lists[i], part) for i, part in plan], size)
+            result = model(query, items, mask)
+            local, null, logits = result.local.numpy(), result.null.numpy(), result.level_logits.numpy()
+            nulls: dict[int, list[float]] = {i: [] for i in range(len(lists))}
+            for row, (i, part) in enumerate(plan):
+                width = part.stop - part.start
+                out[i]["local"][part] = local[row, :width]
+                out[i]["logits"][part] = logits[row, :width]
+                nulls[i].append(float(null[row]))
+            for i in nulls:
+                out[i]["null"] = np.array(nulls[i], dtype=np.float32)
+        for entry in out:
+            entry["r"] = self.calibrator(entry["logits"]) if len(entry["logits"]) else np.zeros(0)
+        return out
+
+    @torch.inference_mode()
+    def pointwise_logits(self, lists: Sequence[CandidateList]) -> list[np.ndarray]:
+        model = self._model("pointwise")
+        if not lists:
+            return []
+        query = torch.from_numpy(np.stack([found.query for found in lists]))
+        width = max(len(found) for found in lists)
+        items = np.zeros((len(lists), width, self.spec.item_dim), dtype=np.float32)
+        for i, found in enumerate(lists):
+            items[i, :len(found)] = found.items
+        logits = model(query, torch.from_numpy(items)).numpy()
+        return [logits[i, :len(found)] for i, found in enumerate(lists)]
+
+    @torch.inference_mode()
+    def window_scores(self, found: CandidateList, positions: np.ndarray) -> np.ndarray:
+        """Local scores of the candidates at ``positions`` compared as one window."""
+        model = self._model("listwise")
+        sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions])
+        query, items, mask = stack_chunks([(sub, slice(0, len(positions)))], len(positions))
+        return model(query, items, mask).local[0].numpy()
+
+    # --- saving ------------------------------------------------------------------------------
+
+    def save(self, folder: Path, extra: dict[str, Any] | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        models = {}
+        for kind, model in (("listwise", self.listwise), ("pointwise", self.pointwise)):
+            if model is not None:
+                tmp = folder / f".{kind}.safetensors.tmp"
+                save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+                tmp.replace(folder / f"{kind}.safetensors")
+                models[kind] = asdict(model.config)
+        config = {"format": FORMAT, "spec": {"dim": self.spec.dim, "scalars": list(self.spec.scalars)},
+                  "models": models, "calibrator": self.calibrator.to_dict(), "settings": asdict(self.settings),
+                  "embedding": self.embedding, **(extra or {})}
+        write_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
+
+    @classmethod
+    def load(cls, folder: Path) -> "Reranker":
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            if config.get("format") != FORMAT:
+                raise ValueError(f"format {config.get('format')!r}, expected {FORMAT!r}")
+            spec = FeatureSpec(int(config["spec"]["dim"]), tuple(config["spec"]["scalars"]))
+            models: dict[str, Any] = {}
+            for kind, model_cls in (("listwise", ChunkListwiseModel), ("pointwise", PointwiseScorer)):
+                if kind in config["models"]:
+                    model = model_cls(ModelConfig(**config["models"][kind]))
+                    model.load_state_dict(load_file(str(folder / f"{kind}.safetensors")))
+                    models[kind] = model.eval()
+            return cls(spec, models.get("listwise"), models.get("pointwise"), Calibrator(**config["calibrator"]),
+                       RerankSettings(**config["settings"]), config.get("embedding", {}))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise StoreError(f"{folder}: cannot load the reranker ({exc}); train one with 'vitrine train-reranker'") from None
+
+
+def stack_chunks(chunks: Sequence[tuple[CandidateList, slice]], size: int):
+    """``(query (C, Fq), items (C, M, Fi), mask (C, M))`` tensors for chunks given as (list, slice)."""
+    count = len(chunks)
+    item_dim = chunks[0][0].items.shape[1]
+    items = np.zeros((count, size, item_dim), dtype=np.float32)
+    mask = np.zeros((count, size), dtype=bool)
+    query = np.stack([found.query for found, _ in chunks])
+    for row, (found, part) in enumerate(chunks):
+        width = part.stop - part.start
+        items[row, :width] = found.items[part]
+        mask[row, :width] = True
+    return torch.from_numpy(query), torch.from_numpy(items), torch.from_numpy(mask)
+
+
+# --- strategies ------------------------------------------------------------------------------
+
+def _sorted(scores: np.ndarray) -> Ordering:
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    return Ordering(order, np.asarray(scores, dtype=np.float32)[order])
+
+
+def _pointwise(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    logits = reranker.pointwise_logits(lists)
+    return [_sorted(expected_gain(torch.from_numpy(row)).numpy()) for row in logits]
+
+
+def _local(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    return [_sorted(entry["local"]) for entry in reranker.chunk_scores(lists)]
+
+
+def _listwise(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    results = []
+    for entry in reranker.chunk_scores(lists):
+        anchored = entry["local"].copy()
+        for chunk, part in enumerate(entry["chunks"]):
+            anchored[part] -= entry["null"][chunk]
+        results.append(_sorted(anchored))
+    return results
+
+
+def _absolute(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    return [_sorted(entry["r"]) for entry in reranker.chunk_scores(lists)]
+
+
+def _hybrid(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    results = []
+    for entry in reranker.chunk_scores(lists):
+        parts = entry["chunks"]
+        merged = hybrid_merge([entry["local"][part] for part in parts], [entry["r"][part] for part in parts])
+        order = np.array([parts[chunk].start + item for chunk, item in merged], dtype=np.int64)
+        results.append(Ordering(order, entry["r"][order].astype(np.float32)))
+    return results
+
+
+def _sliding(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
+    settings = reranker.settings
+    results = []
+    for found in lists:
+        order = sliding_window(len(found), lambda positions: reranker.window_scores(found, positions),
+                               settings.chunk_size, settings.stride)
+        # Window scores are local to each window; the final position is the only global statement.
+        results.append(Ordering(order, np.arange(len(order), 0, -1, dtype=np.float32)))
+    return results
+
+
+STRATEGIES: dict[str, Callable[[Reranker, list[CandidateList]], list[Ordering]]] = {
+    "pointwise": _pointwise, "local": _local, "listwise": _listwise, "absolute": _absolute,
+    "hybrid": _hybrid, "sliding": _sliding,
+}

@@ -1,0 +1,296 @@
+"""Training the reranker: lists from the retriever's top-K on the training split (its mistakes are the
+hard negatives, for free), the chunk listwise model and the pointwise scorer, calibration of r.
+
+The retriever is whatever embedder is passed in, so the lists can come from a model that never saw
+those queries (cross-fitting, as the benchmark does) or from the store's own model (``vitrine
+train-reranker``; see the README for why that makes training lists easier than real ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitrine.catalog.datasets import Splits
+from vitrine.catalog.product import Product
+from vitrine.config import RerankConfig, write_atomic
+from vitrine.embedding import Embedder, Query
+from vitrine.errors import VitrineError
+from vitrine.index import LexicalIndex
+from vitrine.progress import progress_bar
+from vitrine.rerank.calibration import Calibrator, expected_calibration_error, softmax
+from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec, ProductTable, retrieve
+from vitrine.rerank.levels import IRRELEVANT, levels_for, to_gain
+from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
+from vitrine.rerank.merge import chunk_slices
+from vitrine.rerank.metrics import list_metrics
+from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer
+from vitrine.rerank.reranker import Reranker, RerankSettings, stack_chunks
+
+log = logging.getLogger(__name__)
+
+ALL_LOSSES = ("pairwise", "null", "absolute")
+
+
+@dataclass
+class LabelledList:
+    """A training or evaluation query: what to search with, and every product's level (default 3)."""
+
+    query: Query
+    levels: dict[str, int]
+    key: str
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass
+class FitReport:
+    epochs: int = 0
+    best_epoch: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    dev_scores: list[float] = field(default_factory=list)
+
+
+# --- queries and lists -----------------------------------------------------------------------
+
+def training_queries(splits: Splits, products: Mapping[str, Product]) -> list[LabelledList]:
+    """The training pairs grouped into queries (one per ``query_key``), with levels for every product."""
+    grouped: dict[str, dict[str, int]] = defaultdict(dict)
+    first: dict[str, Any] = {}
+    for pair in splits.train:
+        key = pair.query_key or f"{pair.query_text}|{pair.query_image}"
+        grouped[key][pair.product_id] = max(pair.grade, grouped[key].get(pair.product_id, 0))
+        first.setdefault(key, pair)
+    queries = []
+    for key, relevant in grouped.items():
+        pair = first[key]
+        # Shopee: a listing's title must not find the listing itself (the val protocol excludes it too).
+        exclude = (key,) if splits.name == "shopee" and key in products else ()
+        queries.append(LabelledList(Query(text=pair.query_text, image=pair.query_image),
+                                    levels_for(splits.name, relevant, products), key, exclude))
+    return queries
+
+
+def val_queries(splits: Splits, products: Mapping[str, Product]) -> list[LabelledList]:
+    return [LabelledList(Query(text=q.text, image=q.image), levels_for(splits.name, q.relevant, products),
+                         q.where or str(i), tuple(q.exclude)) for i, q in enumerate(splits.val)]
+
+
+def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
+                lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
+                batch_size: int = 64, progress: bool = False) -> list[CandidateList]:
+    """Each query's top-``k`` from ``embedder`` over the table (RRF with BM25 if ``fuse_lexical``), as
+    feature lists labelled with levels."""
+    builder = FeatureBuilder(table, lexical)
+    key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
+    id_of = dict(zip(table.keys.tolist(), table.ids))
+    lists = []
+    bar = progress_bar(total=len(queries), enabled=progress, desc="rerank lists", unit=" queries")
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start:start + batch_size]
+        vectors = embedder.encode_queries([q.query for q in batch])
+        extra = max((len(q.exclude) for q in batch), default=0)
+        scores, keys = retrieve(table, vectors, k + extra, texts=[q.query.text for q in batch],
+                                lexical=lexical if fuse_lexical else None, rrf_k=rrf_k, depth=max(depth, k + extra))
+        for query, vector, row_scores, row_keys in zip(batch, vectors, scores, keys):
+            excluded = {key_of[pid] for pid in query.exclude if pid in key_of}
+            keep = [(int(key), float(score)) for key, score in zip(row_keys, row_scores)
+                    if key >= 0 and int(key) not in excluded][:k]
+            found = [key for key, _ in keep]
+            levels = np.array([query.levels.get(id_of[key], IRRELEVANT) for key in found], dtype=np.int64)
+            ideal = np.sort(np.array([to_gain(level) for pid, level in query.levels.items()
+                                      if level < IRRELEVANT and pid not in query.exclude], dtype=np.float32))[::-1]
+            built = builder.build(vector, query.query.text, query.query.image is not None, found,
+                                  [score for _, score in keep], levels, ideal.copy())
+            built.labelled = np.array([id_of[key] in query.levels for key in found], dtype=bool)
+            lists.append(built)
+        bar.update(len(batch))
+    bar.close()
+    return lists
+
+
+def split_dev(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, dev) indices: whole queries held back to pick the best epoch and to calibrate r."""
+    order = np.random.default_rng(seed + 7).permutation(len(items))
+    n_dev = int(round(fraction * len(items))) if len(items) >= 10 else 0
+    return sorted(order[n_dev:].tolist()), sorted(order[:n_dev].tolist())
+
+
+# --- fitting ---------------------------------------------------------------------------------
+
+def _chunk_tensors(lists: Sequence[CandidateList], size: int):
+    chunks = [(found, part) for found in lists for part in chunk_slices(len(found), size)]
+    query, items, mask = stack_chunks(chunks, size)
+    levels = np.full(mask.shape, IRRELEVANT, dtype=np.int64)
+    for row, (found, part) in enumerate(chunks):
+        levels[row, :part.stop - part.start] = found.levels[part]
+    return query, items, mask, torch.from_numpy(levels)
+
+
+def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy: str, k: int | None = None) -> dict[str, float]:
+    """Level metrics of ``strategy`` (or retrieval order for ``retrieval``) on labelled lists."""
+    if strategy == "retrieval":
+        orders = [np.arange(len(found)) for found in lists]
+    else:
+        orders = [ordering.order for ordering in reranker.rank_lists(lists, strategy)]
+    k = k or max((len(found) for found in lists), default=1)
+    return list_metrics([found.levels[order].tolist() for found, order in zip(lists, orders)],
+                        [found.ideal if found.ideal is not None else np.zeros(0) for found in lists], k)
+
+
+def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
+                 config: RerankConfig, losses: Sequence[str] = ALL_LOSSES, *, progress: bool = False,
+                 dev_strategy: str | None = None) -> tuple[ChunkListwiseModel, FitReport]:
+    """The chunk model with the named losses (``pairwise``, ``null``, ``absolute``), early-stopped on the dev
+    NDCG@10 of the strategy those losses serve."""
+    unknown = set(losses) - set(ALL_LOSSES)
+    if unknown or not losses:
+        raise VitrineError(f"unknown reranker losses {sorted(unknown)} (choose from {', '.join(ALL_LOSSES)})")
+    torch.manual_seed(config.seed)
+    model = ChunkListwiseModel(ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads,
+                                           config.dropout))
+    query, items, mask, levels = _chunk_tensors(train, config.chunk_size)
+    model.query_norm.fit(query)
+    model.item_norm.fit(items[mask])
+    strategy = dev_strategy or ("hybrid" if "absolute" in losses else "listwise" if "null" in losses else "local")
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+        out = model(query[batch], items[batch], mask[batch])
+        m, lv = mask[batch], levels[batch]
+        local = out.local.masked_fill(~m, 0.0)  # padded slots must not turn a weight of 0 into 0·inf
+        total = local.sum() * 0.0
+        if "pairwise" in losses:
+            total = total + pairwise_discordant_loss(local, lv, m, config.tau)
+        if "null" in losses:
+            total = total + config.null_weight * null_loss(local, out.null, lv, m, config.tau)
+        if "absolute" in losses:
+            total = total + config.absolute_weight * level_cross_entropy(out.level_logits, lv, m)
+        return total
+
+    return model, _fit(model, len(query), step_loss, dev, spec, config, "listwise", strategy, progress)
+
+
+def fit_pointwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
+                  config: RerankConfig, *, progress: bool = False) -> tuple[PointwiseScorer, FitReport]:
+    torch.manual_seed(config.seed)
+    model = PointwiseScorer(ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads,
+                                        config.dropout))
+    query = torch.from_numpy(np.concatenate([np.repeat(found.query[None], len(found), axis=0) for found in train]))
+    items = torch.from_numpy(np.concatenate([found.items for found in train]))[:, None, :]
+    levels = torch.from_numpy(np.concatenate([found.levels for found in train]))[:, None]
+    model.query_norm.fit(query)
+    model.item_norm.fit(items)
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+        return level_cross_entropy(model(query[batch], items[batch]), levels[batch])
+
+    # The same number of candidates per step as the listwise model sees (batch_size chunks of M).
+    steps_config = copy.copy(config)
+    steps_config.batch_size = config.batch_size * config.chunk_size
+    return model, _fit(model, len(query), step_loss, dev, spec, steps_config, "pointwise", "pointwise", progress)
+
+
+def _fit(model: torch.nn.Module, count: int, step_loss, dev: Sequence[CandidateList], spec: FeatureSpec,
+         config: RerankConfig, kind: str, strategy: str, progress: bool) -> FitReport:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    report = FitReport()
+    best: tuple[float, int, dict] | None = None
+    start = time.perf_counter()
+    steps = max(1, -(-count // config.batch_size))
+    bar = progress_bar(total=config.epochs * steps, enabled=progress, desc=f"train {kind}", unit=" steps")
+    probe = Reranker(spec, **{kind: model}, settings=RerankSettings(strategy, config.chunk_size, config.stride))
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_losses = []
+        for batch in np.array_split(rng.permutation(count), steps):
+            loss = step_loss(torch.from_numpy(batch))
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            epoch_losses.append(float(loss.detach()))
+            bar.update(1)
+        report.losses.append(float(np.mean(epoch_losses)))
+        report.epochs = epoch
+        bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
+        if dev:
+            model.eval()
+            score = evaluate_lists(probe, dev, strategy)["ndcg@10"]
+            report.dev_scores.append(score)
+            if best is None or score > best[0]:
+                best = (score, epoch, copy.deepcopy(model.state_dict()))
+            elif epoch - best[1] >= config.patience:
+                break
+    bar.close()
+    if best is not None:
+        model.load_state_dict(best[2])
+        report.best_epoch = best[1]
+    else:
+        report.best_epoch = report.epochs
+    report.seconds = time.perf_counter() - start
+    model.eval()
+    return report
+
+
+def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> dict[str, float]:
+    """Fit the calibrator of r on the dev lists; returns the dev ECE before and after."""
+    if not dev or reranker.listwise is None:
+        return {}
+    entries = reranker.chunk_scores(dev)
+    logits = np.concatenate([entry["logits"] for entry in entries])
+    levels = np.concatenate([found.levels for found in dev])
+    before = expected_calibration_error(softmax(logits)[:, 0], levels == 0)
+    reranker.calibrator = Calibrator.fit(kind, logits, levels)
+    after = expected_calibration_error(reranker.calibrator(logits), levels == 0)
+    return {"dev_ece_raw": before, "dev_ece_calibrated": after}
+
+
+def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList], config: RerankConfig, *,
+                   embedding: dict[str, Any] | None = None, losses: Sequence[str] = ALL_LOSSES,
+                   pointwise: bool = True, progress: bool = False) -> tuple[Reranker, dict[str, Any]]:
+    """Both models on the same lists, r calibrated on ``dev``; returns the reranker and a report."""
+    if not train:
+        raise VitrineError("no training lists: the training split has no queries the retriever could answer")
+    spec = FeatureSpec(int(train[0].query.shape[0]) - 2)
+    listwise, listwise_report = fit_listwise(train, dev, spec, config, losses, progress=progress)
+    point, point_report = fit_pointwise(train, dev, spec, config, progress=progress) if pointwise else (None, None)
+    reranker = Reranker(spec, listwise, point, settings=RerankSettings(config.strategy, config.chunk_size, config.stride),
+                        embedding=embedding or {})
+    calibration = calibrate(reranker, dev, config.calibration if "absolute" in losses else "none")
+    report = {"train_lists": len(train), "dev_lists": len(dev), "losses": list(losses),
+              "listwise": asdict(listwise_report), "pointwise": asdict(point_report) if point_report else None,
+              "calibration": calibration}
+    return reranker, report
+
+
+def train_store_reranker(store, splits: Splits, embedder: Embedder, table: ProductTable, config: RerankConfig, *,
+                         lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60,
+                         name: str | None = None, progress: bool = True) -> tuple[Reranker, dict[str, Any]]:
+    """``vitrine train-reranker``: lists from ``embedder``'s top-K on the training split, both models,
+    calibration; saved as ``STORE/models/NAME`` (safetensors + config.json + training.json)."""
+    products = {p.id: p for p in store.catalog}
+    # Held-out products (Grocery's new-products protocol) have no training pairs, so no list is about
+    # them; they still appear among the candidates of other queries, as they will at search time.
+    queries = training_queries(splits, products)
+    train_rows, dev_rows = split_dev(queries, config.dev_fraction, config.seed)
+    lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
+                        rrf_k=rrf_k, progress=progress)
+    reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
+                                      embedding=embedder.describe(), progress=progress)
+    folder = Path(store.models_dir) / (name or config.model)
+    report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
+                   "fuse_lexical": fuse_lexical, "config": asdict(config)})
+    reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
+    write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
+    return reranker, report

@@ -1,0 +1,243 @@
+"""The reranker's pure parts and models on drawn data: losses, merge, calibration, chunking, training,
+saving, and that reranking is always a permutation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vitrine.config import RerankConfig
+from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, Reranker, chunk_slices, expected_calibration_error,
+                            hybrid_merge, null_loss, pairwise_discordant_loss, sliding_window)
+from vitrine.rerank.calibration import reliability_diagram, softmax
+from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
+from vitrine.rerank.metrics import instance_hit_rate, ndcg_at_k
+from vitrine.rerank.reranker import STRATEGIES
+from vitrine.rerank.train import evaluate_lists, fit_listwise, train_reranker
+from vitrine.catalog import Product
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+# --- losses ----------------------------------------------------------------------------------
+
+def test_pairwise_loss_on_hand_checked_cases():
+    one_pair = pairwise_discordant_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[0, 2]]))
+    assert one_pair.item() == pytest.approx(softplus(-2.0), abs=1e-6)  # weight 2 cancels in the mean
+    three = pairwise_discordant_loss(torch.tensor([[1.0, 0.0, 0.5]]), torch.tensor([[0, 1, 3]]))
+    # pairs (0,1) gap 1 margin 1; (0,2) gap 3 margin 0.5; (1,2) gap 2 margin -0.5
+    expected = (1 * softplus(-1.0) + 3 * softplus(-0.5) + 2 * softplus(0.5)) / 6
+    assert three.item() == pytest.approx(expected, abs=1e-6)
+    tau = pairwise_discordant_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0, 3]]), tau=0.5)
+    assert tau.item() == pytest.approx(softplus(-2.0), abs=1e-6)
+
+
+def test_pairwise_loss_ignores_ties_and_padding():
+    assert pairwise_discordant_loss(torch.tensor([[3.0, -1.0]]), torch.tensor([[2, 2]])).item() == 0.0
+    masked = pairwise_discordant_loss(torch.tensor([[1.0, 0.0, 9.0]]), torch.tensor([[0, 3, 3]]),
+                                      torch.tensor([[True, True, False]]))
+    assert masked.item() == pytest.approx(softplus(-1.0), abs=1e-6)
+
+
+def test_null_loss_puts_instances_above_null_and_the_rest_below():
+    good = null_loss(torch.tensor([[1.0, -1.0]]), torch.tensor([0.0]), torch.tensor([[0, 3]]))
+    assert good.item() == pytest.approx(softplus(-1.0), abs=1e-6)
+    bad = null_loss(torch.tensor([[-1.0, 1.0]]), torch.tensor([0.0]), torch.tensor([[0, 1]]))
+    assert bad.item() == pytest.approx(softplus(1.0), abs=1e-6)
+    masked = null_loss(torch.tensor([[1.0, 5.0]]), torch.tensor([0.0]), torch.tensor([[0, 3]]),
+                       torch.tensor([[True, False]]))
+    assert masked.item() == pytest.approx(softplus(-1.0), abs=1e-6)
+
+
+# --- merging ---------------------------------------------------------------------------------
+
+def brute_force_merge(local, absolute):
+    remaining = [list(np.argsort(-np.asarray(loc), kind="stable")) for loc in local]
+    merged = []
+    while any(remaining):
+        heads = [(absolute[c][items[0]], -c) for c, items in enumerate(remaining) if items]
+        _, neg_chunk = max(heads)
+        chunk = -neg_chunk
+        merged.append((chunk, int(remaining[chunk].pop(0))))
+    return merged
+
+
+def test_hybrid_merge_matches_brute_force_on_random_inputs():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(0, 12, size=rng.integers(1, 7))
+        local = [rng.normal(size=n) for n in sizes]
+        absolute = [rng.random(size=n) for n in sizes]
+        merged = hybrid_merge(local, absolute)
+        assert merged == brute_force_merge(local, absolute)
+        assert sorted(merged) == [(c, i) for c, n in enumerate(sizes) for i in range(n)]
+        for c, loc in enumerate(local):  # each chunk keeps its local order
+            picked = [i for chunk, i in merged if chunk == c]
+            assert list(np.asarray(loc)[picked]) == sorted(loc, reverse=True)
+
+
+def test_chunking_when_k_is_not_a_multiple_of_m():
+    assert [(s.start, s.stop) for s in chunk_slices(23, 10)] == [(0, 10), (10, 20), (20, 23)]
+    assert chunk_slices(0, 10) == []
+    with pytest.raises(ValueError):
+        chunk_slices(5, 0)
+
+
+def test_sliding_window_bubbles_the_best_up_from_the_back():
+    relevance = np.zeros(23)
+    relevance[22] = 5.0  # the best candidate was retrieved last
+    relevance[3] = 4.0
+    calls = []
+
+    def score(positions):
+        calls.append(len(positions))
+        return relevance[positions]
+
+    order = sliding_window(23, score, window=10, stride=5)
+    assert sorted(order.tolist()) == list(range(23))
+    assert order[:2].tolist() == [22, 3]
+    assert calls == [10, 10, 10, 10]  # windows at 13, 8, 3, 0: one after another
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+def overconfident(n: int = 4000, seed: int = 0):
+    """Logits whose softmax is far too sure of itself: the true model is the logits divided by 4."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(size=(n, 4)) * 1.5
+    levels = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    return true_logits * 4.0, levels
+
+
+@pytest.mark.parametrize("kind", ["temperature", "isotonic"])
+def test_calibration_reduces_ece(kind: str, tmp_path: Path):
+    logits, levels = overconfident()
+    fit_logits, fit_levels = overconfident(seed=1)
+    raw = softmax(logits)[:, 0]
+    calibrator = Calibrator.fit(kind, fit_logits, fit_levels)
+    calibrated = calibrator(logits)
+    before = expected_calibration_error(raw, levels == 0)
+    after = expected_calibration_error(calibrated, levels == 0)
+    assert before > 0.08 and after < before / 2
+    if kind == "temperature":
+        assert calibrator.temperature == pytest.approx(4.0, rel=0.15)
+    path = reliability_diagram({"raw": (raw, levels == 0), kind: (calibrated, levels == 0)}, tmp_path / "r.png")
+    assert path.stat().st_size > 1000
+
+
+def test_ece_of_a_perfect_predictor_is_small():
+    rng = np.random.default_rng(3)
+    p = rng.random(20000)
+    assert expected_calibration_error(p, rng.random(20000) < p) < 0.02
+
+
+# --- levels and metrics ----------------------------------------------------------------------
+
+def test_levels_mappings():
+    assert [from_crowdflower(r) for r in (4, 3, 2, 1)] == [0, 1, 2, 3]
+    assert [from_grade(g) for g in (3, 2, 1, 0)] == [0, 1, 2, 3]
+
+    def product(pid, coarse, category):
+        return Product(pid, pid, attributes={"coarse_class": coarse, "category": category})
+
+    catalog = [product("granny", "Apple", "Fruit"), product("pink", "Apple", "Fruit"),
+               product("banana", "Banana", "Fruit"), product("oatly", "Oat Milk", "Packages")]
+    assert grocery_levels(catalog[0], catalog) == {"granny": 0, "pink": 1, "banana": 2, "oatly": 3}
+    by_id = {p.id: p for p in catalog}
+    assert levels_for("grocery-seen", {"pink": 1}, by_id)["granny"] == 1
+    assert levels_for("shopee", {"a": 1}, by_id) == {"a": 0}
+    assert levels_for("crowdflower", {"a": 3, "b": 0}, by_id) == {"a": 0, "b": 3}
+
+
+def test_level_metrics():
+    assert instance_hit_rate([0, 3, 3], 1, 50) == 1.0
+    assert instance_hit_rate([3, 0, 0], 2, 50) == 0.5  # top min(K, G) = 2
+    assert instance_hit_rate([3, 3], 0, 50) is None
+    assert ndcg_at_k([0, 1], [3, 2]) == pytest.approx(1.0)
+    assert ndcg_at_k([1, 0], [3, 2]) < 1.0
+
+
+# --- models on drawn lists -------------------------------------------------------------------
+
+DIM = 8
+
+
+def drawn_lists(count: int, k: int, seed: int = 0) -> list[CandidateList]:
+    """Lists where a candidate's level shows, noisily, in its features, and best in how it compares
+    with the others (the instance match is the one closest to the query)."""
+    spec = FeatureSpec(DIM)
+    rng = np.random.default_rng(seed)
+    lists = []
+    for _ in range(count):
+        levels = rng.choice(4, size=k, p=[0.05, 0.15, 0.3, 0.5])
+        levels[rng.integers(k)] = 0
+        query = np.concatenate([rng.normal(size=DIM), [1.0, 0.0]]).astype(np.float32)
+        items = rng.normal(size=(k, spec.item_dim)).astype(np.float32)
+        items[:, 2 * DIM + 3] = -levels + rng.normal(scale=0.8, size=k)  # the "cosine" column
+        retrieval = np.sort(rng.random(k))[::-1].astype(np.float32)
+        ideal = np.sort(3.0 - levels[levels < 3])[::-1].astype(np.float32)
+        lists.append(CandidateList(np.arange(100, 100 + k), query, items, retrieval, levels.astype(np.int64), ideal))
+    return lists
+
+
+def small_config(**changes) -> RerankConfig:
+    config = RerankConfig(epochs=6, batch_size=16, dim=16, layers=1, heads=2, patience=10)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_training_lowers_the_loss_and_beats_retrieval_order():
+    train, dev = drawn_lists(48, 23), drawn_lists(16, 23, seed=1)
+    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config(epochs=5))
+    assert report.losses[-1] < report.losses[0] * 0.9
+    reranker = Reranker(FeatureSpec(DIM), model)
+    assert evaluate_lists(reranker, dev, "listwise")["ndcg@10"] > evaluate_lists(reranker, dev, "retrieval")["ndcg@10"] + 0.1
+
+
+@pytest.fixture(scope="module")
+def trained() -> Reranker:
+    reranker, _ = train_reranker(drawn_lists(30, 23), drawn_lists(10, 23, seed=1), small_config(epochs=2))
+    return reranker
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_reranking_never_drops_or_duplicates(trained: Reranker, strategy: str):
+    lists = drawn_lists(5, 23, seed=2) + drawn_lists(2, 7, seed=3) + drawn_lists(1, 1, seed=4)
+    for found, ordering in zip(lists, trained.rank_lists(lists, strategy)):
+        assert sorted(ordering.order.tolist()) == list(range(len(found)))
+        assert len(ordering.scores) == len(found)
+
+
+def test_chunks_run_as_one_batch_and_match_one_by_one(trained: Reranker):
+    lists = drawn_lists(3, 23, seed=5)
+    together = trained.chunk_scores(lists)
+    alone = [trained.chunk_scores([found])[0] for found in lists]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a["local"], b["local"], atol=1e-5)
+        np.testing.assert_allclose(a["r"], b["r"], atol=1e-5)
+        assert len(a["null"]) == 3  # 23 candidates in chunks of 10: 10, 10, 3
+
+
+def test_save_then_load_gives_identical_scores(trained: Reranker, tmp_path: Path):
+    trained.save(tmp_path / "rerank")
+    loaded = Reranker.load(tmp_path / "rerank")
+    lists = drawn_lists(4, 23, seed=6)
+    for strategy in ("hybrid", "pointwise", "listwise"):
+        for a, b in zip(trained.rank_lists(lists, strategy), loaded.rank_lists(lists, strategy)):
+            np.testing.assert_array_equal(a.order, b.order)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    assert loaded.calibrator == trained.calibrator
+
+
+def test_unknown_strategy_is_a_user_error(trained: Reranker):
+    from vitrine.errors import VitrineError
+
+    with pytest.raises(VitrineError, match="unknown rerank strategy 'best'"):
+        trained.rank_lists(drawn_lists(1, 5), "best")

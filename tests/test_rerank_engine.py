@@ -1,0 +1,105 @@
+"""The reranker inside a store: train-reranker on a pairs file, then search with every strategy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import vitrine
+from conftest import write_jsonl
+from vitrine.cli import app
+from vitrine.errors import StoreError
+
+QUERIES = {"apple": ["red apple", "sweet apple fruit", "crisp apple"],
+           "mug": ["coffee mug", "tea cup", "ceramic mug"],
+           "scarf": ["wool scarf", "winter scarf", "knitted scarf"],
+           "cone": ["traffic cone", "road safety cone", "plastic cone"]}
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def trained_store(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the built store with a reranker trained (once, through the CLI) on a pairs file."""
+    root = tmp_path_factory.mktemp("rerank")
+    store = root / "store"
+    shutil.copytree(built_store, store)
+    pairs = write_jsonl(root / "pairs.jsonl", [{"query_text": text, "product_id": pid, "grade": 3}
+                                               for pid, texts in QUERIES.items() for text in texts])
+    result = run("train-reranker", store, "--data", pairs, "--epochs", "3", "--set", "rerank.dim=16")
+    assert result.exit_code == 0, result.output
+    assert "trained reranker rerank on" in result.output
+    return store
+
+
+def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
+    store = trained_store
+    folder = store / "models" / "rerank"
+    assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json"} <= {
+        p.name for p in folder.iterdir()}
+
+    engine = vitrine.open(store)
+    plain = engine.search(text="a warm winter scarf", k=4)
+    for strategy in ("hybrid", "listwise", "pointwise", "sliding"):
+        hits = engine.search(text="a warm winter scarf", k=4, rerank=strategy, candidates=4)
+        assert sorted(h.product.id for h in hits) == sorted(h.product.id for h in plain)  # same set, none lost
+        assert [h.rank for h in hits] == [1, 2, 3, 4]
+        assert len(engine.search(text="scarf", k=2, rerank=strategy)) == 2
+    hybrid = engine.search(text="a warm winter scarf", k=4, rerank="hybrid")
+    assert all(0.0 <= h.score <= 1.0 for h in hybrid)  # r is a probability
+
+    result = run("search", store, "--text", "coffee mug", "-k", "2", "--rerank", "hybrid", "--candidates", "4", "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)) == 2
+
+
+def test_rerank_errors_are_one_line(built_store: Path):
+    store = built_store  # nothing here writes to it
+    with pytest.raises(StoreError, match="no reranker here"):
+        vitrine.open(store).search(text="apple", rerank="hybrid")
+    result = run("search", store, "--text", "mug", "--rerank", "hybrid")
+    assert result.exit_code == 2 and "error:" in result.output and "train-reranker" in result.output
+    result = run("search", store, "--text", "mug", "--candidates", "5")
+    assert result.exit_code == 2 and "--candidates only applies with --rerank" in result.output
+    result = run("train-reranker", store, "--data", "nope:thing")
+    assert result.exit_code == 2 and "unknown dataset 'nope'" in result.output
+
+
+def test_service_offers_and_runs_the_stores_reranker(trained_store: Path):
+    from fastapi.testclient import TestClient
+
+    from vitrine.config import ServeConfig
+    from vitrine.serve import create_app
+
+    with TestClient(create_app(vitrine.open(trained_store), ServeConfig(save_delay=0.2))) as client:
+        offered = client.get("/api/info").json()["rerankers"]
+        assert offered[:2] == ["none", "hybrid"] and {"listwise", "pointwise", "sliding"} <= set(offered)
+        plain = client.get("/search", params={"q": "a warm winter scarf", "k": 4}).json()
+        reranked = client.get("/search", params={"q": "a warm winter scarf", "k": 4, "rerank": "hybrid"}).json()
+        assert reranked["query"]["rerank"] == "hybrid" and "rerank" in reranked["timings_ms"]
+        assert "rerank" not in plain["timings_ms"]
+        assert sorted(h["product"]["id"] for h in reranked["results"]) == sorted(
+            h["product"]["id"] for h in plain["results"])
+        wrong = client.get("/search", params={"q": "scarf", "rerank": "magic"})
+        assert wrong.status_code == 400 and "this store offers: none, hybrid" in wrong.json()["error"]
+
+
+def test_reranker_follows_catalog_changes(trained_store: Path):
+    from vitrine.catalog import Product
+
+    engine = vitrine.open(trained_store)  # runs last in this module: it changes the catalog
+    engine.search(text="mug", rerank="hybrid")
+    engine.catalog.upsert([Product("kettle", "Steel Kettle", "A kettle to boil water for tea.")])
+    engine.sync(progress=False)
+    hits = engine.search(text="kettle for tea", k=5, rerank="hybrid", candidates=5)
+    assert "kettle" in {h.product.id for h in hits} and len({h.product.id for h in hits}) == 5
+    with pytest.raises(Exception, match="unknown rerank strategy"):
+        engine.search(text="mug", rerank="best")
+    assert np.isfinite([h.score for h in hits]).all()
