@@ -75,3 +75,19 @@ def built_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest(store, load_products(source), progress=False)
     open_engine(store).sync(progress=False)
     return root / "store"
+
+
+@pytest.fixture(scope="session")
+def ray_engine():
+    """One small local Ray for the whole session (starting Ray costs seconds): the ``BatchConfig`` to pass."""
+    import ray
+
+    from vitrine.config import BatchConfig
+    from vitrine.parallel import ensure_ray
+
+    # Ray workers import the functions they run by module name; test modules live here, not in the package.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+    engine = BatchConfig(engine="ray", num_cpus=2, workers=2)
+    ensure_ray(engine)
+    yield engine
+    ray.shutdown()

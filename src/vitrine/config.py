@@ -192,6 +192,22 @@ class RerankConfig:
     seed: int = 0
 
 
+BATCH_ENGINES = ("local", "ray")
+
+
+@dataclass
+class BatchConfig:
+    """Where batch work (catalog encoding, governance) runs: ``local`` (this process) or ``ray``."""
+
+    engine: str = "local"
+    address: str = ""
+    """Ray cluster to join (``auto``, ``ray://head:10001``); empty starts Ray on this machine."""
+    num_cpus: int = 0
+    """CPUs of a Ray started here (0 = all)."""
+    workers: int = 0
+    """Ray actors running the batch function side by side (0 = one per CPU)."""
+
+
 @dataclass
 class Config:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
@@ -201,6 +217,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":
