@@ -1,12 +1,15 @@
 """Service load benchmark: text and photo searches against a local `vitrine serve`, at several concurrencies.
 
-    python benchmarks/service_load.py [--store STORE] [--duration 60] [--concurrency 1,4,16] [--json out.json]
+    python benchmarks/service_load.py [--store STORE] [--duration 60] [--concurrency 1,4,16] [--rerank hybrid]
+                                      [--json out.json]
 
 Builds a zero-shot store from the Grocery Store Dataset in a temporary folder (unless --store is
 given), starts `vitrine serve` on a free loopback port as a subprocess, and for each kind (text,
 photo) and each concurrency runs a closed loop of that many async httpx clients for --duration
 seconds. Prints QPS, p50 and p99 latency (client-side, per request) and the error count, then the
 throughput ratio of concurrency 16 to 4. Traffic goes to 127.0.0.1 only; every loop is bounded in time.
+With --rerank, every search asks for that reranking strategy over the store's `rerank.candidates`
+candidates (the store must hold a trained reranker: `vitrine train-reranker`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from vitrine.config import data_dir
+from vitrine.config import Config, data_dir
 
 TEXT_QUERIES = ["oat milk", "green apple", "red bell pepper", "organic yoghurt", "juice with orange",
                 "something sweet for dessert", "lactose free milk", "vanilla soy yoghurt", "a ripe banana",
@@ -64,7 +67,8 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
     raise SystemExit("the server did not become ready within 180 s")
 
 
-async def load(url: str, kind: str, photos: list[bytes], concurrency: int, duration: float) -> dict[str, float]:
+async def load(url: str, kind: str, photos: list[bytes], concurrency: int, duration: float,
+               rerank: str = "none") -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + duration
@@ -76,10 +80,11 @@ async def load(url: str, kind: str, photos: list[bytes], concurrency: int, durat
             start = time.perf_counter()
             try:
                 if kind == "text":
-                    response = await client.get("/search", params={"q": TEXT_QUERIES[i % len(TEXT_QUERIES)], "k": 10})
+                    response = await client.get("/search", params={"q": TEXT_QUERIES[i % len(TEXT_QUERIES)], "k": 10,
+                                                                       "rerank": rerank})
                 else:
                     response = await client.post("/search", files={"image": ("q.jpg", photos[i % len(photos)])},
-                                                 data={"k": "10"})
+                                                 data={"k": "10", "rerank": rerank})
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
@@ -97,12 +102,28 @@ async def load(url: str, kind: str, photos: list[bytes], concurrency: int, durat
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "errors": errors}
 
 
+def check_warm_up(row: dict) -> None:
+    if row["errors"]:
+        raise SystemExit(f"{row['errors']} of {row['requests']} warm-up {row['kind']} searches failed "
+                         "(with --rerank, does the store hold a trained reranker?)")
+
+
+def describe(store: Path | None, rerank: str) -> tuple[str, str]:
+    """The embedding the store serves and the reranking asked for, for the table's title."""
+    if store is None:
+        return "zero-shot", "no reranking"
+    config = Config.load(store / "config.toml")
+    reranking = "no reranking" if rerank == "none" else f"{rerank} reranking of {config.rerank.candidates} candidates"
+    return config.embedding.kind, reranking
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="folder holding grocery-store/ (default: $VITRINE_DATA)")
     parser.add_argument("--store", type=Path, default=None, help="serve this store instead of building one")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per (kind, concurrency)")
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
+    parser.add_argument("--rerank", default="none", help="reranking strategy every search asks for (hybrid, ...)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     dataset = (args.data or data_dir()) / "grocery-store" / "dataset"
@@ -117,15 +138,17 @@ def main() -> None:
         server = start_server(store, port)
         url = f"http://127.0.0.1:{port}"
         try:
-            asyncio.run(load(url, "text", photos, 1, 3))  # warm-up of both paths
-            asyncio.run(load(url, "photo", photos, 1, 3))
-            rows = [asyncio.run(load(url, kind, photos, c, args.duration)) for kind in ("text", "photo") for c in levels]
+            for kind in ("text", "photo"):  # warm-up of both paths
+                check_warm_up(asyncio.run(load(url, kind, photos, 1, 3, args.rerank)))
+            rows = [asyncio.run(load(url, kind, photos, c, args.duration, args.rerank))
+                    for kind in ("text", "photo") for c in levels]
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
 
-    print(f"vitrine service load (Grocery, 81 products, zero-shot; {os.cpu_count()} cores; {args.duration:g} s per row; "
-          f"no reranking)")
+    embedding, reranking = describe(store if args.store else None, args.rerank)
+    print(f"vitrine service load (Grocery, 81 products, {embedding}; {os.cpu_count()} cores; {args.duration:g} s per row; "
+          f"{reranking})")
     print(f"  {'kind':<6} {'conc':>4} {'requests':>8} {'qps':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
     for row in rows:
         print(f"  {row['kind']:<6} {row['concurrency']:>4} {row['requests']:>8} {row['qps']:>8.1f} {row['p50_ms']:>8.1f} "
