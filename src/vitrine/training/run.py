@@ -22,6 +22,8 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     """Train towers on ``pairs`` against the store's catalog (minus ``held_out`` products), save them
     as ``models/<name>``, and switch the store's config to use them (re-index afterwards)."""
     config = config or store.config()
+    if config.training.nproc < 1:
+        raise VitrineError(f"training.nproc must be at least 1 (processes to train in), got {config.training.nproc}")
     if config.training.objective != "contrastive":
         raise VitrineError(f"unknown training objective {config.training.objective!r} (this vitrine knows: contrastive)")
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
@@ -38,13 +40,21 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
     folder = store.models_dir / name
-    trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
-    result = trainer.fit(resume=resume)
-    trainer.model.save(folder)
+    if config.training.nproc > 1:  # features are cached above, once; the workers only train
+        from vitrine.training.distributed import train_distributed
+
+        run = train_distributed(data, config.training, towers, folder, config.training.nproc, image_top=image_top,
+                                resume=resume, progress=progress)
+        result, temperature = run.result, run.temperature
+    else:
+        trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
+        result = trainer.fit(resume=resume)
+        trainer.model.save(folder)
+        temperature = float(trainer.loss.temperature.detach())
     plot_losses(result.losses, folder / "loss.png", title=f"{name}: contrastive training loss")
     report = {"name": name, "products": len(products), "examples": len(data), "keyword_examples": data.keyword_examples,
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
-              "temperature": float(trainer.loss.temperature.detach())}
+              "temperature": temperature}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
