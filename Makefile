@@ -43,5 +43,10 @@ bench-service: $(STAMP)
 bench-rerank: $(STAMP)
 	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
 
+# --nproc 1 vs --nproc 2 training throughput on synthetic Grocery-shaped features (a few minutes).
+.PHONY: bench-ddp
+bench-ddp: $(STAMP)
+	$(PY) benchmarks/ddp_throughput.py
+
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info
