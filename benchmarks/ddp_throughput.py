@@ -1,6 +1,6 @@
 """Distributed training throughput (issue 4, item 6): ``--nproc 1`` vs ``--nproc 2`` on one machine.
 
-    python benchmarks/ddp_throughput.py [--threads 2] [--epochs 3] [--repeats 2] [--products 81] [--photos 32]
+    python benchmarks/ddp_throughput.py [--threads 2] [--epochs 2] [--repeats 2] [--products 81] [--photos 16]
 
 A synthetic training set shaped like Grocery's cached features (81 products with a 384-d title and a
 1280-d image feature, ``--photos`` noisy photo features per product), trained with the default tower
@@ -69,10 +69,10 @@ def run_once(data: TrainingSet, config: TrainingConfig, nproc: int, threads: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in all (split between DDP ranks)")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each setting")
     parser.add_argument("--products", type=int, default=81)
-    parser.add_argument("--photos", type=int, default=32, help="photo examples per product")
+    parser.add_argument("--photos", type=int, default=16, help="photo examples per product")
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
     args = parser.parse_args()
 

@@ -139,3 +139,29 @@ def test_registry_loads_a_local_folder_as_both_encoders_and_caches_features(save
 def test_missing_folder_is_a_user_error(tmp_path):
     with pytest.raises(VitrineError, match="MLLM folder not found"):
         load_text_encoder(f"mllm:{tmp_path / 'nowhere'}")
+
+
+def test_stage_one_trains_towers_on_cached_mllm_features(saved_model, tmp_path):
+    from dataclasses import replace
+
+    from vitrine.catalog.product import Pair, Product
+    from vitrine.config import TrainingConfig
+    from vitrine.training import ContrastiveTrainer, build_training_set
+    from vitrine.training.trainer import tower_config
+
+    name = f"mllm:{saved_model}"
+    text_encoder, image_encoder = load_text_encoder(name), load_image_encoder(name)
+    colours = {"apple": (200, 30, 30), "mug": (30, 60, 200), "scarf": (40, 150, 60)}
+    products = [Product(key, f"{key} red blue", images=(str(draw_product(tmp_path / f"{key}.png", "circle", colour,
+                                                                         size=96)),))
+                for key, colour in colours.items()]
+    pairs = [Pair(key, query_image=str(draw_product(tmp_path / f"{key}-{i}.png", "circle", colour, size=80 + 8 * i)),
+                  query_key=f"{key}-{i}") for key, colour in colours.items() for i in range(3)]
+    config = replace(TrainingConfig(), epochs=3, batch_size=4, hidden=16, dim=8, matryoshka="", keyword_pairs=False,
+                     dev_fraction=0.0)
+    data = build_training_set(products, pairs, text_encoder, image_encoder, FeatureCache(tmp_path / "f.sqlite"),
+                              config, progress=False)
+    assert data.product_text.shape == (3, 32) and data.query_image.shape == (9, 32)
+    towers = tower_config(config, name, name, text_encoder.dim, image_encoder.dim)
+    result = ContrastiveTrainer(data, config, towers, tmp_path / "model", progress=False).fit()
+    assert result.steps == 9 and np.isfinite(result.losses).all()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import faiss
 import numpy as np
 import torch
@@ -51,7 +53,9 @@ def gather_from_processes(tensor: torch.Tensor, *, local_first: bool = False) ->
     if tensor.requires_grad:
         from torch.distributed.nn.functional import all_gather
 
-        parts = list(all_gather(tensor))
+        with warnings.catch_warnings():  # deprecated in favour of a private API; it works, and says so every run
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = list(all_gather(tensor))
     else:
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
