@@ -4,9 +4,10 @@
 
 A synthetic training set shaped like Grocery's cached features (81 products with a 384-d title and a
 1280-d image feature, ``--photos`` noisy photo features per product), trained with the default tower
-configuration (global batch 128). Both settings get the same cores: one process with ``--threads``
-torch threads, or two DDP processes (gloo) with half as many each. The runs alternate (1, 2, 1, 2, ...)
-so a busy neighbour slows both alike; the ratio is the figure, absolute times are noisy.
+configuration (global batch 128). Settings: one process with ``--threads`` torch threads; one process
+with one thread (what each DDP rank gets, to tell the gain of splitting the work from the cost of
+intra-op threads on a busy machine); two DDP processes (gloo) with ``--threads / 2`` each. The runs
+alternate so a busy neighbour slows all alike; the ratios are the figures, absolute times are noisy.
 
 "Training s" is the time inside ``fit()`` (steps, checkpoints); "wall s" adds starting the processes.
 """
@@ -52,6 +53,7 @@ def synthetic_features(products: int, photos: int, seed: int = 0) -> TrainingSet
 
 
 def run_once(data: TrainingSet, config: TrainingConfig, nproc: int, threads: int, folder: Path) -> dict:
+    """One training run; ``threads`` are the torch threads in all (DDP ranks split them)."""
     towers = tower_config(config, "synthetic", "efficientnet-lite0", TEXT_DIM, IMAGE_DIM)
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -78,26 +80,31 @@ def main() -> None:
 
     data = synthetic_features(args.products, args.photos)
     config = replace(TrainingConfig(), epochs=args.epochs, batch_size=args.batch_size, dev_fraction=0.0)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    per_rank = max(1, args.threads // 2)
+    settings = {f"--nproc 1 ({args.threads} threads)": (1, args.threads),
+                "--nproc 1 (1 thread)": (1, 1),
+                f"--nproc 2 ({per_rank} thread{'s' if per_rank > 1 else ''} each, gloo)": (2, args.threads)}
+    runs: dict[str, list[dict]] = {label: [] for label in settings}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
-            for nproc in (1, 2):
-                run = run_once(data, config, nproc, args.threads, Path(work) / f"{nproc}-{repeat}")
-                runs[nproc].append(run)
-                print(f"  run {repeat + 1}, --nproc {nproc}: {run['steps']} steps in {run['seconds']:.1f} s "
+            for index, (label, (nproc, threads)) in enumerate(settings.items()):
+                run = run_once(data, config, nproc, threads, Path(work) / f"{index}-{repeat}")
+                runs[label].append(run)
+                print(f"  run {repeat + 1}, {label}: {run['steps']} steps in {run['seconds']:.1f} s "
                       f"(wall {run['wall']:.1f} s), loss {run['first_loss']:.3f} -> {run['last_loss']:.3f}",
                       file=sys.stderr, flush=True)
 
-    median = {n: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for n, rs in runs.items()}
+    median = {label: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for label, rs in runs.items()}
+    base, single = median[next(iter(settings))], median["--nproc 1 (1 thread)"]
     print(f"\n{len(data)} examples, {args.products} products, global batch {args.batch_size}, {args.epochs} epochs, "
           f"{args.threads} threads in all, median of {args.repeats} alternating runs\n")
-    print("| setting | steps | training s | wall s | examples/s | throughput vs --nproc 1 | loss first → last epoch |")
-    print("|---|---|---|---|---|---|---|")
-    for nproc, label in ((1, f"--nproc 1 ({args.threads} threads)"),
-                         (2, f"--nproc 2 ({max(1, args.threads // 2)} thread each, gloo)")):
-        m = median[nproc]
+    print(f"| setting | steps | training s | wall s | examples/s | vs {next(iter(settings))} | vs 1 thread "
+          "| loss first → last epoch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, m in median.items():
         print(f"| {label} | {m['steps']:.0f} | {m['seconds']:.1f} | {m['wall']:.1f} | {m['examples_per_s']:.0f} | "
-              f"{m['examples_per_s'] / median[1]['examples_per_s']:.2f}x | {m['first_loss']:.3f} → {m['last_loss']:.3f} |")
+              f"{m['examples_per_s'] / base['examples_per_s']:.2f}x | {m['examples_per_s'] / single['examples_per_s']:.2f}x "
+              f"| {m['first_loss']:.3f} → {m['last_loss']:.3f} |")
 
 
 if __name__ == "__main__":
