@@ -108,4 +108,4 @@ def test_cli_refuses_zero_processes_in_one_line(tmp_path, catalog_file):
     pairs.write_text('{"query_text": "red apple", "product_id": "apple"}\n')
     result = runner.invoke(app, ["train", str(tmp_path / "store"), "--data", str(pairs), "--nproc", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert result.output.startswith("error:") and "training.nproc must be at least 1" in result.output
+    assert result.output.startswith("error:") and "--nproc must be at least 1" in result.output

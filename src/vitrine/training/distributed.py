@@ -107,7 +107,7 @@ def train_distributed(data: TrainingSet, config: TrainingConfig, towers: TowerCo
                       save: bool = True) -> DistributedResult:
     """Train in ``nproc`` spawned processes; rank 0 saves the model in ``folder`` (unless ``save`` is off)."""
     if nproc < 2:
-        raise VitrineError(f"distributed training needs at least 2 processes, got --nproc {nproc}")
+        raise VitrineError(f"distributed training needs at least 2 processes (training.nproc / --nproc), got {nproc}")
     threads = max(1, torch.get_num_threads() // nproc)  # the cores are shared between the ranks
     context = mp.get_context("spawn")
     results = context.SimpleQueue()

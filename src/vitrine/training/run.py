@@ -22,8 +22,6 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     """Train towers on ``pairs`` against the store's catalog (minus ``held_out`` products), save them
     as ``models/<name>``, and switch the store's config to use them (re-index afterwards)."""
     config = config or store.config()
-    if config.training.nproc < 1:
-        raise VitrineError(f"training.nproc must be at least 1 (processes to train in), got {config.training.nproc}")
     if config.training.objective != "contrastive":
         raise VitrineError(f"unknown training objective {config.training.objective!r} (this vitrine knows: contrastive)")
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
@@ -40,7 +38,7 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
     folder = store.models_dir / name
-    if config.training.nproc > 1:  # features are cached above, once; the workers only train
+    if config.training.nproc != 1:  # features are cached above, once; the workers only train
         from vitrine.training.distributed import train_distributed
 
         run = train_distributed(data, config.training, towers, folder, config.training.nproc, image_top=image_top,
