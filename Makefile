@@ -40,6 +40,11 @@ bench-service: $(STAMP)
 	@mkdir -p .vitrine
 	$(PY) benchmarks/service_load.py --json .vitrine/bench-service.json
 
+# --nproc 1 vs --nproc 2 training throughput on synthetic Grocery-shaped features (a few minutes).
+.PHONY: bench-ddp
+bench-ddp: $(STAMP)
+	$(PY) benchmarks/ddp_throughput.py
+
 bench-rerank: $(STAMP)
 	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
 

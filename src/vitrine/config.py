@@ -96,6 +96,9 @@ class TrainingConfig:
     """Share of the training queries held back to pick the best epoch (early stopping); 0 = off."""
     patience: int = 4
     """Stop after this many epochs without a better dev score."""
+    nproc: int = 1
+    """Training processes (torch DDP, gloo on CPU): each takes a shard of every batch (the batch size
+    stays the global one) and sees the others' products as negatives; 1 = train in this process."""
     seed: int = 0
 
 

@@ -147,6 +147,9 @@ def train(
     name: Annotated[str, typer.Option(help="Model name: saved as STORE/models/NAME.")] = "default",
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training pairs.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint of this model.")] = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        help="Train in N processes with torch DDP (gloo on CPU): each takes a shard of every batch and "
+             "sees the others' products as negatives. Features are cached once, before they start.")] = None,
     unfreeze: Annotated[Optional[int], typer.Option(
         help="Fine-tune the image backbone's top N blocks too (0: frozen backbone, the default).")] = None,
     visual_task: Annotated[Optional[str], typer.Option(
@@ -159,6 +162,7 @@ def train(
     and mined hard negatives (--set training.hard_negatives=8). --unfreeze 1 also fine-tunes the top
     block of the image backbone (its input maps are cached, so this stays affordable on a CPU).
     Re-index afterwards: vitrine index STORE --reembed.
+    --nproc 2 trains in two DDP processes (the batch size stays the global one).
     """
     from vitrine.catalog.datasets import load_splits
     from vitrine.training import train_store
@@ -168,6 +172,10 @@ def train(
                  **({"training.unfreeze_blocks": unfreeze} if unfreeze is not None else {}),
                  **({"training.visual_task": visual_task} if visual_task else {})}
     splits = load_splits(data, protocol=protocol)
+    if nproc is not None:  # checked before any feature is computed
+        if nproc < 1:
+            raise VitrineError(f"--nproc must be at least 1 (processes to train in), got {nproc}")
+        overrides["training.nproc"] = nproc
     result = train_store(target, splits.train, config=target.config(overrides), name=name,
                          held_out=splits.held_out, resume=resume)
     folder = target.models_dir / name

@@ -196,6 +196,10 @@ def principal_basis(features: torch.Tensor, dim: int) -> torch.Tensor:
     d = features.shape[1]
     rows = features[features.norm(dim=1) > 0].float()
     basis = torch.linalg.svd(rows, full_matrices=False)[2][:dim] if len(rows) else torch.zeros(0, d)
+    # Singular vectors have no inherent sign and LAPACK's choice varies with the thread count: fix it
+    # (largest entry positive, as sklearn's svd_flip) so a run starts from the same towers anywhere.
+    if len(basis):
+        basis = basis * torch.sign(basis.gather(1, basis.abs().argmax(dim=1, keepdim=True)))
     wanted = min(dim, d)
     if len(basis) < wanted:  # complete with random directions orthogonal to what we have
         extra = torch.randn(d, wanted - len(basis), generator=torch.Generator().manual_seed(0))

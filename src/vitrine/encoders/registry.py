@@ -21,6 +21,12 @@ def _local_sentence_transformer(path: str) -> TextEncoder:
     return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}")
 
 
+def _mllm(path: str, kind: str) -> TextEncoder | ImageEncoder:
+    from vitrine.encoders.mllm import MLLMImageEncoder, MLLMTextEncoder, load_mllm
+
+    return (MLLMTextEncoder if kind == "text" else MLLMImageEncoder)(load_mllm(path), name=f"mllm:{path}")
+
+
 def _efficientnet_lite0(config: EncoderConfig, size: int | None, top_blocks: int = 0) -> ImageEncoder:
     from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 
@@ -34,14 +40,17 @@ SPLITTABLE = {"efficientnet-lite0"}
 
 
 def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEncoder:
-    """A registered text backbone, or ``sentence-transformers:/path`` for a local model folder."""
+    """A registered text backbone, ``sentence-transformers:/path`` for a local model folder, or
+    ``mllm:/path`` for a local vision-language model (MLLM2vec)."""
     config = config or EncoderConfig()
     _set_threads(config)
     if name.startswith("sentence-transformers:"):
         return _local_sentence_transformer(name.partition(":")[2])
+    if name.startswith("mllm:"):
+        return _mllm(name.partition(":")[2], "text")
     if name not in TEXT_ENCODERS:
         raise VitrineError(f"unknown text encoder {name!r} (registered: {', '.join(TEXT_ENCODERS)};"
-                           " or sentence-transformers:/local/path)")
+                           " or sentence-transformers:/local/path, mllm:/local/path)")
     return TEXT_ENCODERS[name](config)
 
 
@@ -52,9 +61,12 @@ def load_image_encoder(name: str, config: EncoderConfig | None = None) -> ImageE
 
     The resolution is part of the name because it changes the features: a model trained on one
     resolution must be served with the same one, and caches must not mix them.
+    ``mllm:/path`` embeds photos with a local vision-language model (MLLM2vec).
     """
     config = config or EncoderConfig()
     _set_threads(config)
+    if name.startswith("mllm:"):
+        return _mllm(name.partition(":")[2], "image")
     base, size, top = parse_image_encoder(name)
     encoder = IMAGE_ENCODERS[base](config, size, top) if top else IMAGE_ENCODERS[base](config, size)
     encoder.name = name
@@ -71,7 +83,9 @@ def load_image_top(name: str, config: EncoderConfig | None = None):
 
 
 def parse_image_encoder(name: str) -> tuple[str, int | None, int]:
-    """``efficientnet-lite0@288/top2`` -> ``("efficientnet-lite0", 288, 2)``."""
+    """``efficientnet-lite0@288/top2`` -> ``("efficientnet-lite0", 288, 2)``; ``mllm:/path`` -> ``(name, None, 0)``."""
+    if name.startswith("mllm:"):
+        return name, None, 0  # a path, not a registered name; its blocks are not split for fine-tuning
     head, _, top = name.partition("/top")
     base, _, size = head.partition("@")
     if base not in IMAGE_ENCODERS or (size and not size.isdigit()) or ("/top" in name and not top.isdigit()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import faiss
 import numpy as np
 import torch
@@ -41,17 +43,25 @@ class MemoryBank:
         return self.vectors[live], self.labels[live]
 
 
-def gather_from_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from every DDP process (cross-device negatives); gradients flow to the
-    local part. Without a process group it is the identity."""
+def gather_from_processes(tensor: torch.Tensor, *, local_first: bool = False) -> torch.Tensor:
+    """Concatenate ``tensor`` from every DDP process (cross-device negatives); gradients flow back to
+    the process each part came from. Every process must pass the same shape. Parts come in rank
+    order, or with ``local_first`` this process's own part first (then the following ranks, wrapping
+    round), so row i is still this process's row i. Without a process group it is the identity."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
     if tensor.requires_grad:
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(tensor), dim=0)
-    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor)
+        with warnings.catch_warnings():  # deprecated in favour of a private API; it works, and says so every run
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = list(all_gather(tensor))
+    else:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+    if local_first:
+        rank = dist.get_rank()
+        parts = parts[rank:] + parts[:rank]
     return torch.cat(parts, dim=0)
 
 

@@ -38,13 +38,21 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
     folder = store.models_dir / name
-    trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
-    result = trainer.fit(resume=resume)
-    trainer.model.save(folder)
+    if config.training.nproc != 1:  # features are cached above, once; the workers only train
+        from vitrine.training.distributed import train_distributed
+
+        run = train_distributed(data, config.training, towers, folder, config.training.nproc, image_top=image_top,
+                                resume=resume, progress=progress)
+        result, temperature = run.result, run.temperature
+    else:
+        trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
+        result = trainer.fit(resume=resume)
+        trainer.model.save(folder)
+        temperature = float(trainer.loss.temperature.detach())
     plot_losses(result.losses, folder / "loss.png", title=f"{name}: contrastive training loss")
     report = {"name": name, "products": len(products), "examples": len(data), "keyword_examples": data.keyword_examples,
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
-              "temperature": float(trainer.loss.temperature.detach())}
+              "temperature": temperature}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result

@@ -80,6 +80,8 @@ class ContrastiveTrainer:
         self._tensors = {name: torch.from_numpy(getattr(data, name)) for name in (
             "product_text", "product_image", "product_has_image", "query_text", "query_image",
             "query_has_text", "query_has_image", "weight")}
+        self.forward = self.step_loss
+        """One step's (loss, keys); a distributed run swaps in the DDP-wrapped step (training.distributed)."""
 
     def _parameter_groups(self) -> list[dict]:
         backbone = list(self.model.image_top.parameters()) if self.model.image_top is not None else []
@@ -106,7 +108,7 @@ class ContrastiveTrainer:
         while self.epoch < self.config.epochs and not self._patience_ran_out():
             self.model.train()
             losses = []
-            for batch in np.array_split(self.rng.permutation(self.train_rows), self.steps_per_epoch):
+            for batch in self.epoch_batches():
                 losses.append(self.train_step(batch))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", t=f"{float(self.loss.temperature.detach()):.3f}")
@@ -122,6 +124,10 @@ class ContrastiveTrainer:
         self.model.eval()
         return TrainResult(self.epoch, self.step, time.perf_counter() - start, _peak_rss_mb(), list(self.history),
                            list(self.dev_scores), best_epoch)
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This epoch's batches of training rows (a distributed run takes its shard of each)."""
+        return np.array_split(self.rng.permutation(self.train_rows), self.steps_per_epoch)
 
     def _score_dev(self) -> None:
         if not len(self.dev_rows):
@@ -158,13 +164,25 @@ class ContrastiveTrainer:
         return float((1.0 / torch.cat(ranks).float()).mean())
 
     def train_step(self, batch: np.ndarray) -> float:
+        loss, keys = self.forward(batch)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        if self.bank is not None:
+            self.bank.push(keys[: len(batch)].detach(), torch.from_numpy(self.data.positive[batch]), self.step)
+        self.step += 1
+        return float(loss.detach())
+
+    def step_loss(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of one batch, and its keys (this process's positives first, then the rest)."""
         t = self._tensors
         positives = self.data.positive[batch]
         queries = self.model.queries(t["query_text"][batch], t["query_image"][batch],
                                      t["query_has_text"][batch], t["query_has_image"][batch])
         keys = self._products(positives)
         key_rows = positives
-        keys, key_rows = gather_from_processes(keys), self._gather_rows(key_rows)
+        # Own positives first on every process, so key i is query i's positive on each of them.
+        keys, key_rows = gather_from_processes(keys, local_first=True), self._gather_rows(key_rows)
         extra_keys, extra_rows = self._extra_negatives(queries, positives)
         if extra_keys is not None:
             keys, key_rows = torch.cat([keys, extra_keys]), np.concatenate([key_rows, extra_rows])
@@ -176,13 +194,7 @@ class ContrastiveTrainer:
             loss = self.loss(queries, keys, torch.arange(len(batch)), ignore, weights)
         if self.visual is not None:
             loss = loss + self.config.visual_weight * self._visual_loss(batch)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        if self.bank is not None:
-            self.bank.push(keys[: len(batch)].detach(), torch.from_numpy(positives), self.step)
-        self.step += 1
-        return float(loss.detach())
+        return loss, keys
 
     def _visual_loss(self, batch: np.ndarray) -> torch.Tensor:
         photos = batch[self.data.query_has_image[batch]][: self.config.visual_batch]
@@ -200,7 +212,7 @@ class ContrastiveTrainer:
         return vectors[torch.from_numpy(inverse.reshape(-1))]
 
     def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
-        return gather_from_processes(torch.from_numpy(rows)).numpy()
+        return gather_from_processes(torch.from_numpy(rows), local_first=True).numpy()
 
     def _extra_negatives(self, queries: torch.Tensor, positives: np.ndarray):
         keys, rows = [], []
