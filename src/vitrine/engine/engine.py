@@ -190,7 +190,6 @@ class SearchEngine:
         clock.lap("fetch")
         if modifiers:
             hits = [_modified(row, modifiers, k_out) for row in hits]
-            k = k_out
         if rerank:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
@@ -227,7 +226,10 @@ class SearchEngine:
         both = [row for row, q in enumerate(queries) if q.text and q.image is not None]
         if not both or not ({"text", "image"} & set(weights)):
             return self.embedder.encode_queries(queries, progress=progress)
-        vectors = self.embedder.encode_queries(queries, progress=progress)
+        vectors = np.zeros((len(queries), self.embedder.dim), dtype=np.float32)
+        rest = sorted(set(range(len(queries))) - set(both))
+        if rest:
+            vectors[rest] = self.embedder.encode_queries([queries[r] for r in rest], progress=progress)
         halves = self.embedder.encode_queries([Query(text=queries[r].text) for r in both]
                                               + [Query(image=queries[r].image) for r in both])
         mixed = weights.get("text", 1.0) * halves[:len(both)] + weights.get("image", 1.0) * halves[len(both):]
@@ -347,13 +349,16 @@ class SearchEngine:
         keep = {entry.id for entry in wanted}
         dropped = [id_ for key in products for id_ in self._entries_held_for(key) if id_ not in keep]
         vectors = self._embed([self._resolved(entry.product) for entry in todo], chunk)
-        keys = np.array(list(products), dtype=np.int64)
+        # BM25 rebuilds its whole model after any change: leave it alone when only attributes moved.
+        texts = {key: product.text for key, product in products.items()
+                 if key not in self.lexical or self.lexical.text(key) != product.text}
         with self._index_lock:
             if todo:
                 self.index.add(np.array([entry.id for entry in todo], dtype=np.int64), vectors)
             if dropped:
                 self.index.remove(np.array(dropped, dtype=np.int64))
-            self.lexical.add(keys, [product.text for product in products.values()])
+            if texts:
+                self.lexical.add(np.array(list(texts), dtype=np.int64), list(texts.values()))
             for id_ in dropped:
                 self._fingerprints.pop(id_, None)
             self._fingerprints.update((entry.id, entry.fingerprint) for entry in todo)
