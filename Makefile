@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test browser demo bench bench-trained bench-rerank bench-service clean
+.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-scale clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ bench-ddp: $(STAMP)
 
 bench-rerank: $(STAMP)
 	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
+
+# 10^6 x 256 vectors fitted to the trained Shopee embeddings (needs the store bench-trained builds).
+bench-scale: $(STAMP)
+	@mkdir -p .vitrine
+	OMP_NUM_THREADS=2 $(PY) benchmarks/scale.py --source-store .vitrine/bench/shopee --json .vitrine/bench-scale.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

@@ -110,8 +110,25 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
+    nprobe: int = 32
+    """IVF indexes: inverted lists visited per query (FAISS's default of 1 loses most neighbours)."""
     compact_ratio: float = 0.25
     """Rebuild the index once this share of its entries are deleted."""
+    filter_exact_max: int = 50_000
+    """A filtered search over at most this many allowed entries scores them all (exact); above it the
+    index's own search runs with an ID selector, and rows it cannot fill fall back to the exact scan."""
+    uri: str = ""
+    """Where vectors live: empty = FAISS files in ``STORE/index``; ``milvus://host:port/collection`` for a
+    Milvus cluster; a path ending in ``.db`` (relative to ``STORE/index``) for embedded milvus-lite."""
+    collection: str = "vitrine"
+    """Milvus collection when the URI does not name one (milvus-lite paths)."""
+    milvus_index: str = "FLAT"
+    """Milvus index type: FLAT (exact), HNSW or IVF_FLAT (milvus-lite supports FLAT and IVF_FLAT)."""
+    milvus_batch: int = 5_000
+    """Vectors per Milvus insert/delete call: each call has a fixed cost, so calls are batched."""
+    entries: str = "product"
+    """``product``: one vector per product (its images averaged); ``image``: one vector per image (with
+    the product's text), results grouped so each product appears once, at its best image's score."""
 
 
 @dataclass
@@ -124,6 +141,10 @@ class SearchConfig:
     fusion_depth: int = 100
     """Candidates each channel contributes to the fusion."""
     rrf_k: int = 60
+    modifier_depth: int = 100
+    """Retrieved candidates that score modifiers (popularity, price...) re-order."""
+    group_overfetch: int = 4
+    """With one entry per image, entries fetched per wanted product before grouping (deeper if short)."""
 
 
 @dataclass

@@ -15,6 +15,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from vitrine.catalog.filters import Filter
 from vitrine.catalog.product import Product
 from vitrine.errors import StoreError, UnknownProductError
 
@@ -129,6 +132,15 @@ class Catalog:
                     f"SELECT key, {_FIELDS} FROM products WHERE key IN ({marks})", chunk).fetchall()
             found.update((int(row[0]), _product(row[1:])) for row in rows)
         return found
+
+    def keys_matching(self, where: Filter) -> np.ndarray:
+        """Keys of the products a filter admits, sorted (the catalog evaluates it, so attributes
+        never need copying into the vector index)."""
+        condition, params = where.sql()
+        with self._lock:
+            rows = self._db.execute(f"SELECT key FROM products WHERE COALESCE({condition}, 0) ORDER BY key",
+                                    params).fetchall()
+        return np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
 
     def versions(self) -> dict[int, int]:
         """``key → version`` for every product: what an index must hold to be current."""

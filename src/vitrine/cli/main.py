@@ -77,14 +77,23 @@ def index(
     store: StoreArg,
     rebuild: Annotated[bool, typer.Option("--rebuild", "--reembed",
                                           help="Re-embed every product and build a fresh index (after training).")] = False,
+    engine_: Annotated[Optional[str], typer.Option(
+        "--engine", help="Where products are embedded: local (this process) or ray (Ray Data; see --ray-address).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster to join (auto, ray://head:10001); without it Ray starts on this machine.")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Embed new and changed products and bring the vector index in line with the catalog."""
+    """Embed new and changed products and bring the vector index in line with the catalog.
+
+    Only what an embedding reads counts as a change: new attributes or prices re-embed nothing, and
+    with --set index.entries=image a changed photo re-embeds that photo alone. --engine ray spreads
+    the embedding over Ray workers (the same vectors as --engine local)."""
     target = _store_with_settings(store, None, set_, must_exist=True)
-    engine = _open(target)
+    overrides = {**({"batch.engine": engine_} if engine_ else {}), **({"batch.address": ray_address} if ray_address else {})}
+    engine = _open(target, overrides)
     report = engine.sync(rebuild=rebuild or bool(set_))
-    out.print(f"indexed {report.added} products, removed {report.removed}; the index holds {report.total} "
-              f"({engine.index.describe()['factory']}, {engine.embedder.dim}-d)")
+    out.print(f"indexed {report.added} products ({report.embedded} vectors embedded), removed {report.removed}; "
+              f"the index holds {report.total} ({engine.index.describe()['factory']}, {engine.embedder.dim}-d)")
 
 
 @app.command()
@@ -100,13 +109,25 @@ def search(
     rerank: Annotated[Optional[str], typer.Option(
         help="Rerank with the store's trained reranker: hybrid, listwise, pointwise or sliding.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Candidates retrieved for the reranker (default 50).")] = None,
+    filter_: Annotated[Optional[str], typer.Option(
+        "--filter", "-f", help='Attribute filter applied during the search, e.g. \'category == "Fruit" and price < 20\' '
+                               "(==, !=, <, <=, >, >=, in [..], and, or, not, parentheses).")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option(
+        help="Query weights, e.g. --weight text=0.7 --weight image=0.3 (photo + text), --weight lexical=2 (BM25 in fusion).")] = None,
+    boost: Annotated[Optional[list[str]], typer.Option(
+        help="Score modifier FIELD=WEIGHT over a numeric attribute: score + WEIGHT*log1p(FIELD), e.g. "
+             "--boost popularity=0.05 --boost price=-0.02.")] = None,
 ) -> None:
-    """Search STORE by text, by photo, or both."""
+    """Search STORE by text, by photo, or both; optionally filtered, weighted and boosted."""
+    from vitrine.engine.modifiers import parse_modifiers
+
     if text is None and image is None:
         raise VitrineError("give --text, --image, or both")
     if candidates is not None and not rerank:
         raise VitrineError("--candidates only applies with --rerank")
-    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates)
+    weights = {name: float(value) for name, value in parse_modifiers(weight or [], flag="--weight").items()}
+    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
+                               filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])
@@ -345,10 +366,10 @@ def _store_with_settings(store: Path, config: Optional[Path], assignments: Optio
     return target
 
 
-def _open(store):
+def _open(store, overrides: dict[str, Any] | None = None):
     from vitrine.engine import open as open_engine
 
-    return open_engine(store)
+    return open_engine(store, config_overrides=overrides or None)
 
 
 def _hits_table(hits, title: str) -> Table:

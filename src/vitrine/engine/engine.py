@@ -13,14 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from vitrine.catalog import ImageInput, Product, Store
+from vitrine.catalog import Filter, ImageInput, Product, Store
 from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
-from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
+from vitrine.engine.entries import Entry, entries_of
+from vitrine.engine.modifiers import checked_modifiers, modifier_bonus
+from vitrine.engine.remote import StoreEmbedderFactory
+from vitrine.index import (LexicalIndex, VectorIndex, create_index, fuse_batches, group_by_product, load_index,
+                           product_keys)
+from vitrine.index.entries import SLOT_BITS
+from vitrine.parallel import map_batches
 from vitrine.progress import progress_bar
 from vitrine.rerank import Candidate, FeatureBuilder, Reranker, RerankQuery, product_table
 
@@ -41,8 +47,20 @@ class Hit:
 @dataclass(frozen=True)
 class SyncReport:
     added: int
+    """Products whose index entries were brought up to date (new or changed)."""
     removed: int
     total: int
+    embedded: int = 0
+    """Entries actually re-embedded: fewer than ``added`` when only attributes or one image changed."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What shapes one search beyond the query itself (see ``SearchEngine.search``)."""
+
+    filter: str | None = None
+    weights: dict[str, float] | None = None
+    modifiers: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +90,16 @@ class SearchEngine:
     """Search a store by text, photo, or both. Open one with ``vitrine.open(store)``."""
 
     def __init__(self, store: Store, config: Config, embedder: Embedder, index: VectorIndex,
-                 indexed_versions: dict[int, int], lexical: LexicalIndex | None = None) -> None:
+                 indexed_versions: dict[int, int], lexical: LexicalIndex | None = None,
+                 fingerprints: dict[int, int] | None = None) -> None:
         self.store = store
         self.config = config
         self.embedder = embedder
         self.index = index
         self.lexical = lexical or LexicalIndex()
         self._indexed_versions = indexed_versions
+        self._fingerprints: dict[int, int] = fingerprints or {}
+        """Entry id → fingerprint of the content its vector was embedded from."""
         self.stale: str | None = None
         """Why the index cannot answer queries from this embedder (cleared by ``sync(rebuild=True)``)."""
         # Two locks, so that searches never wait for a writer's model work: writers take ``_write_lock``
@@ -96,8 +117,17 @@ class SearchEngine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None) -> list[Hit]:
+               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
+               filter: str | None = None, weights: dict[str, float] | None = None,
+               modifiers: dict[str, float] | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
+
+        ``filter`` (``category == "Fruit" and price < 20``, see ``vitrine.catalog.filters``) restricts
+        the vector search itself, so a selective filter still returns ``k`` products when that many match.
+        ``weights`` (``{"text": 0.7, "image": 0.3, "lexical": 1.0}``) weigh the text and photo halves of a
+        query with both, and the BM25 channel in fusion. ``modifiers`` (``{"popularity": 0.05,
+        "price": -0.02}``) add ``Σ w·log1p(x)`` of numeric attributes to the score (``vitrine.engine.modifiers``).
+        With ``index.entries = "image"`` results are grouped so each product appears once, at its best image.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
         fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
@@ -105,21 +135,23 @@ class SearchEngine:
         ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
         (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
         """
+        options = SearchOptions(filter, weights, modifiers)
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates)[0]
+                                candidates=candidates, options=options)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                      *, lexical: bool | None = None, rerank: str | None = None,
-                     candidates: int | None = None) -> TimedHits:
+                     candidates: int | None = None, options: SearchOptions | None = None) -> TimedHits:
         """``search``, with the seconds spent in each stage (for a service's responses and metrics)."""
         timings: dict[str, float] = {}
         hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates, timings=timings)[0]
+                                candidates=candidates, timings=timings, options=options)[0]
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
                     rerank: str | None = None, candidates: int | None = None,
-                    progress: bool = False, timings: dict[str, float] | None = None) -> list[list[Hit]]:
+                    progress: bool = False, timings: dict[str, float] | None = None,
+                    options: SearchOptions | None = None) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query.
 
         ``timings``, if given, receives the seconds spent encoding, retrieving, fetching products
@@ -136,18 +168,28 @@ class SearchEngine:
                                    f"{self.config.search.max_query_chars}")
         if not queries:
             return []
+        options = options or SearchOptions()
+        weights = _checked_weights(options.weights)
+        modifiers = checked_modifiers(options.modifiers)
         clock = _Stopwatch(timings)
-        vectors = self.embedder.encode_queries(queries, progress=progress)
+        allowed = None
+        if options.filter:
+            allowed = self.catalog.keys_matching(Filter.parse(options.filter))
+            clock.lap("filter")
+        vectors = self._encode_queries(queries, weights, progress)
         clock.lap("encode")
+        k_out, k = k, (max(k, self.config.search.modifier_depth) if modifiers else k)
         if not lexical:
-            scores, keys = self._vector_search(vectors, k)
+            scores, keys = self._vector_search(vectors, k, allowed)
         else:
             depth = max(k, self.config.search.fusion_depth)
-            _, vector_keys = self._vector_search(vectors, depth)
-            scores, keys = self._fused(queries, vector_keys, k, depth)
+            _, vector_keys = self._vector_search(vectors, depth, allowed)
+            scores, keys = self._fused(queries, vector_keys, k, depth, allowed, weights.get("lexical", 1.0))
         clock.lap("retrieve")
         hits = self._hits(scores, keys)
         clock.lap("fetch")
+        if modifiers:
+            hits = [_modified(row, modifiers, k_out) for row in hits]
         if rerank:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
@@ -175,22 +217,64 @@ class SearchEngine:
         ranked = reranker.rank_many(asked, found, strategy)
         return [[Hit(r.rank, r.score, r.candidate.product, r.candidate.key) for r in row[:k]] for row in ranked]
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        return self._hits(*self._vector_search(vectors, k))
+    def search_vectors(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[list[Hit]]:
+        return self._hits(*self._vector_search(vectors, k, allowed))
 
-    def _vector_search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_queries(self, queries: Sequence[Query], weights: dict[str, float], progress: bool) -> np.ndarray:
+        """Query vectors; with ``text``/``image`` weights, a query holding both is the weighted sum of its
+        text-only and photo-only vectors (renormalised), so the shopper's emphasis sets the balance."""
+        both = [row for row, q in enumerate(queries) if q.text and q.image is not None]
+        if not both or not ({"text", "image"} & set(weights)):
+            return self.embedder.encode_queries(queries, progress=progress)
+        vectors = np.zeros((len(queries), self.embedder.dim), dtype=np.float32)
+        rest = sorted(set(range(len(queries))) - set(both))
+        if rest:
+            vectors[rest] = self.embedder.encode_queries([queries[r] for r in rest], progress=progress)
+        halves = self.embedder.encode_queries([Query(text=queries[r].text) for r in both]
+                                              + [Query(image=queries[r].image) for r in both])
+        mixed = weights.get("text", 1.0) * halves[:len(both)] + weights.get("image", 1.0) * halves[len(both):]
+        norms = np.linalg.norm(mixed, axis=1, keepdims=True)
+        vectors[both] = np.where(norms > 0, mixed / np.maximum(norms, 1e-12), 0.0)
+        return vectors
+
+    def _vector_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` product keys; ``allowed`` (product keys) filters during the search."""
         with self._index_lock:
             if self.stale:
                 raise StoreError(self.stale)
-            return self.index.search(vectors, k)
+            if self.config.index.entries != "image":
+                return self.index.search(vectors, k, allowed)
+            return self._grouped_search(vectors, k, allowed)
 
-    def _fused(self, queries: Sequence[Query], vector_keys: np.ndarray, k: int, depth: int):
-        """RRF of the vector ranking and BM25 for queries with text; vector order alone for photos."""
+    def _grouped_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Search image entries, then keep each product's best: over-fetch, and fetch deeper for rows
+        whose entries covered fewer than ``k`` products while more exist."""
+        held = np.fromiter(self._fingerprints.keys(), dtype=np.int64, count=len(self._fingerprints))
+        allowed_entries = None if allowed is None else held[np.isin(product_keys(held), allowed)]
+        available = len(held) if allowed_entries is None else len(allowed_entries)
+        products = len(np.unique(product_keys(held if allowed_entries is None else allowed_entries)))
+        fetch = min(max(k * self.config.search.group_overfetch, k), max(available, 1))
+        while True:
+            scores, ids = self.index.search(vectors, fetch, allowed_entries)
+            scores, keys = group_by_product(scores, product_keys(ids), k)
+            filled = (keys >= 0).sum(axis=1)
+            if fetch >= available or (filled >= min(k, products)).all():
+                return scores, keys
+            fetch = min(fetch * 4, available)
+
+    def _fused(self, queries: Sequence[Query], vector_keys: np.ndarray, k: int, depth: int,
+               allowed: np.ndarray | None = None, lexical_weight: float = 1.0):
+        """RRF of the vector ranking and BM25 for queries with text; vector order alone for photos.
+        A filter drops BM25 hits outside it (after the BM25 search, so that channel may offer fewer)."""
         texts = [query.text or "" for query in queries]
         with self._index_lock:  # BM25 rebuilds its model lazily on the first search after a change
             _, lexical_keys = self.lexical.search(texts, depth)
         lexical_keys[[not text for text in texts]] = -1
-        return fuse_batches([vector_keys, lexical_keys], k, rrf_k=self.config.search.rrf_k)
+        if allowed is not None:
+            lexical_keys[~np.isin(lexical_keys, allowed)] = -1
+        return fuse_batches([vector_keys, lexical_keys], k, rrf_k=self.config.search.rrf_k,
+                            weights=[1.0, lexical_weight])
 
     def _hits(self, scores: np.ndarray, keys: np.ndarray) -> list[list[Hit]]:
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())
@@ -216,37 +300,96 @@ class SearchEngine:
 
     def _sync(self, *, rebuild: bool, progress: bool, chunk: int) -> SyncReport:
         if rebuild or self.stale:
-            self.index = create_index(self.embedder.dim, self.config.index)
+            self.index = create_index(self.embedder.dim, self.config.index, self.store.index_dir)
             self.lexical = LexicalIndex()
-            self._indexed_versions = {}
+            self._indexed_versions, self._fingerprints = {}, {}
             self.stale = None
         wanted = self.catalog.versions()
-        held = set(self.index.ids().tolist())
-        stale = np.array([key for key in held | set(self.lexical.ids().tolist()) if key not in wanted], dtype=np.int64)
-        removed = self.index.remove(stale) if len(stale) else 0
-        self.lexical.remove(stale)
-        for key in stale.tolist():
+        held_entries = self.index.ids()
+        # Fingerprints describe what the index holds: forget those of entries it lost.
+        present = set(held_entries.tolist())
+        self._fingerprints = {id_: fp for id_, fp in self._fingerprints.items() if id_ in present}
+        held = set(self._keys_of(held_entries).tolist())
+        stale_keys = [key for key in held | set(self.lexical.ids().tolist()) if key not in wanted]
+        stale_entries = held_entries[np.isin(self._keys_of(held_entries), stale_keys)]
+        if len(stale_entries):
+            self.index.remove(stale_entries)
+        removed = len(set(self._keys_of(stale_entries).tolist()))
+        self.lexical.remove(np.array(stale_keys, dtype=np.int64))
+        for key in stale_keys:
             self._indexed_versions.pop(key, None)
+        for id_ in stale_entries.tolist():
+            self._fingerprints.pop(id_, None)
         todo = [key for key, version in wanted.items() if key not in held or self._indexed_versions.get(key) != version]
         # A lost or older lexical file only needs texts back, not new vectors.
         pending = set(todo)
         texts_only = [key for key in wanted if key not in self.lexical and key not in pending]
         self._add_texts(texts_only)
         bar = progress_bar(total=len(todo), enabled=progress and bool(todo), desc="index", unit=" products")
-        for start in range(0, len(todo), chunk):
-            keys = todo[start:start + chunk]
-            products = self.catalog.by_keys(keys)
-            keys = [key for key in keys if key in products]  # deleted while we worked
-            vectors = self.embedder.encode_products([self._resolved(products[key]) for key in keys])
-            self.index.add(np.array(keys, dtype=np.int64), vectors)
-            self.lexical.add(np.array(keys, dtype=np.int64), [products[key].text for key in keys])
-            self._indexed_versions.update((key, wanted[key]) for key in keys)
-            bar.update(len(keys))
+        # Slabs bound memory; within one, batches go to Ray workers (batch.engine=ray) or run here.
+        slab = chunk * 16 if self.config.batch.engine == "ray" else chunk
+        embedded = 0
+        for start in range(0, len(todo), slab):
+            products = self.catalog.by_keys(todo[start:start + slab])  # deleted while we worked: left out
+            embedded += self._reindex(products, versions={key: wanted[key] for key in products}, chunk=chunk)
+            bar.update(min(slab, len(todo) - start))
         bar.close()
         if todo or texts_only or removed or rebuild:
             self.save()
             self._reranker = None  # its product table is refreshed on next use
-        return SyncReport(added=len(todo), removed=removed, total=len(self.index))
+        return SyncReport(added=len(todo), removed=removed, total=len(self._held_keys()), embedded=embedded)
+
+    def _reindex(self, products: dict[int, Product], versions: dict[int, int], chunk: int = 256) -> int:
+        """Bring the entries of ``products`` (key → product) in line with them: embed only entries whose
+        content fingerprint changed, drop entries a product no longer has (an image removed). Returns
+        how many entries were embedded. The caller holds the write lock."""
+        mode = self.config.index.entries
+        wanted: list[Entry] = [entry for key, product in products.items() for entry in entries_of(key, product, mode)]
+        todo = [entry for entry in wanted if self._fingerprints.get(entry.id) != entry.fingerprint]
+        keep = {entry.id for entry in wanted}
+        dropped = [id_ for key in products for id_ in self._entries_held_for(key) if id_ not in keep]
+        vectors = self._embed([self._resolved(entry.product) for entry in todo], chunk)
+        # BM25 rebuilds its whole model after any change: leave it alone when only attributes moved.
+        texts = {key: product.text for key, product in products.items()
+                 if key not in self.lexical or self.lexical.text(key) != product.text}
+        with self._index_lock:
+            if todo:
+                self.index.add(np.array([entry.id for entry in todo], dtype=np.int64), vectors)
+            if dropped:
+                self.index.remove(np.array(dropped, dtype=np.int64))
+            if texts:
+                self.lexical.add(np.array(list(texts), dtype=np.int64), list(texts.values()))
+            for id_ in dropped:
+                self._fingerprints.pop(id_, None)
+            self._fingerprints.update((entry.id, entry.fingerprint) for entry in todo)
+            self._indexed_versions.update(versions)
+        return len(todo)
+
+    def _embed(self, products: list[Product], chunk: int) -> np.ndarray:
+        """Product vectors, computed here or on Ray Data (``batch.engine``): the same code either way."""
+        if not products:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        if self.config.batch.engine == "local":
+            return self.embedder.encode_products(products)
+        factory = StoreEmbedderFactory(self.store.models_dir, self.config, self.store.manifest.get("embedding"))
+        rows = map_batches(products, factory, batch_size=chunk, engine=self.config.batch, desc="embed")
+        return np.stack(rows).astype(np.float32, copy=False)
+
+    def _keys_of(self, entry_ids: np.ndarray) -> np.ndarray:
+        entry_ids = np.asarray(entry_ids, dtype=np.int64)
+        return product_keys(entry_ids) if self.config.index.entries == "image" else entry_ids
+
+    def _held_keys(self) -> np.ndarray:
+        return np.unique(self._keys_of(self.index.ids()))
+
+    def _entries_held_for(self, key: int) -> list[int]:
+        if self.config.index.entries != "image":
+            return [key] if key in self._fingerprints else []
+        held, slot = [], 0
+        while (key << SLOT_BITS | slot) in self._fingerprints:
+            held.append(key << SLOT_BITS | slot)
+            slot += 1
+        return held
 
     def _add_texts(self, keys: list[int]) -> None:
         for start in range(0, len(keys), 1000):
@@ -281,16 +424,11 @@ class SearchEngine:
             counts = self.catalog.upsert(products)
             self._reranker = None  # its product table is a snapshot of the catalog: rebuild it on next use
             now = self.catalog.versions_of(ids)
-            changed = [product for product in products
+            changed = {now[product.id][0]: product for product in products
                        if self._indexed_versions.get(now[product.id][0]) != now[product.id][1]
-                       or now[product.id][0] not in self.index]
+                       or not self._entries_held_for(now[product.id][0])}
             if changed:
-                keys = np.array([now[product.id][0] for product in changed], dtype=np.int64)
-                vectors = self.embedder.encode_products([self._resolved(product) for product in changed])
-                with self._index_lock:
-                    self.index.add(keys, vectors)
-                    self.lexical.add(keys, [product.text for product in changed])
-                    self._indexed_versions.update((now[p.id][0], now[p.id][1]) for p in changed)
+                self._reindex(changed, versions={now[p.id][0]: now[p.id][1] for p in changed.values()})
                 self._unsaved += 1
             if save and self._unsaved:
                 self.save()
@@ -307,11 +445,14 @@ class SearchEngine:
                 self.catalog.delete(product_id)
             self._reranker = None
             keys = np.array([key for key, _ in held.values()], dtype=np.int64)
+            entries = np.array([id_ for key in keys.tolist() for id_ in self._entries_held_for(key)], dtype=np.int64)
             with self._index_lock:
-                self.index.remove(keys)
+                self.index.remove(entries if self.config.index.entries == "image" else keys)
                 self.lexical.remove(keys)
                 for key in keys.tolist():
                     self._indexed_versions.pop(key, None)
+                for id_ in entries.tolist():
+                    self._fingerprints.pop(id_, None)
             self._unsaved += 1
             if save:
                 self.save()
@@ -321,10 +462,10 @@ class SearchEngine:
         """Compare the index with the catalog (a full pass over the catalog's versions)."""
         wanted = self.catalog.versions()
         with self._index_lock:
-            held = set(self.index.ids().tolist())
+            held = set(self._held_keys().tolist())
             outdated = sum(1 for key, version in wanted.items()
                            if key in held and self._indexed_versions.get(key) != version)
-            indexed = len(self.index)
+            indexed = len(held)
         return IndexState(products=len(wanted), indexed=indexed, missing=sum(1 for key in wanted if key not in held),
                           outdated=outdated, unsaved=self._unsaved)
 
@@ -344,14 +485,16 @@ class SearchEngine:
         self.lexical.save(self.store.index_dir)
         keys = np.fromiter(self._indexed_versions.keys(), dtype=np.int64, count=len(self._indexed_versions))
         versions = np.fromiter(self._indexed_versions.values(), dtype=np.int64, count=len(self._indexed_versions))
+        entries = np.fromiter(self._fingerprints.keys(), dtype=np.int64, count=len(self._fingerprints))
+        fingerprints = np.fromiter(self._fingerprints.values(), dtype=np.int64, count=len(self._fingerprints))
         buffer = io.BytesIO()
-        np.savez(buffer, keys=keys, versions=versions)
+        np.savez(buffer, keys=keys, versions=versions, entries=entries, fingerprints=fingerprints)
         write_atomic(self.store.index_dir / VERSIONS_FILE, buffer.getvalue())
         self.store.update_manifest(embedding=self.embedder.describe(), index=self.index.describe(),
                                    catalog={"products": len(self.catalog)})
 
     def describe(self) -> dict[str, Any]:
-        return {"store": str(self.store.root), "products": len(self.catalog), "indexed": len(self.index),
+        return {"store": str(self.store.root), "products": len(self.catalog), "indexed": len(self._held_keys()),
                 "embedding": self.embedder.describe(), "index": self.index.describe()}
 
 
@@ -380,7 +523,7 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
     cache = FeatureCache(store.root / "cache" / "features.sqlite") if config.encoders.cache else None
     embedder = build_embedder(config, store.models_dir, recorded, cache)
     try:
-        index = load_index(store.index_dir, config.index)
+        index = load_index(store.index_dir, config.index, dim=embedder.dim)
     except StoreError as exc:
         log.warning("%s; the index will be rebuilt from the catalog", exc)
         index = None
@@ -390,8 +533,9 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
             lexical = LexicalIndex.load(store.index_dir)
         except StoreError as exc:
             log.warning("%s; the lexical index will be rebuilt from the catalog", exc)
-    engine = SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index),
-                          _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else {}, lexical)
+    versions, fingerprints = _load_versions(store.index_dir / VERSIONS_FILE) if index is not None else ({}, {})
+    engine = SearchEngine(store, config, embedder, index or create_index(embedder.dim, config.index, store.index_dir),
+                          versions, lexical, fingerprints)
     if index is not None and (recorded or {}) != embedder.describe():
         engine.stale = (f"the index of {store.root} was built with {_name(recorded)} embeddings but the store now "
                         f"uses {_name(embedder.describe())}; run 'vitrine index {store.root} --reembed'")
@@ -403,12 +547,38 @@ def _name(description: dict[str, Any] | None) -> str:
     return f"{description.get('kind', 'unknown')} {description.get('model', '')}".strip()
 
 
-def _load_versions(path: Path) -> dict[int, int]:
+def _load_versions(path: Path) -> tuple[dict[int, int], dict[int, int]]:
+    """``(key → indexed version, entry id → fingerprint)``; the second is empty for stores from before
+    fingerprints (their entries are re-embedded once, on their next change)."""
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
         with np.load(path) as saved:
-            return dict(zip(saved["keys"].tolist(), saved["versions"].tolist()))
+            versions = dict(zip(saved["keys"].tolist(), saved["versions"].tolist()))
+            fingerprints = (dict(zip(saved["entries"].tolist(), saved["fingerprints"].tolist()))
+                            if "entries" in saved.files else {})
+            return versions, fingerprints
     except (OSError, ValueError, KeyError):
-        return {}  # a lost version map only costs re-embedding; sync will redo it
+        return {}, {}  # a lost version map only costs re-embedding; sync will redo it
+
+
+def _checked_weights(weights: dict[str, float] | None) -> dict[str, float]:
+    """Per-query weights: ``text`` and ``image`` (halves of a query with both), ``lexical`` (BM25 in fusion)."""
+    out: dict[str, float] = {}
+    for name, weight in (weights or {}).items():
+        if name not in ("text", "image", "lexical"):
+            raise VitrineError(f"unknown weight {name!r}: use text, image or lexical")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 100:
+            raise VitrineError(f"weight {name!r} must be a number between 0 and 100, got {weight!r}")
+        out[name] = float(weight)
+    if out.get("text") == 0 and out.get("image") == 0:
+        raise VitrineError("weights text and image cannot both be 0")
+    return out
+
+
+def _modified(hits: list[Hit], modifiers: dict[str, float], k: int) -> list[Hit]:
+    """Hits re-scored with ``score + Σ w·log1p(x)`` (``vitrine.engine.modifiers``), best ``k``, re-ranked."""
+    scored = sorted(((hit.score + modifier_bonus(hit.product.attributes, modifiers), hit) for hit in hits),
+                    key=lambda pair: -pair[0])[:k]
+    return [replace(hit, rank=rank, score=float(score)) for rank, (score, hit) in enumerate(scored, start=1)]
 

@@ -4,18 +4,33 @@ from pathlib import Path
 
 from vitrine.config import IndexConfig
 from vitrine.index.base import VectorIndex
+from vitrine.index.entries import entry_ids, group_by_product, product_keys
 from vitrine.index.faiss_index import FaissIndex
 from vitrine.index.fusion import fuse_batches, reciprocal_rank_fusion
 from vitrine.index.lexical import LexicalIndex
+from vitrine.index.milvus_index import POINTER_FILE, MilvusIndex, is_milvus
 
-def create_index(dim: int, config: IndexConfig | None = None) -> VectorIndex:
+
+def create_index(dim: int, config: IndexConfig | None = None, folder: Path | None = None) -> VectorIndex:
+    """An empty index of the kind ``config`` names: FAISS in-process, or a Milvus collection when
+    ``index.uri`` is set (an existing collection is emptied: this is a fresh build)."""
+    config = config or IndexConfig()
+    if is_milvus(config):
+        index = MilvusIndex(dim, config, folder)
+        index.remove(index.ids())
+        return index
     return FaissIndex(dim, config)
 
 
-def load_index(folder: Path, config: IndexConfig | None = None) -> VectorIndex | None:
-    """The index saved in ``folder``, or ``None`` if there is none yet."""
+def load_index(folder: Path, config: IndexConfig | None = None, dim: int | None = None) -> VectorIndex | None:
+    """The index saved in ``folder`` (or the Milvus collection it points to), or ``None`` if there is none yet."""
+    config = config or IndexConfig()
+    if is_milvus(config):
+        if not (Path(folder) / POINTER_FILE).is_file() or dim is None:
+            return None
+        return MilvusIndex(dim, config, folder)
     return FaissIndex.load(folder, config) if FaissIndex.exists(folder) else None
 
 
-__all__ = ["FaissIndex", "LexicalIndex", "VectorIndex", "create_index", "fuse_batches", "load_index",
-           "reciprocal_rank_fusion"]
+__all__ = ["FaissIndex", "LexicalIndex", "MilvusIndex", "VectorIndex", "create_index", "entry_ids", "fuse_batches",
+           "group_by_product", "load_index", "product_keys", "reciprocal_rank_fusion"]

@@ -22,8 +22,11 @@ class VectorIndex(ABC):
         """Remove the given ids; unknown ids are ignored. Returns how many were removed."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, ids)``, each ``(len(queries), k)``, best first; missing slots have id -1."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, each ``(len(queries), k)``, best first; missing slots have id -1.
+
+        ``allowed`` (ids) restricts the search to those entries *during* the search, so a selective
+        filter still fills all ``k`` slots whenever ``k`` allowed entries exist."""
 
     @abstractmethod
     def ids(self) -> np.ndarray:

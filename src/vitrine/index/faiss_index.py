@@ -75,14 +75,62 @@ class FaissIndex(VectorIndex):
                 self._rebuild(self._kind)
         return removed
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = self.check(queries, "queries")
         if k <= 0 or len(self) == 0:
-            return (np.zeros((len(queries), max(k, 0)), dtype=np.float32),
-                    np.full((len(queries), max(k, 0)), -1, dtype=np.int64))
+            return _empty(len(queries), k)
+        if allowed is not None:
+            return self._filtered_search(queries, k, np.asarray(allowed, dtype=np.int64).reshape(-1))
         scores, positions = self._index.search(queries, k, params=self._search_params())
-        keys = np.where(positions >= 0, self._keys[np.maximum(positions, 0)], -1)
-        return scores, keys
+        return scores, self._keys_at(positions)
+
+    def _keys_at(self, positions: np.ndarray) -> np.ndarray:
+        return np.where(positions >= 0, self._keys[np.maximum(positions, 0)], -1)
+
+    def _filtered_search(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Search only ``allowed`` ids. Few of them: score them all (exact, and cheaper than a graph walk
+        that must skip 99% of what it meets). Many: the index's own search restricted by an
+        ``IDSelector``; rows an approximate index could not fill fall back to the exact scan."""
+        positions = np.fromiter((self._position.get(id_, -1) for id_ in allowed.tolist()), dtype=np.int64,
+                                count=len(allowed))
+        positions = np.unique(positions[positions >= 0])
+        if len(positions) == 0:
+            return _empty(len(queries), k)
+        if len(positions) <= self.config.filter_exact_max or len(positions) <= k:
+            return self._exact_among(queries, k, positions)
+        selector = faiss.IDSelectorBatch(positions)
+        params = (faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.config.ef_search, k))
+                  if isinstance(self._index, faiss.IndexHNSW) else self._selector_params(selector))
+        scores, found = self._index.search(queries, k, params=params)
+        short = np.flatnonzero((found < 0).any(axis=1))
+        if len(short):
+            scores[short], found[short] = self._exact_positions(queries[short], k, positions)
+        return scores, self._keys_at(found)
+
+    def _selector_params(self, selector: faiss.IDSelector) -> faiss.SearchParameters:
+        if isinstance(self._index, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self._index.nprobe)
+        return faiss.SearchParameters(sel=selector)
+
+    def _exact_among(self, queries: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores, found = self._exact_positions(queries, k, positions)
+        return scores, self._keys_at(found)
+
+    def _exact_positions(self, queries: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Inner products with the stored vectors at ``positions`` (as the index holds them; for PQ
+        that is the codes' reconstruction), top ``k`` per query, padded with -1."""
+        vectors = self._stored(positions)
+        scores, rows = faiss.knn(queries, vectors, min(k, len(positions)), metric=faiss.METRIC_INNER_PRODUCT)
+        out_scores, out_positions = _empty(len(queries), k)
+        width = rows.shape[1]
+        out_scores[:, :width] = scores
+        out_positions[:, :width] = np.where(rows >= 0, positions[np.maximum(rows, 0)], -1)
+        return out_scores, out_positions
+
+    def _stored(self, positions: np.ndarray) -> np.ndarray:
+        if isinstance(self._index, faiss.IndexIVF) and not self._index.direct_map.type:
+            self._index.make_direct_map()
+        return self._index.reconstruct_batch(positions)
 
     def reconstruct(self, id_: int) -> np.ndarray:
         return self._index.reconstruct(self._position[int(id_)])
@@ -147,6 +195,8 @@ class FaissIndex(VectorIndex):
     def _apply_search_settings(self) -> None:
         if isinstance(self._index, faiss.IndexHNSW):
             self._index.hnsw.efSearch = self.config.ef_search
+        if isinstance(self._index, faiss.IndexIVF):
+            self._index.nprobe = self.config.nprobe
 
     def _deleted(self) -> int:
         return int(self._index.ntotal - len(self._position))
@@ -160,7 +210,7 @@ class FaissIndex(VectorIndex):
             self._selector.referenced = deleted  # the wrapper does not keep its argument alive
         if isinstance(self._index, faiss.IndexHNSW):
             return faiss.SearchParametersHNSW(sel=self._selector, efSearch=self.config.ef_search)
-        return faiss.SearchParameters(sel=self._selector)
+        return self._selector_params(self._selector)
 
     def _rebuild(self, factory: str) -> None:
         """Re-add the live vectors to a fresh index of kind ``factory``, dropping deleted slots."""
@@ -175,3 +225,8 @@ class FaissIndex(VectorIndex):
         self._keys = keys
         self._position = {int(key): pos for pos, key in enumerate(keys.tolist())}
         self._selector = None
+
+
+def _empty(rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    k = max(int(k), 0)
+    return np.zeros((rows, k), dtype=np.float32), np.full((rows, k), -1, dtype=np.int64)

@@ -63,6 +63,14 @@ class SearchJSON(BaseModel):
     image: str | None = Field(None, description="Base64 JPEG, PNG or WebP (a data: URL is fine).")
     k: int = 10
     rerank: str = "none"
+    filter: str | None = Field(None, max_length=1000, description=(
+        'Attribute filter applied during the vector search, e.g. category == "Fruit" and price < 20 '
+        "(==, !=, <, <=, >, >=, in [...], and, or, not, parentheses)."))
+    weights: dict[str, float] | None = Field(None, description=(
+        "text and image: weights of the two halves of a photo + text query; lexical: BM25's weight in fusion."))
+    modifiers: dict[str, float] | None = Field(None, description=(
+        "Score modifiers over numeric attributes: score + Σ weight·log1p(max(value, 0)), "
+        'e.g. {"popularity": 0.05, "price": -0.02}.'))
 
 
 class Hit(BaseModel):

@@ -1,6 +1,7 @@
 """Search routes: ``GET /search?q=`` for text, ``POST /search`` for a photo, text, or both."""
 
 
+import json
 import time
 from typing import Annotated
 
@@ -11,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from vitrine.engine import SearchOptions
+from vitrine.engine.modifiers import parse_modifiers
 from vitrine.errors import VitrineError
 from vitrine.serve import rerank
 from vitrine.serve.schemas import Error, Hit, ProductOut, SearchJSON, SearchResponse
@@ -31,9 +34,14 @@ def router(state: ServiceState) -> APIRouter:
         q: Annotated[str, Query(min_length=1, max_length=config.max_query_chars, description="What the shopper typed.")],
         k: Annotated[int, Query(ge=1, le=config.max_k, description="How many products.")] = 10,
         rerank_: Annotated[str, Query(alias="rerank", max_length=40, description="Reranker: see /api/info.")] = rerank.NONE,
+        filter_: Annotated[str | None, Query(alias="filter", max_length=1000, description=(
+            'Attribute filter applied during the search, e.g. category == "Fruit" and price < 20.'))] = None,
+        boost: Annotated[list[str] | None, Query(max_length=200, description=(
+            "Score modifier FIELD=WEIGHT (repeatable): score + WEIGHT·log1p(FIELD), e.g. popularity=0.05."))] = None,
     ) -> SearchResponse:
-        """Products for a text query."""
-        return run_search(state, q, None, k, rerank_)
+        """Products for a text query, optionally filtered and boosted."""
+        options = SearchOptions(filter=filter_, modifiers=parse_modifiers(boost or [], flag="boost") or None)
+        return run_search(state, q, None, k, rerank_, options)
 
     @routes.post("/search", response_model=SearchResponse, responses=ERRORS, openapi_extra=_post_body(state))
     async def search_post(request: Request) -> SearchResponse:
@@ -41,18 +49,19 @@ def router(state: ServiceState) -> APIRouter:
         (``image`` as base64)."""
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
-            text, photo, k, choice = await _from_form(request, state)
+            text, photo, k, choice, options = await _from_form(request, state)
         elif kind == "application/json":
-            text, photo, k, choice = _from_json(await request.body(), state)
+            text, photo, k, choice, options = _from_json(await request.body(), state)
         else:
             raise HTTPException(415, "send the search as multipart/form-data (image file), application/json "
                                      "(image as base64) or an urlencoded form (text only)")
-        return await run_in_threadpool(run_search, state, text, photo, k, choice)
+        return await run_in_threadpool(run_search, state, text, photo, k, choice, options)
 
     return routes
 
 
-def run_search(state: ServiceState, text: str | None, photo: bytes | None, k: int, choice: str) -> SearchResponse:
+def run_search(state: ServiceState, text: str | None, photo: bytes | None, k: int, choice: str,
+               options: SearchOptions | None = None) -> SearchResponse:
     """Check the query, wait for a model slot, decode the photo, search; with timings per stage."""
     started = time.perf_counter()
     config, engine = state.config, state.engine
@@ -71,19 +80,23 @@ def run_search(state: ServiceState, text: str | None, photo: bytes | None, k: in
             decoding = time.perf_counter()
             image = decode_photo(photo, "photo", config)
             timings["decode"] = time.perf_counter() - decoding
-        result = engine.search_timed(text=text, image=image, k=k, rerank=rerank.engine_choice(choice))
+        result = engine.search_timed(text=text, image=image, k=k, rerank=rerank.engine_choice(choice), options=options)
     timings.update(result.timings)
     timings["total"] = time.perf_counter() - started
     state.metrics.observe_stages(timings)
     return SearchResponse(
-        query={"text": text, "photo": photo is not None, "k": k, "rerank": choice},
+        query={"text": text, "photo": photo is not None, "k": k, "rerank": choice,
+               **({"filter": options.filter} if options and options.filter else {}),
+               **({"weights": options.weights} if options and options.weights else {}),
+               **({"modifiers": options.modifiers} if options and options.modifiers else {})},
         results=[Hit(rank=hit.rank, score=hit.score, product=ProductOut.of(hit.product)) for hit in result.hits],
         timings_ms={stage: round(seconds * 1000, 3) for stage, seconds in timings.items()})
 
 
-async def _from_form(request: Request, state: ServiceState) -> tuple[str | None, bytes | None, int, str]:
+async def _from_form(request: Request, state: ServiceState
+                     ) -> tuple[str | None, bytes | None, int, str, SearchOptions]:
     try:
-        form = await request.form(max_files=1, max_fields=8)
+        form = await request.form(max_files=1, max_fields=12)
     except HTTPException:
         raise
     except Exception as exc:  # noqa: BLE001 - a malformed multipart body is the sender's mistake
@@ -96,21 +109,38 @@ async def _from_form(request: Request, state: ServiceState) -> tuple[str | None,
                                state.config.max_upload_bytes)
         elif upload:
             raise VitrineError("the image field must be a file upload")
-        fields = {name: form.get(name) for name in ("text", "k", "rerank") if isinstance(form.get(name), str)}
+        fields = {name: form.get(name) for name in ("text", "k", "rerank", "filter", "weights", "modifiers")
+                  if isinstance(form.get(name), str)}
         text = fields.get("text") or (form.get("q") if isinstance(form.get("q"), str) else None)
-        query = _validated({"text": text, "k": fields.get("k", 10), "rerank": fields.get("rerank", rerank.NONE)})
-        return query.text, photo, query.k, query.rerank
+        query = _validated({"text": text, "k": fields.get("k", 10), "rerank": fields.get("rerank", rerank.NONE),
+                            "filter": fields.get("filter") or None,
+                            "weights": _json_field(fields, "weights"), "modifiers": _json_field(fields, "modifiers")})
+        return query.text, photo, query.k, query.rerank, _options(query)
     finally:
         await form.close()
 
 
-def _from_json(body: bytes, state: ServiceState) -> tuple[str | None, bytes | None, int, str]:
+def _json_field(fields: dict, name: str) -> object:
+    """A form field holding a JSON object (``weights``, ``modifiers``); pydantic checks its shape."""
+    if not fields.get(name):
+        return None
+    try:
+        return json.loads(fields[name])
+    except ValueError:
+        raise VitrineError(f"form field {name!r} must be a JSON object like {{\"popularity\": 0.05}}") from None
+
+
+def _options(query: SearchJSON) -> SearchOptions:
+    return SearchOptions(filter=query.filter, weights=query.weights, modifiers=query.modifiers)
+
+
+def _from_json(body: bytes, state: ServiceState) -> tuple[str | None, bytes | None, int, str, SearchOptions]:
     try:
         query = SearchJSON.model_validate_json(body)
     except ValidationError as exc:
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
     photo = decode_base64(query.image, "image", state.config.max_upload_bytes) if query.image else None
-    return query.text, photo, query.k, query.rerank
+    return query.text, photo, query.k, query.rerank, _options(query)
 
 
 def _validated(fields: dict) -> SearchJSON:
@@ -126,11 +156,14 @@ def _post_body(state: ServiceState) -> dict:
         "text": {"type": "string", "maxLength": config.max_query_chars},
         "k": {"type": "integer", "minimum": 1, "maximum": config.max_k, "default": 10},
         "rerank": {"type": "string", "default": rerank.NONE},
+        "filter": {"type": "string", "maxLength": 1000},
     }
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             **fields, "image": {"type": "string", "format": "binary", "description": "JPEG, PNG or WebP photo"}}}},
         "application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": fields}},
         "application/json": {"schema": {"type": "object", "additionalProperties": False, "properties": {
-            **fields, "image": {"type": "string", "description": "base64 JPEG, PNG or WebP photo"}}}},
+            **fields, "image": {"type": "string", "description": "base64 JPEG, PNG or WebP photo"},
+            "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+            "modifiers": {"type": "object", "additionalProperties": {"type": "number"}}}}},
     }}}

@@ -84,6 +84,7 @@ async function search() {
   const text = $("q").value.trim();
   if (!text && !state.photo) { location.hash = "#/"; return; }
   const rerank = rerankChoice();
+  const filter = $("filter").value.trim();
   const k = 24;
   document.body.classList.add("loading");
   message("");
@@ -95,9 +96,11 @@ async function search() {
       if (text) form.append("text", text);
       form.append("k", String(k));
       form.append("rerank", rerank);
+      if (filter) form.append("filter", filter);
       result = await api("/search", { method: "POST", body: form });
     } else {
-      result = await api(`/search?${new URLSearchParams({ q: text, k, rerank })}`);
+      const params = { q: text, k, rerank, ...(filter ? { filter } : {}) };
+      result = await api(`/search?${new URLSearchParams(params)}`);
     }
     state.lastResults = result;
     const target = state.photo ? `#/search?photo=1&q=${encodeURIComponent(text)}` : `#/search?q=${encodeURIComponent(text)}`;

@@ -1,0 +1,111 @@
+"""Filtered search against brute force (FAISS and Milvus), grouping by product, FAISS vs Milvus parity."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitrine.config import IndexConfig
+from vitrine.index import FaissIndex, MilvusIndex, create_index, group_by_product, load_index, product_keys
+from vitrine.index.entries import entry_ids
+
+
+def clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 centres: neighbours exist, as in real embeddings."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, dim))
+    rows = centres[rng.integers(0, 20, n)] + 0.6 * rng.normal(size=(n, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def brute_force(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    scores = queries @ vectors.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ids[order]
+
+
+BASE = clustered(3000)
+IDS = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are catalog keys, not positions
+QUERIES = clustered(20, seed=1)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
+@pytest.mark.parametrize("share", [0.01, 0.5])
+def test_filtered_search_matches_brute_force(factory: str, share: float):
+    # filter_exact_max=100: the 1% filter (30 ids) takes the exact scan, the 50% one the ID selector.
+    index = FaissIndex(32, IndexConfig(factory=factory, filter_exact_max=100, ef_search=64))
+    index.add(IDS, BASE)
+    index.remove(IDS[::10])  # deleted entries must never come back, filtered or not
+    live = np.ones(len(IDS), dtype=bool)
+    live[::10] = False
+    chosen = np.random.default_rng(2).random(len(IDS)) < share
+    allowed = IDS[chosen]
+    scores, found = index.search(QUERIES, 10, allowed)
+    expected = brute_force(QUERIES, BASE[chosen & live], IDS[chosen & live], 10)
+    assert (found >= 0).all(), "a filter that admits more than k entries must fill k slots"
+    assert np.isin(found, IDS[chosen & live]).all()
+    if factory == "Flat" or share == 0.01:  # exact paths: the very same top-10
+        np.testing.assert_array_equal(found, expected)
+        np.testing.assert_allclose(scores[:, 0], np.max(QUERIES @ BASE[chosen & live].T, axis=1), rtol=1e-5)
+    else:  # approximate index under a selector: most of the true top-10
+        recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), expected.tolist())])
+        assert recall >= 0.8
+
+
+def test_filter_admitting_fewer_than_k_pads_and_unknown_ids_are_ignored():
+    index = FaissIndex(32, IndexConfig(factory="HNSW16"))
+    index.add(IDS, BASE)
+    scores, found = index.search(QUERIES[:2], 10, np.array([IDS[3], IDS[9], 123456789]))
+    assert sorted(found[0][:2].tolist()) == sorted([IDS[3], IDS[9]])
+    assert (found[:, 2:] == -1).all()
+
+
+def test_group_by_product_keeps_each_products_best_entry():
+    keys = np.array([[3, 3, 5, 3, 7, 5, -1], [9, 9, 9, 9, 9, 9, 9]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0], [0.9] * 7], dtype=np.float32)
+    grouped_scores, grouped = group_by_product(scores, keys, 3)
+    assert grouped.tolist() == [[3, 5, 7], [9, -1, -1]]
+    assert grouped_scores[0].tolist() == pytest.approx([0.9, 0.7, 0.5])
+    ids = entry_ids(42, 3)
+    assert product_keys(ids).tolist() == [42, 42, 42] and len(set(ids.tolist())) == 3
+
+
+@pytest.fixture(scope="module")
+def milvus(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("milvus")
+    index = MilvusIndex(32, IndexConfig(uri="test.db", milvus_batch=700), folder)  # several insert calls
+    index.add(IDS, BASE)
+    yield index, folder
+    index.close()
+
+
+def test_faiss_and_milvus_exact_search_agree(milvus):
+    index, _ = milvus
+    flat = FaissIndex(32, IndexConfig(factory="Flat"))
+    flat.add(IDS, BASE)
+    faiss_scores, faiss_ids = flat.search(QUERIES, 10)
+    milvus_scores, milvus_ids = index.search(QUERIES, 10)
+    np.testing.assert_array_equal(milvus_ids, faiss_ids)
+    np.testing.assert_allclose(milvus_scores, faiss_scores, atol=1e-5)
+    allowed = IDS[::50]  # 2%: Milvus filters during the search too
+    np.testing.assert_array_equal(index.search(QUERIES, 10, allowed)[1], flat.search(QUERIES, 10, allowed)[1])
+
+
+def test_milvus_updates_removes_and_reopens(milvus):
+    index, folder = milvus
+    assert len(index) == len(IDS)
+    moved = -BASE[0]
+    index.add(IDS[:1], moved[None, :])  # an update replaces, it does not duplicate
+    assert len(index) == len(IDS)
+    np.testing.assert_allclose(index.reconstruct(int(IDS[0])), moved, atol=1e-6)
+    assert index.remove(np.array([IDS[1], IDS[2], 999_999_999])) == 2
+    assert IDS[1] not in index and IDS[3] in index
+    index.save(folder)
+    config = IndexConfig(uri="test.db", milvus_batch=700)
+    reopened = load_index(folder, config, dim=32)
+    assert isinstance(reopened, MilvusIndex) and len(reopened) == len(IDS) - 2
+    assert set(reopened.ids().tolist()) == set(IDS.tolist()) - {int(IDS[1]), int(IDS[2])}
+    index.add(IDS[:3], BASE[:3])  # put the module's fixture back as it was
+    fresh = create_index(32, config, folder)  # a rebuild starts from an empty collection
+    assert len(fresh) == 0
+    index.add(IDS, BASE)
