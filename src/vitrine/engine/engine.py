@@ -19,6 +19,7 @@ from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
+from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
@@ -88,6 +89,7 @@ class SearchEngine:
         self._index_lock = threading.RLock()
         self._unsaved = 0
         self._reranker: Reranker | None = None
+        self._prototypes: PrototypeChannel | None = None
 
     @property
     def catalog(self):
@@ -96,8 +98,13 @@ class SearchEngine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None) -> list[Hit]:
+               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
+               channel: str | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
+
+        ``channel`` (default ``search.channel``): ``"vector"`` ranks products by their embeddings;
+        ``"prototype"`` is ID recognition with the trained prototype head (query -> nearest prototypes ->
+        their products, merged by score with the vector hits); scores are then cosines to prototypes.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
         fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
@@ -106,7 +113,7 @@ class SearchEngine:
         (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
         """
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates)[0]
+                                candidates=candidates, channel=channel)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                      *, lexical: bool | None = None, rerank: str | None = None,
@@ -118,7 +125,7 @@ class SearchEngine:
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
-                    rerank: str | None = None, candidates: int | None = None,
+                    rerank: str | None = None, candidates: int | None = None, channel: str | None = None,
                     progress: bool = False, timings: dict[str, float] | None = None) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query.
 
@@ -130,6 +137,12 @@ class SearchEngine:
             reranker = self.reranker()  # fail before any encoding if there is none
             k_final, k = k, self._checked_k(max(k, candidates or self.config.rerank.candidates))
         lexical = self.config.search.lexical if lexical is None else lexical
+        channel = channel or self.config.search.channel
+        if channel not in CHANNELS:
+            raise VitrineError(f"unknown search channel {channel!r} (choose from {', '.join(CHANNELS)})")
+        if channel == "prototype" and lexical:
+            raise VitrineError("the prototype channel does not combine with lexical fusion; search with lexical=False")
+        prototypes = self.prototype_channel() if channel == "prototype" else None
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
                 raise VitrineError(f"query text is {len(query.text)} characters; the limit is "
@@ -139,7 +152,11 @@ class SearchEngine:
         clock = _Stopwatch(timings)
         vectors = self.embedder.encode_queries(queries, progress=progress)
         clock.lap("encode")
-        if not lexical:
+        if prototypes is not None:
+            scores, keys = self._vector_search(vectors, k)
+            with self._index_lock:
+                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
+        elif not lexical:
             scores, keys = self._vector_search(vectors, k)
         else:
             depth = max(k, self.config.search.fusion_depth)
@@ -152,6 +169,15 @@ class SearchEngine:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
         return hits
+
+    def prototype_channel(self) -> PrototypeChannel:
+        """ID recognition with the store's trained prototype head (``models/<embedding.model>``)."""
+        if self._prototypes is None:
+            if self.config.embedding.kind != "trained":
+                raise StoreError("the prototype channel needs trained embeddings (embedding.kind=trained)")
+            folder = self.store.models_dir / self.config.embedding.model
+            self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
+        return self._prototypes
 
     # --- reranking (vitrine.rerank) ------------------------------------------------------------
 
@@ -246,6 +272,7 @@ class SearchEngine:
         if todo or texts_only or removed or rebuild:
             self.save()
             self._reranker = None  # its product table is refreshed on next use
+            self._prototypes = None  # products of prototypes may have come or gone
         return SyncReport(added=len(todo), removed=removed, total=len(self.index))
 
     def _add_texts(self, keys: list[int]) -> None:
