@@ -1,6 +1,7 @@
 """Prototype-ID embedding: ArcFace logits, negative selection, the neighbour table, libraries,
 the staged trainer with resume, and ID recognition as a search channel. Fixtures are drawn here."""
 
+import json
 import math
 
 import numpy as np
@@ -10,12 +11,14 @@ import torch
 import vitrine
 from conftest import draw_product
 from test_training import shopper_photos, store  # noqa: F401  (the drawn store fixture)
+from vitrine.engine.prototype_channel import PrototypeChannel
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
 from vitrine.errors import StoreError, VitrineError
 from vitrine.training import train_store
 from vitrine.training.losses import ArcFace, arcface_logits
 from vitrine.training.prototype_negatives import PrototypeNeighbours, sample_columns
+from vitrine.training.stages import parse_stages
 
 
 def test_arcface_logits_match_a_hand_computation():
@@ -144,27 +147,30 @@ STAGES = {"training.batch_size": 8, "training.hidden": 64, "training.dim": 32, "
 
 
 def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa: F811
-    pairs = shopper_photos(tmp_path / "photos")
-    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2"})
-    train_store(store, pairs, config=config, name="proto", progress=False)
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
     folder = store.models_dir / "proto"
+
+    def train(stages: str, resume: bool = True):
+        config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": stages})
+        return train_store(store, pairs, config=config, name="proto", resume=resume, progress=False)
+
+    train("1", resume=False)  # contrastive only: no head, so no ID recognition yet
+    with pytest.raises(StoreError, match="no prototype head"):
+        PrototypeChannel.load(folder, store.catalog.key_of)
+    first_stage = (folder / "stage1" / "model.safetensors").stat().st_mtime_ns
+
+    train("1,2")
     for name in ("model.safetensors", "head.safetensors", "prototypes.npz", "training.json"):
         assert (folder / name).is_file()
-    for stage in ("stage1", "stage2"):
-        assert (folder / stage / "stage.json").is_file()
-    first_stage = (folder / "stage1" / "model.safetensors").stat().st_mtime_ns
+    assert (folder / "stage1" / "model.safetensors").stat().st_mtime_ns == first_stage  # reused, not retrained
     stage2_head = PrototypeHead.load(folder / "stage2").weight.clone()
     assert len(PrototypeLibrary.load(folder)) == 4  # one prototype per drawn product
 
-    # Stage 3 on top: stages 1 and 2 are reused, not retrained.
-    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3"})
-    result = train_store(store, pairs, config=config, name="proto", resume=True, progress=False)
-    assert (folder / "stage1" / "model.safetensors").stat().st_mtime_ns == first_stage
+    result = train("1,2,3")
     assert result.epochs == 2 and (folder / "stage3" / "stage.json").is_file()
     assert not torch.equal(PrototypeHead.load(folder).weight, stage2_head)  # stage 3 moved the head on
-    import json
     report = json.loads((folder / "training.json").read_text())
-    assert report["stages"]["1"]["reused"] and report["stages"]["2"]["reused"]
+    assert report["stages"]["1"]["reused"] and report["stages"]["2"]["reused"] and "reused" not in report["stages"]["3"]
 
     engine = vitrine.open(store)
     engine.sync(rebuild=True, progress=False)
@@ -179,24 +185,19 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
 
 def test_a_stage_interrupted_mid_way_resumes_from_its_checkpoint(store, tmp_path):  # noqa: F811
     pairs = shopper_photos(tmp_path / "photos", per_product=1)
-    short = {**STAGES, "training.objective": "prototype", "prototype.stages": "1,2", "prototype.stage2_epochs": 2}
+    short = {**STAGES, "training.objective": "prototype", "prototype.stages": "1,2", "prototype.stage1_epochs": 2,
+             "prototype.stage2_epochs": 2}
     train_store(store, pairs, config=store.config(short), name="p", progress=False)
     folder = store.models_dir / "p" / "stage2"
     (folder / "stage.json").unlink()  # as if the process had died after epoch 2 of 4
-    longer = store.config({**short, "prototype.stage2_epochs": 4})
-    result = train_store(store, pairs, config=longer, name="p", resume=True, progress=False)
-    assert result.epochs == 4 and len(result.losses) == 4
-    report = __import__("json").loads((folder / "stage.json").read_text())
-    assert report["steps"] == result.steps and result.steps == 4 * (report["steps"] // 4)
+    first = torch.load(folder / "checkpoint.pt", weights_only=False)["history"]
+    result = train_store(store, pairs, config=store.config({**short, "prototype.stage2_epochs": 4}), name="p",
+                         resume=True, progress=False)
+    assert result.epochs == 4 and result.losses[:2] == first  # epochs 1-2 were not redone
 
 
-def test_the_prototype_channel_needs_a_head(store, tmp_path):  # noqa: F811
-    overrides = {**STAGES, "training.objective": "prototype", "prototype.stages": "1"}
-    train_store(store, shopper_photos(tmp_path / "photos", per_product=1), config=store.config(overrides),
-                name="plain", progress=False)
-    engine = vitrine.open(store)
-    engine.sync(rebuild=True, progress=False)
-    with pytest.raises(StoreError, match="no prototype head"):
-        engine.search(text="scarf", channel="prototype")
-    with pytest.raises(VitrineError, match="stages"):
-        train_store(store, [], config=store.config({"training.objective": "prototype", "prototype.stages": "4"}))
+def test_stage_lists_are_checked():
+    assert parse_stages("3, 1,2") == [1, 2, 3]
+    for bad in ("4", "", "one"):
+        with pytest.raises(VitrineError, match="stages"):
+            parse_stages(bad)

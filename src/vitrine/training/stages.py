@@ -66,7 +66,7 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
     config, proto = inputs.config, inputs.config.prototype
     stages = parse_stages(proto.stages)
     report: dict = {"stages": {}}
-    pooled, towers = _training_set(inputs, unfreeze=0)
+    pooled, towers, _ = _training_set(inputs, unfreeze=0)
     model, result = _stage1(inputs, pooled, towers, folder / "stage1", run=1 in stages, resume=resume, report=report)
     if stages == [1]:  # contrastive only: no head to offer ID recognition with
         model.save(folder)
@@ -79,8 +79,7 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
                                          resume=resume, report=report)
         weights = model.state_dict()
     if 3 in stages:
-        maps, towers3 = _training_set(inputs, unfreeze=proto.stage3_unfreeze)
-        image_top = load_image_encoder(towers3.image_encoder, config.encoders).top() if proto.stage3_unfreeze else None
+        maps, towers3, image_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze)
         model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
                                          resume=resume, report=report, image_top=image_top)
     model.save(folder)
@@ -89,7 +88,9 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
     return result, report
 
 
-def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, object]:
+def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, object, torch.nn.Module | None]:
+    """Cached features for a stage (pooled, or the maps entering the top ``unfreeze`` blocks), the
+    tower config, and the trainable backbone top (None when frozen)."""
     config = inputs.config
     image_name = with_top_blocks(config.encoders.image, unfreeze)
     image_encoder = load_image_encoder(image_name, config.encoders)
@@ -100,7 +101,7 @@ def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, obje
     towers = tower_config(training, config.encoders.text, image_name, inputs.text_encoder.dim,
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
-    return data, towers
+    return data, towers, image_top
 
 
 def _finished(folder: Path) -> bool:
