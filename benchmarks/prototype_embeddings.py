@@ -1,7 +1,7 @@
 """Prototype-ID embedding benchmark (issue 4): Grocery and Shopee, stage by stage, and the head at scale.
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
-        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--json out.json]
+        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
 ``vitrine.training.train_store`` with ``training.objective = prototype``, a stage at a time: stages
@@ -36,7 +36,7 @@ STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ 
 
 
 def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, str], overrides: dict[str, Any],
-                lexical: list[bool]) -> dict[str, dict[str, float]]:
+                lexical: list[bool], resume: bool = False) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for label, stage_list in stages.items():
         print(f"{name}: training {label} ...", flush=True)
@@ -44,7 +44,7 @@ def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, st
         figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": name,
                               "overrides": {"training.objective": "prototype", "prototype.stages": stage_list,
                                             **overrides},
-                              "resume": stage_list != "1", "lexical": lexical,
+                              "resume": resume or stage_list != "1", "lexical": lexical,
                               "channels": ["vector", "prototype"] if with_head else ["vector"]})
         rows[label] = {k: v for k, v in figures.items() if "@prototype" not in k}
         if with_head:
@@ -65,7 +65,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
         held = [q for q in splits.val if set(q.relevant) & splits.held_out]
         if held:
             rows["zero-shot"].update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
-        rows.update(staged_rows(spec, protocol, store, f"{protocol}-prototype", STAGES, overrides, [False]))
+        rows.update(staged_rows(spec, protocol, store, f"{protocol}-prototype", STAGES, overrides, [False], args.resume))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
                     ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
@@ -82,7 +82,7 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
     text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3"}  # no images: stage 3 has nothing to unfreeze
     rows.update(staged_rows(spec, "seen", store, "shopee-prototype", text_stages,
-                            {"training.epochs": args.shopee_epochs}, [False, True]))
+                            {"training.epochs": args.shopee_epochs}, [False, True], args.resume))
     results["shopee"] = rows
     print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
                 f"{len(splits.products)} listings indexed)", rows,
@@ -165,6 +165,8 @@ def main() -> None:
     parser.add_argument("--only", default="grocery,shopee,head-scale", help="comma-separated sections to run")
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stage-1 runs from their checkpoints too (later stages always resume)")
     parser.add_argument("--prototypes", type=int, default=1_000_000, help="U for the head-scale section")
     parser.add_argument("--head-steps", type=int, default=5, help="timed steps per head-scale variant")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the head-scale section")
