@@ -171,7 +171,12 @@ def build_library(products: list[Product], data: TrainingSet, product_vectors: n
         has_groups = any(p.group for p in products)
         source = "labels" if has_groups or len(products) <= LABELS_UP_TO else "clusters"
     if source == "labels":
-        return library_from_labels(data.product_ids, [p.group for p in products], data.positive)
+        # Only real training pairs name prototypes: keyword queries exist for every catalog product
+        # (validation groups too), and a label reached only through them would leak those groups.
+        real = np.array([not key.startswith("keyword:") for key in data.query_keys], dtype=bool)
+        library = library_from_labels(data.product_ids, [p.group for p in products], data.positive[real])
+        library.example_prototype = library.product_prototype[data.positive]
+        return library
     if source == "clusters":
         targeted = len(np.unique(data.positive))
         count = clusters or max(1, targeted // 4)
