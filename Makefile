@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-scale clean
+.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-scale bench-prototype clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: $(STAMP)
 
 bench-trained: $(STAMP)
 	$(PY) benchmarks/trained_embeddings.py
+
+# Prototype-ID embedding (issue 4): Grocery and Shopee stage by stage, and the head at U = 10^6.
+bench-prototype: $(STAMP)
+	@mkdir -p .vitrine
+	$(PY) benchmarks/prototype_embeddings.py --json .vitrine/bench-prototype.json
 
 bench-service: $(STAMP)
 	@mkdir -p .vitrine

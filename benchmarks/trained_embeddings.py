@@ -76,19 +76,20 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     config = store.config({"embedding.kind": "zeroshot", **job["overrides"]})
     start = time.perf_counter()
     result = train_store(store, splits.train, config=config, name=job["name"], held_out=splits.held_out,
-                         progress=False)
+                         resume=job.get("resume", False), progress=False)
     figures: dict[str, Any] = {"train_s": time.perf_counter() - start, "epochs": result.epochs,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     engine = vitrine.open(store)
     engine.sync(rebuild=True, progress=False)
-    for lexical in job.get("lexical", [False]):
-        suffix = "+lexical" if lexical else ""
-        metrics = evaluate(engine, splits.val, progress=False, lexical=lexical).metrics
-        figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
-        if splits.held_out:
-            held = [q for q in splits.val if set(q.relevant) & splits.held_out]
-            new_metrics = evaluate(engine, held, progress=False, lexical=lexical).metrics
-            figures.update({f"new-products {name}": value for name, value in new_metrics.items()})
+    for channel in job.get("channels", ["vector"]):  # "prototype": ID recognition (issue 4)
+        for lexical in job.get("lexical", [False]) if channel == "vector" else [False]:
+            suffix = ("+lexical" if lexical else "") + (f"@{channel}" if channel != "vector" else "")
+            metrics = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel).metrics
+            figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
+            if splits.held_out:
+                held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+                new_metrics = evaluate(engine, held, progress=False, lexical=lexical, channel=channel).metrics
+                figures.update({f"new-products {name}{suffix}": value for name, value in new_metrics.items()})
     if job.get("judged_ndcg"):
         figures.update(judged_ndcg(engine, splits.val))
     return figures

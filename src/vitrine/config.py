@@ -51,6 +51,7 @@ class TrainingConfig:
     """Contrastive training of the towers on frozen, cached backbone features."""
 
     objective: str = "contrastive"
+    """``contrastive`` (InfoNCE) or ``prototype`` (prototype-ID recognition, see ``PrototypeConfig``)."""
     epochs: int = 30
     batch_size: int = 128
     lr: float = 3e-4
@@ -145,6 +146,9 @@ class SearchConfig:
     """Retrieved candidates that score modifiers (popularity, price...) re-order."""
     group_overfetch: int = 4
     """With one entry per image, entries fetched per wanted product before grouping (deeper if short)."""
+    channel: str = "vector"
+    """Default retrieval channel: ``vector`` (embeddings) or ``prototype`` (ID recognition with the
+    trained prototype head; see ``vitrine train --objective prototype``)."""
 
 
 @dataclass
@@ -233,6 +237,51 @@ class BatchConfig:
 
 
 @dataclass
+class PrototypeConfig:
+    """Prototype-ID training (Pailitao-VL): ``vitrine train --objective prototype --stages 1,2,3``."""
+
+    stages: str = "1,2,3"
+    """Stages to run, in order: 1 contrastive warm-up, 2 head + towers on frozen backbone features,
+    3 end-to-end (``stage3_unfreeze`` top backbone blocks trained too). Finished stages are reused."""
+    source: str = "auto"
+    """Where prototype IDs come from: ``labels`` (a product's group, else the product itself),
+    ``clusters`` (FAISS k-means over stage-1 product embeddings) or ``auto`` (labels when any
+    product has a group or the catalog is small enough for one prototype per product)."""
+    clusters: int = 0
+    """Prototypes made by clustering (0: one per 4 training products)."""
+    purify: float = 0.1
+    """Clustering only: share of each cluster's members, farthest from its centroid, left unassigned."""
+    margin: float = 0.2
+    """Additive angular margin m (radians) on the target prototype: cos(theta_y + m)."""
+    temperature: float = 0.05
+    """Logits are cos / temperature (the ArcFace scale s = 1 / temperature)."""
+    negatives: str = "auto"
+    """``all`` prototypes, ``nearest`` (each target's nearest prototypes, the paper's dynamic proxy
+    update), ``random`` (Partial FC), or ``auto``: all below ``sample_above`` prototypes, nearest above."""
+    sample_ratio: float = 0.1
+    """Share r of the prototypes one step compares with when sampling."""
+    sample_above: int = 50_000
+    refresh: int = 100
+    """Steps between refreshes of the prototype-prototype neighbour table."""
+    head_lr: float = 0.5
+    """SGD learning rate of the prototype rows (only the rows a step touched are updated)."""
+    head_dtype: str = "float32"
+    """Storage of the prototype matrix: float32 or float16 (halves its memory at U = 10^6)."""
+    product_weight: float = 1.0
+    """Weight of classifying the products themselves into their prototypes (besides the queries)."""
+    infonce_weight: float = 0.5
+    """Weight of the query-product InfoNCE term kept beside the margin loss (0 = margin loss only)."""
+    stage1_epochs: int = 0
+    """Epochs of each stage (0: ``training.epochs``); stage 3 is the slow one on a CPU."""
+    stage2_epochs: int = 0
+    stage3_epochs: int = 4
+    stage3_unfreeze: int = 1
+    """Top image-backbone blocks trained end to end in stage 3."""
+    stage3_matryoshka: bool = False
+    """Also apply the margin loss at the Matryoshka prefixes (``training.matryoshka``) in stage 3."""
+
+
+@dataclass
 class Config:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
@@ -242,6 +291,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+    prototype: PrototypeConfig = field(default_factory=PrototypeConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":

@@ -117,6 +117,9 @@ def search(
     boost: Annotated[Optional[list[str]], typer.Option(
         help="Score modifier FIELD=WEIGHT over a numeric attribute: score + WEIGHT*log1p(FIELD), e.g. "
              "--boost popularity=0.05 --boost price=-0.02.")] = None,
+    channel: Annotated[Optional[str], typer.Option(
+        help="vector (embeddings), or prototype: ID recognition with the trained prototype head "
+             "(query -> nearest prototypes -> their products). Default: the store's search.channel.")] = None,
 ) -> None:
     """Search STORE by text, by photo, or both; optionally filtered, weighted and boosted."""
     from vitrine.engine.modifiers import parse_modifiers
@@ -127,7 +130,8 @@ def search(
         raise VitrineError("--candidates only applies with --rerank")
     weights = {name: float(value) for name, value in parse_modifiers(weight or [], flag="--weight").items()}
     hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
-                               filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None)
+                               filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None,
+                               channel=channel)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])
@@ -163,7 +167,12 @@ def eval_(
 def train(
     store: StoreArg,
     data: Annotated[str, typer.Option(help="Training data: grocery:PATH, crowdflower:PATH, shopee:PATH, or pairs.jsonl.")],
-    objective: Annotated[str, typer.Option(help="contrastive (InfoNCE with the configured negatives).")] = "contrastive",
+    objective: Annotated[str, typer.Option(
+        help="contrastive (InfoNCE with the configured negatives), or prototype: prototype-ID recognition "
+             "with an additive angular margin, in the stages given by --stages.")] = "contrastive",
+    stages: Annotated[Optional[str], typer.Option(
+        help="--objective prototype: stages to run, e.g. 1,2,3 (1 contrastive warm-up, 2 prototype head on "
+             "frozen backbones, 3 end-to-end with the top image blocks). With --resume finished stages are reused.")] = None,
     protocol: Annotated[str, typer.Option(help="Grocery only: 'seen', or 'new' to hold out products with fine_id % 4 == 3.")] = "seen",
     name: Annotated[str, typer.Option(help="Model name: saved as STORE/models/NAME.")] = "default",
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the training pairs.")] = None,
@@ -182,6 +191,8 @@ def train(
     Negatives come from the batch and, if configured, a memory bank (--set training.memory_bank=4096)
     and mined hard negatives (--set training.hard_negatives=8). --unfreeze 1 also fine-tunes the top
     block of the image backbone (its input maps are cached, so this stays affordable on a CPU).
+    --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
+    prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
     Re-index afterwards: vitrine index STORE --reembed.
     --nproc 2 trains in two DDP processes (the batch size stays the global one).
     """
@@ -191,7 +202,8 @@ def train(
     target = _store_with_settings(store, None, set_, must_exist=True)
     overrides = {"training.objective": objective, **({"training.epochs": epochs} if epochs else {}),
                  **({"training.unfreeze_blocks": unfreeze} if unfreeze is not None else {}),
-                 **({"training.visual_task": visual_task} if visual_task else {})}
+                 **({"training.visual_task": visual_task} if visual_task else {}),
+                 **({"prototype.stages": stages} if stages else {})}
     splits = load_splits(data, protocol=protocol)
     if nproc is not None:  # checked before any feature is computed
         if nproc < 1:

@@ -19,6 +19,7 @@ from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
+from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.engine.entries import Entry, entries_of
 from vitrine.engine.modifiers import checked_modifiers, modifier_bonus
@@ -109,6 +110,7 @@ class SearchEngine:
         self._index_lock = threading.RLock()
         self._unsaved = 0
         self._reranker: Reranker | None = None
+        self._prototypes: PrototypeChannel | None = None
 
     @property
     def catalog(self):
@@ -119,7 +121,7 @@ class SearchEngine:
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
                filter: str | None = None, weights: dict[str, float] | None = None,
-               modifiers: dict[str, float] | None = None) -> list[Hit]:
+               modifiers: dict[str, float] | None = None, channel: str | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
 
         ``filter`` (``category == "Fruit" and price < 20``, see ``vitrine.catalog.filters``) restricts
@@ -128,6 +130,9 @@ class SearchEngine:
         query with both, and the BM25 channel in fusion. ``modifiers`` (``{"popularity": 0.05,
         "price": -0.02}``) add ``Σ w·log1p(x)`` of numeric attributes to the score (``vitrine.engine.modifiers``).
         With ``index.entries = "image"`` results are grouped so each product appears once, at its best image.
+        ``channel`` (default ``search.channel``): ``"vector"`` ranks products by their embeddings;
+        ``"prototype"`` is ID recognition with the trained prototype head (query -> nearest prototypes ->
+        their products, merged by score with the vector hits); scores are then cosines to prototypes.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
         fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
@@ -137,7 +142,8 @@ class SearchEngine:
         """
         options = SearchOptions(filter, weights, modifiers)
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates, options=options)[0]
+                                candidates=candidates, options=options,
+                                channel=channel)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                      *, lexical: bool | None = None, rerank: str | None = None,
@@ -149,7 +155,7 @@ class SearchEngine:
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
-                    rerank: str | None = None, candidates: int | None = None,
+                    rerank: str | None = None, candidates: int | None = None, channel: str | None = None,
                     progress: bool = False, timings: dict[str, float] | None = None,
                     options: SearchOptions | None = None) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query.
@@ -162,6 +168,12 @@ class SearchEngine:
             reranker = self.reranker()  # fail before any encoding if there is none
             k_final, k = k, self._checked_k(max(k, candidates or self.config.rerank.candidates))
         lexical = self.config.search.lexical if lexical is None else lexical
+        channel = channel or self.config.search.channel
+        if channel not in CHANNELS:
+            raise VitrineError(f"unknown search channel {channel!r} (choose from {', '.join(CHANNELS)})")
+        if channel == "prototype" and lexical:
+            raise VitrineError("the prototype channel does not combine with lexical fusion; search with lexical=False")
+        prototypes = self.prototype_channel() if channel == "prototype" else None
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
                 raise VitrineError(f"query text is {len(query.text)} characters; the limit is "
@@ -179,7 +191,11 @@ class SearchEngine:
         vectors = self._encode_queries(queries, weights, progress)
         clock.lap("encode")
         k_out, k = k, (max(k, self.config.search.modifier_depth) if modifiers else k)
-        if not lexical:
+        if prototypes is not None:
+            scores, keys = self._vector_search(vectors, k, allowed)
+            with self._index_lock:
+                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
+        elif not lexical:
             scores, keys = self._vector_search(vectors, k, allowed)
         else:
             depth = max(k, self.config.search.fusion_depth)
@@ -194,6 +210,15 @@ class SearchEngine:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
         return hits
+
+    def prototype_channel(self) -> PrototypeChannel:
+        """ID recognition with the store's trained prototype head (``models/<embedding.model>``)."""
+        if self._prototypes is None:
+            if self.config.embedding.kind != "trained":
+                raise StoreError("the prototype channel needs trained embeddings (embedding.kind=trained)")
+            folder = self.store.models_dir / self.config.embedding.model
+            self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
+        return self._prototypes
 
     # --- reranking (vitrine.rerank) ------------------------------------------------------------
 
@@ -337,6 +362,7 @@ class SearchEngine:
         if todo or texts_only or removed or rebuild:
             self.save()
             self._reranker = None  # its product table is refreshed on next use
+            self._prototypes = None  # products of prototypes may have come or gone
         return SyncReport(added=len(todo), removed=removed, total=len(self._held_keys()), embedded=embedded)
 
     def _reindex(self, products: dict[int, Product], versions: dict[int, int], chunk: int = 256) -> int:

@@ -63,7 +63,8 @@ class EvalReport:
 
 
 def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: str = "queries",
-             depth: int = 100, batch_size: int = 64, lexical: bool | None = None, progress: bool = True) -> EvalReport:
+             depth: int = 100, batch_size: int = 64, lexical: bool | None = None, progress: bool = True,
+             channel: str | None = None) -> EvalReport:
     """Search every query (``depth`` results each) and score the rankings."""
     depth = min(depth, engine.config.search.max_k)
     known = {product.id for product in engine.catalog}
@@ -74,7 +75,8 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
         batch = queries[offset:offset + batch_size]
         extra = max((len(q.exclude) for q in batch), default=0)
         hits = engine.search_many([Query(text=q.text, image=q.image) for q in batch],
-                                  k=min(depth + extra, engine.config.search.max_k), lexical=lexical)
+                                  k=min(depth + extra, engine.config.search.max_k), lexical=lexical,
+                                  channel=channel)
         for query, ranking in zip(batch, hits):
             ranked = [hit.product.id for hit in ranking if hit.product.id not in query.exclude][:depth]
             results.append(QueryResult(query.where, query.text, query.image, query.relevant, ranked[:10],

@@ -8,6 +8,7 @@ no part in the softmax.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -84,3 +85,41 @@ class MatryoshkaLoss(nn.Module):
         total = sum(self.loss(F.normalize(queries[:, :d], dim=-1), F.normalize(keys[:, :d], dim=-1), *args, **kwargs)
                     for d in dims)
         return total / len(dims)
+
+
+def arcface_logits(cosines: torch.Tensor, targets: torch.Tensor, margin: float, scale: float) -> torch.Tensor:
+    """``scale * cos θ_j`` for every column, ``scale * cos(θ_y + m)`` at each row's target column.
+
+    Where ``θ_y + m`` would pass π, cos(θ + m) stops decreasing, so (as in InsightFace) the target
+    logit becomes ``cos θ_y - m sin(π - m)``: still monotonic in θ and still below ``cos θ_y``. Rows whose target is -1 (unassigned) get no margin.
+    """
+    rows = torch.nonzero(targets >= 0).squeeze(1)
+    cos_y = cosines[rows, targets[rows]].clamp(-1 + 1e-7, 1 - 1e-7)
+    sin_y = (1 - cos_y * cos_y).sqrt()
+    with_margin = cos_y * math.cos(margin) - sin_y * math.sin(margin)
+    past_pi = cos_y <= math.cos(math.pi - margin)
+    with_margin = torch.where(past_pi, cos_y - math.sin(math.pi - margin) * margin, with_margin)
+    logits = cosines.clone()
+    logits[rows, targets[rows]] = with_margin
+    return logits * scale
+
+
+class ArcFace(nn.Module):
+    """Additive angular margin softmax over the columns a call site chose (all prototypes or a sample).
+
+    ``cosines`` (B, C) are cosines between unit embeddings and unit prototype rows; ``targets`` (B,)
+    the target column of each row. Columns in ``ignore`` (B, C) take no part (e.g. prototypes outside
+    a row's nearest set).
+    """
+
+    def __init__(self, margin: float = 0.2, temperature: float = 0.05) -> None:
+        super().__init__()
+        self.margin, self.scale = float(margin), 1.0 / float(temperature)
+
+    def forward(self, cosines: torch.Tensor, targets: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+        if not bool((targets >= 0).any()):  # nothing to classify in this batch
+            return cosines.sum() * 0.0
+        logits = arcface_logits(cosines, targets, self.margin, self.scale)
+        if ignore is not None:
+            logits = logits.masked_fill(ignore, float("-inf"))
+        return F.cross_entropy(logits, targets, ignore_index=-1)

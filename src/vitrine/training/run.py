@@ -13,7 +13,10 @@ from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blo
 from vitrine.errors import VitrineError
 from vitrine.training.data import build_training_set
 from vitrine.encoders.cache import FeatureCache
+from vitrine.training.stages import StageInputs, train_prototype_stages
 from vitrine.training.trainer import ContrastiveTrainer, TrainResult, plot_losses, tower_config
+
+OBJECTIVES = ("contrastive", "prototype")
 
 
 def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
@@ -22,12 +25,15 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     """Train towers on ``pairs`` against the store's catalog (minus ``held_out`` products), save them
     as ``models/<name>``, and switch the store's config to use them (re-index afterwards)."""
     config = config or store.config()
-    if config.training.objective != "contrastive":
-        raise VitrineError(f"unknown training objective {config.training.objective!r} (this vitrine knows: contrastive)")
+    if config.training.objective not in OBJECTIVES:
+        raise VitrineError(f"unknown training objective {config.training.objective!r} "
+                           f"(this vitrine knows: {', '.join(OBJECTIVES)})")
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]
     text_encoder = load_text_encoder(config.encoders.text, config.encoders)
+    if config.training.objective == "prototype":
+        return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
     # With unfrozen top blocks the cached image features are the maps entering those blocks.
     image_name = with_top_blocks(config.encoders.image, config.training.unfreeze_blocks)
     image_encoder = load_image_encoder(image_name, config.encoders)
@@ -53,6 +59,23 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     report = {"name": name, "products": len(products), "examples": len(data), "keyword_examples": data.keyword_examples,
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
               "temperature": temperature}
+    write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
+    store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
+    return result
+
+
+def _train_prototype(store: Store, products, pairs, text_encoder, config: Config, name: str,
+                     held_out, resume: bool, progress: bool) -> TrainResult:
+    """The staged prototype-ID objective (``vitrine.training.stages``), saved and reported like the contrastive one."""
+    folder = store.models_dir / name
+    cache = FeatureCache(store.root / "cache" / "features.sqlite")
+    inputs = StageInputs(products, list(pairs), text_encoder, cache, config, progress)
+    result, stages = train_prototype_stages(inputs, folder, resume=resume)
+    if result.losses:
+        plot_losses(result.losses, folder / "loss.png", title=f"{name}: last stage's training loss")
+    report = {"name": name, "objective": "prototype", "products": len(products), "held_out_products": sorted(held_out),
+              "training": asdict(config.training), "prototype": asdict(config.prototype), "result": asdict(result),
+              **stages}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result

@@ -1,0 +1,187 @@
+"""Prototype-ID embedding benchmark (issue 4): Grocery and Shopee, stage by stage, and the head at scale.
+
+    python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
+        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--resume] [--json out.json]
+
+Grocery (both protocols of issue 3) and Shopee train one model per protocol through
+``vitrine.training.train_store`` with ``training.objective = prototype``, a stage at a time: stages
+``1`` (the contrastive warm-up: the "contrastive" row), then ``1,2`` and ``1,2,3`` with ``resume`` so
+finished stages are reused, not retrained. After each, the store is re-indexed and val is searched
+through the engine with the towers (head dropped) and with ID recognition (``channel="prototype"``).
+Each training runs in a fresh process (its wall time and peak memory are its own). Data preparation,
+stores and feature caches are those of ``benchmarks/trained_embeddings.py``.
+
+``head-scale`` is synthetic: U = 10^6 prototypes of D = 256 (float16 matrix), a batch of 128, one
+training step of the margin loss with full softmax vs the nearest 10% vs a random 10% of prototypes,
+each variant in a fresh process for its own peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from trained_embeddings import bm25_only, build_store, in_process, print_table, zero_shot  # noqa: E402
+
+STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
+
+
+def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, str], overrides: dict[str, Any],
+                lexical: list[bool], resume: bool = False) -> dict[str, dict[str, float]]:
+    rows: dict[str, dict[str, float]] = {}
+    for label, stage_list in stages.items():
+        print(f"{name}: training {label} ...", flush=True)
+        with_head = stage_list != "1"
+        figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": name,
+                              "overrides": {"training.objective": "prototype", "prototype.stages": stage_list,
+                                            **overrides},
+                              "resume": resume or stage_list != "1", "lexical": lexical,
+                              "channels": ["vector", "prototype"] if with_head else ["vector"]})
+        rows[label] = {k: v for k, v in figures.items() if "@prototype" not in k}
+        if with_head:
+            rows[f"ID recognition after stage {stage_list[-1]}"] = {
+                k.replace("@prototype", ""): v for k, v in figures.items() if "@prototype" in k}
+    return rows
+
+
+def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> None:
+    from vitrine.catalog.datasets import load_splits
+
+    spec = f"grocery:{data / 'grocery-store'}"
+    overrides = {"prototype.stage3_epochs": args.stage3_epochs}
+    for protocol in ("seen", "new"):
+        splits = load_splits(spec, protocol=protocol)
+        store = build_store(work / "grocery", splits)
+        rows = {"zero-shot": zero_shot(store, splits.val)}
+        held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+        if held:
+            rows["zero-shot"].update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
+        rows.update(staged_rows(spec, protocol, store, f"{protocol}-prototype", STAGES, overrides, [False], args.resume))
+        results[f"grocery-{protocol}"] = rows
+        print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
+                    ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
+                     "peak_rss_mb"])
+
+
+def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> None:
+    import vitrine
+    from vitrine.catalog.datasets import load_splits
+
+    spec = f"shopee:{data / 'shopee-titles'}"
+    splits = load_splits(spec)
+    store = build_store(work / "shopee", splits)
+    rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
+    text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3"}  # no images: stage 3 has nothing to unfreeze
+    rows.update(staged_rows(spec, "seen", store, "shopee-prototype", text_stages,
+                            {"training.epochs": args.shopee_epochs}, [False, True], args.resume))
+    results["shopee"] = rows
+    print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
+                f"{len(splits.products)} listings indexed)", rows,
+                ["map@10", "recall@10", "map@10+lexical", "recall@10+lexical", "epochs", "train_s", "peak_rss_mb"])
+
+
+def head_step(job: dict[str, Any]) -> dict[str, float]:
+    """One variant of the head-scale benchmark, in its own process: seconds per step and peak RSS."""
+    import numpy as np
+    import torch
+
+    from vitrine.embedding.prototypes import PrototypeHead
+    from vitrine.training.losses import ArcFace
+    from vitrine.training.prototype_negatives import PrototypeNeighbours, sample_columns
+
+    torch.set_num_threads(job["threads"])
+    count, dim, batch = job["prototypes"], job["dim"], job["batch"]
+    rng = np.random.default_rng(0)
+    head = PrototypeHead.random(count, dim, dtype="float16")
+    tower = torch.nn.Linear(dim, dim)  # stands in for the towers: the loss must reach trainable weights
+    optimizer = torch.optim.AdamW(tower.parameters(), lr=1e-3)
+    loss_fn = ArcFace(0.2, 0.05)
+    neighbours = PrototypeNeighbours(every=job["refresh"]) if job["strategy"] == "nearest" else None
+    refresh_s = 0.0
+    times = []
+    for step in range(job["warmup"] + job["steps"]):
+        targets = rng.integers(0, count, size=batch)
+        features = torch.from_numpy(head.weight[torch.from_numpy(targets)].float().numpy()) + 0.3 * torch.randn(batch, dim)
+        start = time.perf_counter()
+        if neighbours is not None and neighbours.due(step):
+            neighbours.refresh(head.unit_rows(), step)
+            refresh_s = time.perf_counter() - start
+            start = time.perf_counter()
+        columns = sample_columns(targets, count, job["strategy"], job["ratio"], rng, neighbours)
+        column_tensor = None if columns is None else torch.from_numpy(columns)
+        rows = head.rows(column_tensor)
+        vectors = torch.nn.functional.normalize(tower(features), dim=-1)
+        positions = targets if columns is None else np.searchsorted(columns, targets)
+        loss = loss_fn(vectors @ torch.nn.functional.normalize(rows, dim=-1).T, torch.from_numpy(positions))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        head.update(column_tensor, rows.grad, 0.5)
+        del rows, vectors, loss
+        if step >= job["warmup"]:
+            times.append(time.perf_counter() - start)
+    return {"step_s": statistics.median(times), "refresh_s": refresh_s,
+            "columns": float(count if job["strategy"] == "all" else int(np.ceil(job["ratio"] * count))),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def head_scale(data: Path, work: Path, results: dict, args: argparse.Namespace) -> None:
+    base = {"prototypes": args.prototypes, "dim": 256, "batch": 128, "ratio": 0.1, "steps": args.head_steps,
+            "warmup": 1, "refresh": 100, "threads": args.threads}
+    rows = {}
+    for label, strategy in (("full softmax", "all"), ("nearest 10%", "nearest"), ("random 10% (Partial FC)", "random")):
+        print(f"head-scale: {label} ...", flush=True)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows[label] = pool.submit(head_step, {**base, "strategy": strategy}).result()
+    full = rows["full softmax"]["step_s"]
+    for row in rows.values():
+        row["step vs full"] = row["step_s"] / full
+    results["head-scale"] = rows
+    print(f"\nHead scale: U = {args.prototypes:,} prototypes, D = 256 (float16 matrix), batch 128, "
+          f"{args.threads} threads, median of {args.head_steps} steps")
+    print("| negatives | columns per step | step_s | step vs full | neighbour refresh_s | peak_rss_mb |")
+    print("|---|---|---|---|---|---|")
+    for label, row in rows.items():
+        refresh = f"{row['refresh_s']:.1f}" if row["refresh_s"] else ""
+        print(f"| {label} | {row['columns']:,.0f} | {row['step_s']:.3f} | {row['step vs full']:.2f} | {refresh} | "
+              f"{row['peak_rss_mb']:.0f} |", flush=True)
+
+
+def main() -> None:
+    from vitrine.config import data_dir
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="folder with the datasets (default: $VITRINE_DATA)")
+    parser.add_argument("--work", type=Path, default=Path(".vitrine/bench"), help="stores and feature caches")
+    parser.add_argument("--only", default="grocery,shopee,head-scale", help="comma-separated sections to run")
+    parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
+    parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stage-1 runs from their checkpoints too (later stages always resume)")
+    parser.add_argument("--prototypes", type=int, default=1_000_000, help="U for the head-scale section")
+    parser.add_argument("--head-steps", type=int, default=5, help="timed steps per head-scale variant")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in the head-scale section")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    args = parser.parse_args()
+    data = args.data or data_dir()
+    results: dict[str, Any] = {}
+    start = time.perf_counter()
+    sections = {"grocery": grocery, "shopee": shopee, "head-scale": head_scale}
+    for section in args.only.split(","):
+        sections[section.strip()](data, args.work, results, args)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""The three stages of prototype-ID training, each checkpointed in ``models/<name>/stage<N>/``:
+
+1. contrastive warm-up: the contrastive trainer, backbones frozen (cached pooled features);
+2. prototype head: the library is built (labels, or k-means over stage-1 embeddings), the head's rows
+   start at the prototype centroids, and head + towers train with the margin loss, backbones frozen;
+3. end-to-end: the image backbone's top blocks train too (on cached input maps), margin loss plus the
+   optional InfoNCE term, optionally at every Matryoshka prefix.
+
+A stage whose folder holds a finished model is reused when resuming, so ``--stages 1,2`` followed by
+``--stages 1,2,3 --resume`` trains stage 3 only. The last stage's towers are saved in
+``models/<name>/`` (what serving loads) beside the head and the library (ID recognition).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitrine.catalog.product import Product
+from vitrine.config import Config, write_atomic
+from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
+                                          library_from_labels, prototype_centroids)
+from vitrine.embedding.towers import TwoTowerModel
+from vitrine.encoders import load_image_encoder, with_top_blocks
+from vitrine.encoders.base import TextEncoder
+from vitrine.encoders.cache import FeatureCache
+from vitrine.errors import VitrineError
+from vitrine.training.data import TrainingSet, build_training_set
+from vitrine.training.prototype import PrototypeTrainer
+from vitrine.training.trainer import ContrastiveTrainer, TrainResult, tower_config
+
+log = logging.getLogger(__name__)
+
+LABELS_UP_TO = 100_000
+"""With ``source = auto`` and no groups, one prototype per product up to this many products."""
+
+
+@dataclass
+class StageInputs:
+    products: list[Product]
+    pairs: list
+    text_encoder: TextEncoder
+    cache: FeatureCache
+    config: Config
+    progress: bool
+
+
+def parse_stages(text: str) -> list[int]:
+    try:
+        stages = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        stages = []
+    if not stages or not set(stages) <= {1, 2, 3}:
+        raise VitrineError(f"prototype stages must be a comma-separated subset of 1,2,3, got {text!r}")
+    return stages
+
+
+def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = False) -> tuple[TrainResult, dict]:
+    """Run the configured stages; returns the last stage's result and a report of every stage."""
+    config, proto = inputs.config, inputs.config.prototype
+    stages = parse_stages(proto.stages)
+    report: dict = {"stages": {}}
+    pooled, towers, _ = _training_set(inputs, unfreeze=0)
+    model, result = _stage1(inputs, pooled, towers, folder / "stage1", run=1 in stages, resume=resume, report=report)
+    if stages == [1]:  # contrastive only: no head to offer ID recognition with
+        model.save(folder)
+        (folder / "head.safetensors").unlink(missing_ok=True)
+        return result, report
+    library, head = _library_and_head(inputs, pooled, model, folder, resume=resume, report=report)
+    weights = model.state_dict()
+    if 2 in stages:
+        model, result = _prototype_stage(2, inputs, pooled, towers, folder / "stage2", library, head, weights,
+                                         resume=resume, report=report)
+        weights = model.state_dict()
+    if 3 in stages:
+        maps, towers3, image_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze)
+        model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
+                                         resume=resume, report=report, image_top=image_top)
+    model.save(folder)
+    head.save(folder)
+    library.save(folder)
+    return result, report
+
+
+def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, object, torch.nn.Module | None]:
+    """Cached features for a stage (pooled, or the maps entering the top ``unfreeze`` blocks), the
+    tower config, and the trainable backbone top (None when frozen)."""
+    config = inputs.config
+    image_name = with_top_blocks(config.encoders.image, unfreeze)
+    image_encoder = load_image_encoder(image_name, config.encoders)
+    image_top = image_encoder.top() if unfreeze else None
+    training = replace(config.training, unfreeze_blocks=unfreeze)
+    data = build_training_set(inputs.products, inputs.pairs, inputs.text_encoder, image_encoder, inputs.cache,
+                              training, progress=inputs.progress)
+    towers = tower_config(training, config.encoders.text, image_name, inputs.text_encoder.dim,
+                          image_top.out_dim if image_top is not None else image_encoder.dim,
+                          image_input_dim=image_encoder.dim if image_top is not None else 0)
+    return data, towers, image_top
+
+
+def _finished(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "stage.json").is_file()
+
+
+def _mark_finished(folder: Path, result: TrainResult, seconds: float) -> dict:
+    entry = {**asdict(result), "wall_s": seconds}
+    write_atomic(folder / "stage.json", json.dumps(entry, indent=2).encode())
+    return entry
+
+
+def _reused(folder: Path) -> tuple[TwoTowerModel, TrainResult, dict]:
+    entry = json.loads((folder / "stage.json").read_text())
+    fields = {k: v for k, v in entry.items() if k in TrainResult.__dataclass_fields__}
+    return TwoTowerModel.load(folder), TrainResult(**fields), {**entry, "reused": True}
+
+
+def _stage1(inputs: StageInputs, data: TrainingSet, towers, folder: Path, *, run: bool, resume: bool,
+            report: dict) -> tuple[TwoTowerModel, TrainResult]:
+    """Contrastive warm-up; without stage 1 (and none saved) later stages start from the towers' PCA start."""
+    if resume and _finished(folder):
+        model, result, report["stages"]["1"] = _reused(folder)
+        return model, result
+    config = inputs.config
+    training = replace(config.training, epochs=config.prototype.stage1_epochs or config.training.epochs)
+    trainer = ContrastiveTrainer(data, training, towers, folder, progress=inputs.progress)
+    if not run:
+        if _finished(folder):
+            model, result, report["stages"]["1"] = _reused(folder)
+            return model, result
+        return trainer.model.eval(), TrainResult(0, 0, 0.0, 0.0)
+    start = time.perf_counter()
+    result = trainer.fit(resume=resume)
+    trainer.model.save(folder)
+    report["stages"]["1"] = _mark_finished(folder, result, time.perf_counter() - start)
+    return trainer.model, result
+
+
+def _library_and_head(inputs: StageInputs, data: TrainingSet, model: TwoTowerModel, folder: Path, *,
+                      resume: bool, report: dict) -> tuple[PrototypeLibrary, PrototypeHead]:
+    """The library (labels or clusters) and the head at its centroids in the stage-1 space."""
+    proto = inputs.config.prototype
+    if resume and (folder / "stage2" / "library").is_dir():
+        library = PrototypeLibrary.load(folder / "stage2" / "library")
+    else:
+        library = None
+    product_vectors, example_vectors = _stage1_vectors(model, data)
+    if library is None:
+        library = build_library(inputs.products, data, product_vectors, proto.source, proto.clusters, proto.purify,
+                                inputs.config.training.seed)
+        library.save(folder / "stage2" / "library")
+    if not len(library):
+        raise VitrineError("no prototypes: no training example points at a product")
+    head = PrototypeHead.from_centroids(prototype_centroids(library, product_vectors, example_vectors),
+                                        proto.head_dtype)
+    report["library"] = {"source": library.source, "prototypes": len(library),
+                         "unassigned_products": int((library.product_prototype < 0).sum()),
+                         "unassigned_examples": int((library.example_prototype < 0).sum())}
+    log.info("prototype library: %s", report["library"])
+    return library, head
+
+
+def build_library(products: list[Product], data: TrainingSet, product_vectors: np.ndarray, source: str,
+                  clusters: int, purify: float, seed: int) -> PrototypeLibrary:
+    if source == "auto":
+        has_groups = any(p.group for p in products)
+        source = "labels" if has_groups or len(products) <= LABELS_UP_TO else "clusters"
+    if source == "labels":
+        # Only real training pairs name prototypes: keyword queries exist for every catalog product
+        # (validation groups too), and a label reached only through them would leak those groups.
+        real = np.array([not key.startswith("keyword:") for key in data.query_keys], dtype=bool)
+        library = library_from_labels(data.product_ids, [p.group for p in products], data.positive[real])
+        library.example_prototype = library.product_prototype[data.positive]
+        return library
+    if source == "clusters":
+        targeted = len(np.unique(data.positive))
+        count = clusters or max(1, targeted // 4)
+        return library_from_clusters(data.product_ids, product_vectors, data.positive, count, purify, seed)
+    raise VitrineError(f"unknown prototype.source {source!r} (labels, clusters or auto)")
+
+
+@torch.no_grad()
+def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    products = np.concatenate([model.products(torch.from_numpy(data.product_text[s:s + chunk]),
+                                              torch.from_numpy(data.product_image[s:s + chunk]),
+                                              torch.from_numpy(data.product_has_image[s:s + chunk])).numpy()
+                               for s in range(0, len(data.product_ids), chunk)])
+    examples = np.concatenate([model.queries(torch.from_numpy(data.query_text[s:s + chunk]),
+                                             torch.from_numpy(data.query_image[s:s + chunk]),
+                                             torch.from_numpy(data.query_has_text[s:s + chunk]),
+                                             torch.from_numpy(data.query_has_image[s:s + chunk])).numpy()
+                               for s in range(0, len(data), chunk)])
+    return products, examples
+
+
+def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers, folder: Path,
+                     library: PrototypeLibrary, head: PrototypeHead, weights: dict, *, resume: bool, report: dict,
+                     image_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
+    if resume and _finished(folder):
+        model, result, report["stages"][str(stage)] = _reused(folder)
+        head.weight.copy_(PrototypeHead.load(folder).weight)
+        return model, result
+    config = inputs.config
+    proto = config.prototype
+    epochs = (proto.stage2_epochs if stage == 2 else proto.stage3_epochs) or config.training.epochs
+    training = replace(config.training, epochs=epochs, unfreeze_blocks=proto.stage3_unfreeze if stage == 3 else 0)
+    trainer = PrototypeTrainer(data, training, proto, towers, folder, library, head, image_top=image_top,
+                               start=weights, matryoshka=stage == 3 and proto.stage3_matryoshka,
+                               progress=inputs.progress)
+    start = time.perf_counter()
+    result = trainer.fit(resume=resume)
+    trainer.model.save(folder)
+    head.save(folder)
+    report["stages"][str(stage)] = _mark_finished(folder, result, time.perf_counter() - start)
+    return trainer.model, result

@@ -1,0 +1,203 @@
+"""Prototype-ID embedding: ArcFace logits, negative selection, the neighbour table, libraries,
+the staged trainer with resume, and ID recognition as a search channel. Fixtures are drawn here."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import vitrine
+from conftest import draw_product
+from test_training import shopper_photos, store  # noqa: F401  (the drawn store fixture)
+from vitrine.engine.prototype_channel import PrototypeChannel
+from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
+                                          library_from_labels, prototype_centroids)
+from vitrine.errors import StoreError, VitrineError
+from vitrine.training import train_store
+from vitrine.training.losses import ArcFace, arcface_logits
+from vitrine.training.prototype_negatives import PrototypeNeighbours, sample_columns
+from vitrine.training.stages import parse_stages
+
+
+def test_arcface_logits_match_a_hand_computation():
+    cosines = torch.tensor([[0.5, 0.2, -0.1], [-0.99, 0.3, 0.0], [0.0, 0.8, 0.1]])
+    targets = torch.tensor([0, 0, -1])
+    logits = arcface_logits(cosines, targets, margin=0.5, scale=2.0)
+    # row 0: θ = acos 0.5 = π/3, so the target logit is 2·cos(π/3 + 0.5)
+    assert logits[0, 0].item() == pytest.approx(2 * math.cos(math.pi / 3 + 0.5), abs=1e-5)
+    # row 1: θ = acos(-0.99) ≈ 3.0, θ + m > π: the fallback 2·(cos θ - m·sin(π - m)) keeps it decreasing
+    assert logits[1, 0].item() == pytest.approx(2 * (-0.99 - 0.5 * math.sin(math.pi - 0.5)), abs=1e-5)
+    assert logits[1, 0].item() < 2 * -0.99
+    # other columns, and a row without a target, are just scaled cosines
+    assert torch.allclose(logits[:, 1:], 2 * cosines[:, 1:]) and torch.allclose(logits[2], 2 * cosines[2])
+    loss = ArcFace(margin=0.5, temperature=0.5)(cosines, targets)
+    by_hand = -torch.log_softmax(logits[:2], dim=1)[[0, 1], [0, 0]].mean()
+    assert loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
+
+
+def test_the_margin_makes_the_loss_larger_for_the_same_cosines():
+    cosines = torch.tensor([[0.7, 0.6, 0.1]])
+    assert ArcFace(0.3, 0.1)(cosines, torch.tensor([0])) > ArcFace(0.0, 0.1)(cosines, torch.tensor([0]))
+
+
+def clustered_rows(groups: int = 20, per_group: int = 5, dim: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, dim))
+    rows = np.repeat(centres, per_group, axis=0) + 0.05 * rng.normal(size=(groups * per_group, dim))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_nearest_negatives_are_the_targets_closest_prototypes():
+    rows = clustered_rows()
+    neighbours = PrototypeNeighbours(every=10)
+    neighbours.refresh(rows, step=0)
+    near = neighbours.neighbours(np.array([0, 7]), 4)
+    assert set(near[0]) == {1, 2, 3, 4} and set(near[1]) == {5, 6, 8, 9}  # the rest of each group
+    columns = sample_columns(np.array([0, 7, -1]), len(rows), "nearest", 0.1, np.random.default_rng(0), neighbours)
+    assert len(columns) == 10 and {0, 7} | {1, 2, 3, 4, 5, 6, 8, 9} == set(columns.tolist())
+    random = sample_columns(np.array([0, 7]), len(rows), "random", 0.1, np.random.default_rng(0))
+    assert len(random) == 10 and {0, 7} <= set(random.tolist()) and np.all(np.diff(random) > 0)
+    assert sample_columns(np.array([0]), len(rows), "all", 0.1, np.random.default_rng(0)) is None
+    with pytest.raises(VitrineError, match="unknown prototype negatives"):
+        sample_columns(np.array([0]), len(rows), "closest", 0.1, np.random.default_rng(0))
+
+
+def test_the_neighbour_table_follows_the_head_only_when_refreshed():
+    rows = clustered_rows()
+    neighbours = PrototypeNeighbours(every=5)
+    neighbours.refresh(rows, step=0)
+    assert set(neighbours.neighbours(np.array([0]), 4)[0]) == {1, 2, 3, 4}
+    moved = rows.copy()
+    moved[0] = rows[50]  # prototype 0 now sits in group 10
+    assert not neighbours.due(4) and set(neighbours.neighbours(np.array([0]), 4)[0]) == {1, 2, 3, 4}
+    assert neighbours.due(5)
+    neighbours.refresh(moved, step=5)
+    assert set(neighbours.neighbours(np.array([0]), 4)[0]) <= set(range(50, 55))
+
+
+def test_the_ivf_table_for_many_prototypes_finds_the_same_neighbours():
+    rows = clustered_rows(groups=100, per_group=5, dim=16)
+    neighbours = PrototypeNeighbours(every=1, exact_below=100, nprobe=8)
+    neighbours.refresh(rows, step=0)
+    near = neighbours.neighbours(np.array([0, 250]), 4)
+    assert set(near[0]) == {1, 2, 3, 4} and set(near[1]) == {251, 252, 253, 254}
+
+
+def test_label_library_skips_products_no_example_points_at(tmp_path):
+    library = library_from_labels(["a", "b", "c", "d"], ["g1", "g1", None, "g2"], positives=np.array([0, 2, 2]))
+    assert library.names == ["g1", "product:c"]
+    assert library.product_prototype.tolist() == [0, 0, 1, -1]  # d's group has no training example
+    assert library.example_prototype.tolist() == [0, 1, 1]
+    library.save(tmp_path)
+    loaded = PrototypeLibrary.load(tmp_path)
+    assert loaded.names == library.names and loaded.members() == [["a", "b"], ["c"]]
+
+
+def test_cluster_library_groups_drawn_products_and_drops_outliers(tmp_path):
+    from vitrine.encoders import load_image_encoder
+
+    colours = {"red": (200, 30, 30), "blue": (30, 60, 200), "green": (40, 150, 60)}
+    paths, truth = [], []
+    for name, colour in colours.items():
+        for i, shape in enumerate(["circle", "square", "stripes", "triangle"]):
+            paths.append(draw_product(tmp_path / f"{name}-{i}.png", shape, colour, size=120))
+            truth.append(name)
+    vectors = load_image_encoder("efficientnet-lite0@96").encode([str(p) for p in paths])
+    ids = [f"p{i}" for i in range(len(paths))]
+    whole = library_from_clusters(ids, vectors, np.arange(len(ids)), count=3, purify=0.0)
+    assert whole.source == "clusters" and len(whole) == 3 and (whole.product_prototype >= 0).all()
+    shapes = np.arange(len(ids)) % 4
+    for shape in range(4):  # the same drawn shape in any colour lands in one cluster
+        assert len(set(whole.product_prototype[shapes == shape].tolist())) == 1
+    purified = library_from_clusters(ids, vectors, np.arange(len(ids)), count=3, purify=0.25)
+    dropped = np.flatnonzero(purified.product_prototype < 0)
+    sizes = np.bincount(whole.product_prototype)
+    assert len(dropped) == sum(int(0.25 * size) for size in sizes) > 0
+    centres = prototype_centroids(whole, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    for row in dropped:  # each dropped product is the farthest member of its cluster
+        cluster = whole.product_prototype[row]
+        members = np.flatnonzero(whole.product_prototype == cluster)
+        assert row == members[np.argmin(unit[members] @ centres[cluster])]
+    library = purified
+    centroids = prototype_centroids(library, vectors)
+    assert np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5)
+    with pytest.raises(VitrineError, match="cannot make"):
+        library_from_clusters(ids, vectors, np.arange(len(ids)), count=50)
+
+
+def test_head_updates_only_the_rows_a_step_used():
+    head = PrototypeHead.random(50, 8, dtype="float16")
+    before = head.weight.clone()
+    columns = torch.tensor([3, 7])
+    rows = head.rows(columns)
+    (rows @ torch.ones(8)).sum().backward()
+    head.update(columns, rows.grad, lr=0.5)
+    changed = (head.weight != before).any(dim=1)
+    assert changed[[3, 7]].all() and changed.sum() == 2 and head.weight.dtype == torch.float16
+    assert torch.allclose(head.weight[[3, 7]].float().norm(dim=1), torch.ones(2), atol=1e-2)
+
+
+STAGES = {"training.batch_size": 8, "training.hidden": 64, "training.dim": 32, "training.lr": 3e-3,
+          "training.matryoshka": "", "training.dev_fraction": 0.0, "encoders.image": "efficientnet-lite0@96",
+          "training.keyword_pairs": False, "prototype.stage1_epochs": 4, "prototype.stage2_epochs": 6,
+          "prototype.stage3_epochs": 1, "prototype.margin": 0.2, "prototype.temperature": 0.1}
+
+
+def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa: F811
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
+    folder = store.models_dir / "proto"
+
+    def train(stages: str, resume: bool = True):
+        config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": stages})
+        return train_store(store, pairs, config=config, name="proto", resume=resume, progress=False)
+
+    train("1", resume=False)  # contrastive only: no head, so no ID recognition yet
+    with pytest.raises(StoreError, match="no prototype head"):
+        PrototypeChannel.load(folder, store.catalog.key_of)
+    first_stage = (folder / "stage1" / "model.safetensors").stat().st_mtime_ns
+
+    train("1,2")
+    for name in ("model.safetensors", "head.safetensors", "prototypes.npz", "training.json"):
+        assert (folder / name).is_file()
+    assert (folder / "stage1" / "model.safetensors").stat().st_mtime_ns == first_stage  # reused, not retrained
+    stage2_head = PrototypeHead.load(folder / "stage2").weight.clone()
+    assert len(PrototypeLibrary.load(folder)) == 4  # one prototype per drawn product
+
+    result = train("1,2,3")
+    assert result.epochs == 1 and (folder / "stage3" / "stage.json").is_file()
+    assert not torch.equal(PrototypeHead.load(folder).weight, stage2_head)  # stage 3 moved the head on
+    report = json.loads((folder / "training.json").read_text())
+    assert report["stages"]["1"]["reused"] and report["stages"]["2"]["reused"] and "reused" not in report["stages"]["3"]
+
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    photo = draw_product(tmp_path / "new-photo.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
+    vector_hits = engine.search(image=photo, k=4)
+    id_hits = engine.search(image=photo, k=4, channel="prototype")
+    assert id_hits[0].product.id == "scarf" and vector_hits[0].product.id == "scarf"
+    assert sorted(h.product.id for h in id_hits) == sorted(h.product.id for h in vector_hits)
+    with pytest.raises(VitrineError, match="unknown search channel"):
+        engine.search(image=photo, channel="telepathy")
+
+
+def test_a_stage_interrupted_mid_way_resumes_from_its_checkpoint(store, tmp_path):  # noqa: F811
+    pairs = shopper_photos(tmp_path / "photos", per_product=1)
+    short = {**STAGES, "training.objective": "prototype", "prototype.stages": "1,2", "prototype.stage1_epochs": 2,
+             "prototype.stage2_epochs": 2}
+    train_store(store, pairs, config=store.config(short), name="p", progress=False)
+    folder = store.models_dir / "p" / "stage2"
+    (folder / "stage.json").unlink()  # as if the process had died after epoch 2 of 4
+    first = torch.load(folder / "checkpoint.pt", weights_only=False)["history"]
+    result = train_store(store, pairs, config=store.config({**short, "prototype.stage2_epochs": 4}), name="p",
+                         resume=True, progress=False)
+    assert result.epochs == 4 and result.losses[:2] == first  # epochs 1-2 were not redone
+
+
+def test_stage_lists_are_checked():
+    assert parse_stages("3, 1,2") == [1, 2, 3]
+    for bad in ("4", "", "one"):
+        with pytest.raises(VitrineError, match="stages"):
+            parse_stages(bad)
