@@ -19,6 +19,7 @@ from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
+from vitrine.governance.saliency import SaliencyModel, crop
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.index import LexicalIndex, VectorIndex, create_index, fuse_batches, load_index
 from vitrine.progress import progress_bar
@@ -88,6 +89,7 @@ class SearchEngine:
         self._index_lock = threading.RLock()
         self._unsaved = 0
         self._reranker: Reranker | None = None
+        self._saliency: SaliencyModel | None = None
 
     @property
     def catalog(self):
@@ -96,7 +98,8 @@ class SearchEngine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None) -> list[Hit]:
+               *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
+               juice_query: bool | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
 
         ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
@@ -104,22 +107,25 @@ class SearchEngine:
         ``rerank`` (``"hybrid"``, ``"listwise"``, ``"pointwise"``, ``"sliding"``; None = off) retrieves
         ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
         (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
+        ``juice_query`` crops a photo to its salient region before encoding (DataJuicer's vision branch,
+        against clutter around the product); it defaults to ``search.juice_query``.
         """
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates)[0]
+                                candidates=candidates, juice_query=juice_query)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                      *, lexical: bool | None = None, rerank: str | None = None,
-                     candidates: int | None = None) -> TimedHits:
+                     candidates: int | None = None, juice_query: bool | None = None) -> TimedHits:
         """``search``, with the seconds spent in each stage (for a service's responses and metrics)."""
         timings: dict[str, float] = {}
         hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates, timings=timings)[0]
+                                candidates=candidates, timings=timings, juice_query=juice_query)[0]
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
                     rerank: str | None = None, candidates: int | None = None,
-                    progress: bool = False, timings: dict[str, float] | None = None) -> list[list[Hit]]:
+                    progress: bool = False, timings: dict[str, float] | None = None,
+                    juice_query: bool | None = None) -> list[list[Hit]]:
         """Batched search: queries are encoded together, which is much faster per query.
 
         ``timings``, if given, receives the seconds spent encoding, retrieving, fetching products
@@ -137,6 +143,9 @@ class SearchEngine:
         if not queries:
             return []
         clock = _Stopwatch(timings)
+        if self.config.search.juice_query if juice_query is None else juice_query:
+            queries = self._juiced(queries)
+            clock.lap("juice")
         vectors = self.embedder.encode_queries(queries, progress=progress)
         clock.lap("encode")
         if not lexical:
@@ -152,6 +161,15 @@ class SearchEngine:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
         return hits
+
+    def _juiced(self, queries: Sequence[Query]) -> list[Query]:
+        """Photos replaced by their salient crops (``vitrine.governance``); texts untouched."""
+        if not any(q.image is not None for q in queries):
+            return list(queries)
+        if self._saliency is None:
+            self._saliency = SaliencyModel(self.config.governance)
+        return [replace(q, image=crop(q.image, self._saliency.analyse(q.image).box)) if q.image is not None else q
+                for q in queries]
 
     # --- reranking (vitrine.rerank) ------------------------------------------------------------
 
