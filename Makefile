@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test browser demo bench bench-trained bench-rerank bench-service clean
+.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-govern clean
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ bench-service: $(STAMP)
 
 bench-rerank: $(STAMP)
 	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
+
+# Raw vs sieved vs juiced training data (Grocery both protocols, CrowdFlower), governance throughput
+# local vs Ray, query-side juicing latency. Seeds its feature caches from make bench-trained's, if present.
+bench-govern: $(STAMP)
+	@mkdir -p .vitrine
+	$(PY) benchmarks/governance.py --json .vitrine/bench-govern.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

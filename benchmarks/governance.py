@@ -71,7 +71,8 @@ def govern_with(store, pairs, mode: str, model: str, name: str, source: str, eng
 
 
 def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, budget: dict[str, Any],
-                cache_from: Path, results: dict, columns: list[str], **evaluation: Any) -> None:
+                cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local",
+                **evaluation: Any) -> None:
     from vitrine.catalog.datasets import load_splits
 
     splits = load_splits(spec, protocol=protocol)
@@ -89,7 +90,7 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
     rows["sieved"] = in_process({**job, "store": str(store.root), "name": f"{label}-sieve",
                                  "train": str(sieved.pairs_path)})
     rows["sieved"]["govern_s"] = sieve_s
-    juiced, juice_s = govern_with(store, train_pairs, "juice", raw_name, f"{label}-juice", spec)
+    juiced, juice_s = govern_with(store, train_pairs, "juice", raw_name, f"{label}-juice", spec, engine=juice_engine)
     juiced_store = governed_store(work / f"{label}-juiced", juiced.products_path, store.root / "cache" / "features.sqlite")
     print(f"{label}: training on juiced data ...", flush=True)
     rows["juiced"] = in_process({**job, "store": str(juiced_store.root), "name": f"{label}-juice",
@@ -103,17 +104,19 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
                                                                "epochs", "train_s", "govern_s"])
 
 
-def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict) -> None:
+def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict, cache_from: Path,
+            juice_engine: str = "local") -> None:
     columns = ["recall@1", "recall@1+juiced query", "recall@5", "recall@5+juiced query"]
     if protocol == "new":
         columns += ["new-products recall@1", "new-products recall@1+juiced query"]
     run_dataset(f"grocery-{protocol}", f"grocery:{data / 'grocery-store'}", protocol, work, epochs, BUDGET,
-                Path(".vitrine/bench/grocery/cache/features.sqlite"), results, columns, juice_query=[False, True])
+                cache_from / "grocery/cache/features.sqlite", results, columns, juice_engine=juice_engine,
+                juice_query=[False, True])
 
 
-def crowdflower(data: Path, work: Path, epochs: int, results: dict) -> None:
+def crowdflower(data: Path, work: Path, epochs: int, results: dict, cache_from: Path) -> None:
     run_dataset("crowdflower", f"crowdflower:{data / 'crowdflower-search-relevance'}", "seen", work, epochs,
-                CROWDFLOWER_BUDGET, Path(".vitrine/bench/crowdflower/cache/features.sqlite"), results,
+                CROWDFLOWER_BUDGET, cache_from / "crowdflower/cache/features.sqlite", results,
                 ["ndcg@10", "recall@10", "ndcg@10+lexical", "recall@10+lexical"], lexical=[False, True])
 
 
@@ -175,14 +178,19 @@ def main() -> None:
     parser.add_argument("--only", default="grocery-seen,crowdflower,speed,grocery-new", help="sections, in order")
     parser.add_argument("--epochs", type=int, default=10, help="training budget (max epochs) of every variant")
     parser.add_argument("--samples", type=int, default=200, help="photos for the throughput measurement")
+    parser.add_argument("--cache-from", type=Path, default=Path(".vitrine/bench"),
+                        help="trained-embeddings benchmark work folder whose feature caches seed the stores")
+    parser.add_argument("--juice-engine", default="local", help="where Grocery's vision branch runs: local or ray")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
     data = args.data or data_dir()
     results: dict[str, Any] = {}
     start = time.perf_counter()
-    sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results),
-                "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results),
-                "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results),
+    sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results, args.cache_from,
+                                                args.juice_engine),
+                "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results, args.cache_from,
+                                               args.juice_engine),
+                "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results, args.cache_from),
                 "speed": lambda: speed(data, args.work, args.samples, results)}
     for section in args.only.split(","):
         sections[section.strip()]()
