@@ -56,6 +56,15 @@ def governed_store(folder: Path, products_jsonl: Path, cache_from: Path):
     return store
 
 
+def write_pairs(pairs, path: Path) -> Path:
+    """Pairs as the JSONL that ``vitrine train --data`` reads (absolute image paths)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [{k: v for k, v in {"product_id": p.product_id, "query_text": p.query_text, "query_image": p.query_image,
+                                  "grade": p.grade}.items() if v is not None} for p in pairs]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def govern_with(store, pairs, mode: str, model: str, name: str, source: str, engine: str = "local"):
     from vitrine.governance import govern
     from vitrine.governance.report import write_report
@@ -71,9 +80,10 @@ def govern_with(store, pairs, mode: str, model: str, name: str, source: str, eng
 
 
 def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, budget: dict[str, Any],
-                cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local",
+                cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local", limit: int = 0,
                 **evaluation: Any) -> None:
     from vitrine.catalog.datasets import load_splits
+    from vitrine.governance.pipeline import sample_pairs
 
     splits = load_splits(spec, protocol=protocol)
     store = build_store(work / label.split("-")[0], splits)
@@ -81,10 +91,11 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
     overrides = {**budget, "training.epochs": epochs}
     job = {"data": spec, "protocol": protocol, "overrides": overrides, **evaluation}
     rows: dict[str, dict[str, Any]] = {}
-    print(f"{label}: training on raw data ...", flush=True)
+    train_pairs = sample_pairs([p for p in splits.train if p.product_id not in splits.held_out], limit, seed=0)
+    raw_pairs = write_pairs(train_pairs, work / f"{label}-raw-pairs.jsonl")
+    print(f"{label}: training on raw data ({len(train_pairs)} pairs) ...", flush=True)
     raw_name = f"{label}-raw"
-    rows["raw"] = in_process({**job, "store": str(store.root), "name": raw_name})
-    train_pairs = [p for p in splits.train if p.product_id not in splits.held_out]
+    rows["raw"] = in_process({**job, "store": str(store.root), "name": raw_name, "train": str(raw_pairs)})
     sieved, sieve_s = govern_with(store, train_pairs, "sieve", raw_name, f"{label}-sieve", spec)
     print(f"{label}: training on sieved data ...", flush=True)
     rows["sieved"] = in_process({**job, "store": str(store.root), "name": f"{label}-sieve",
@@ -105,13 +116,13 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
 
 
 def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict, cache_from: Path,
-            juice_engine: str = "local") -> None:
+            juice_engine: str = "local", limit: int = 0) -> None:
     columns = ["recall@1", "recall@1+juiced query", "recall@5", "recall@5+juiced query"]
     if protocol == "new":
         columns += ["new-products recall@1", "new-products recall@1+juiced query"]
     run_dataset(f"grocery-{protocol}", f"grocery:{data / 'grocery-store'}", protocol, work, epochs, BUDGET,
                 cache_from / "grocery/cache/features.sqlite", results, columns, juice_engine=juice_engine,
-                juice_query=[False, True])
+                limit=limit, juice_query=[False, True])
 
 
 def crowdflower(data: Path, work: Path, epochs: int, results: dict, cache_from: Path) -> None:
@@ -180,6 +191,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="photos for the throughput measurement")
     parser.add_argument("--cache-from", type=Path, default=Path(".vitrine/bench"),
                         help="trained-embeddings benchmark work folder whose feature caches seed the stores")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="Grocery: train every variant on this many training photos drawn with seed 0 (0 = all)")
     parser.add_argument("--juice-engine", default="local", help="where Grocery's vision branch runs: local or ray")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
@@ -187,9 +200,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     start = time.perf_counter()
     sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results, args.cache_from,
-                                                args.juice_engine),
+                                                args.juice_engine, args.limit),
                 "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results, args.cache_from,
-                                               args.juice_engine),
+                                               args.juice_engine, args.limit),
                 "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results, args.cache_from),
                 "speed": lambda: speed(data, args.work, args.samples, results)}
     for section in args.only.split(","):
