@@ -63,6 +63,16 @@ def govern(store: Store, pairs: Sequence[Pair], *, mode: str, name: str | None =
     return write_set(governed)
 
 
+def juice(store: Store, pairs: Sequence[Pair], **options: Any) -> GovernedSet:
+    """``govern(..., mode="juice")``: every sample kept and governed inside."""
+    return govern(store, pairs, mode="juice", **options)
+
+
+def sieve_set(store: Store, pairs: Sequence[Pair], **options: Any) -> GovernedSet:
+    """``govern(..., mode="sieve")``: the lowest-scored samples dropped."""
+    return govern(store, pairs, mode="sieve", **options)
+
+
 def sample_pairs(pairs: Sequence[Pair], limit: int, seed: int) -> list[Pair]:
     """All pairs, or ``limit`` of them drawn with ``seed`` (kept in their original order)."""
     pairs = list(pairs)
