@@ -91,22 +91,28 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
     overrides = {**budget, "training.epochs": epochs}
     job = {"data": spec, "protocol": protocol, "overrides": overrides, **evaluation}
     rows: dict[str, dict[str, Any]] = {}
+
+    def done(name: str) -> None:
+        print(f"  {label} {name}: " + json.dumps({k: round(v, 4) for k, v in rows[name].items()}), flush=True)
     train_pairs = sample_pairs([p for p in splits.train if p.product_id not in splits.held_out], limit, seed=0)
     raw_pairs = write_pairs(train_pairs, work / f"{label}-raw-pairs.jsonl")
     print(f"{label}: training on raw data ({len(train_pairs)} pairs) ...", flush=True)
     raw_name = f"{label}-raw"
     rows["raw"] = in_process({**job, "store": str(store.root), "name": raw_name, "train": str(raw_pairs)})
+    done("raw")
     sieved, sieve_s = govern_with(store, train_pairs, "sieve", raw_name, f"{label}-sieve", spec)
     print(f"{label}: training on sieved data ...", flush=True)
     rows["sieved"] = in_process({**job, "store": str(store.root), "name": f"{label}-sieve",
                                  "train": str(sieved.pairs_path)})
     rows["sieved"]["govern_s"] = sieve_s
+    done("sieved")
     juiced, juice_s = govern_with(store, train_pairs, "juice", raw_name, f"{label}-juice", spec, engine=juice_engine)
     juiced_store = governed_store(work / f"{label}-juiced", juiced.products_path, store.root / "cache" / "features.sqlite")
     print(f"{label}: training on juiced data ...", flush=True)
     rows["juiced"] = in_process({**job, "store": str(juiced_store.root), "name": f"{label}-juice",
                                  "train": str(juiced.pairs_path)})
     rows["juiced"]["govern_s"] = juice_s
+    done("juiced")
     for name, governed in (("sieved", sieved), ("juiced", juiced)):
         rows[name].update({f"alignment {k}": v for k, v in governed.manifest["alignment"].items()})
     results[label] = rows
