@@ -22,6 +22,8 @@ from vitrine.config import GovernanceConfig
 
 _TAG = re.compile(r"<[^>]+>")
 _MOJIBAKE = re.compile(r"Â(?=[®©™°\s])|â€™|â€œ|â€\x9d|â€“|â€”")
+_REPAIR = {"â€™": "'", "â€œ": '"', "â€\x9d": '"', "â€“": " - ", "â€”": " - "}
+"""UTF-8 read as Latin-1: put back the punctuation it stood for (a stray 'Â' just goes)."""
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[a-zA-Z]+);")
 _DANGLING = re.compile(r"(?:\s+[-–|:,;/]+)+\s*$|^\s*[-–|:,;/]+\s+")
 _FRAGMENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\s*\n+\s*|\s*[•|]\s*")
@@ -139,7 +141,7 @@ def count_tokens(text: str) -> int:
 def _strip_markup(text: str) -> str:
     text = _TAG.sub(" ", text or "")
     text = html.unescape(text)
-    text = _MOJIBAKE.sub("", text)
+    text = _MOJIBAKE.sub(lambda m: _REPAIR.get(m.group(0), ""), text)
     return re.sub(r"[ \t\r\f\v]+", " ", text).strip()
 
 
