@@ -219,6 +219,7 @@ def _pair_dict(pair: Pair) -> dict[str, Any]:
 
 
 def _absolute_images(store: Store, product: Product) -> Product:
-    return replace(product, images=tuple(str(store.resolve(i)) if not Path(i).is_absolute() else i
+    # Absolute even for a store opened by a relative path: products.jsonl is read from elsewhere.
+    return replace(product, images=tuple(str(store.resolve(i).absolute()) if not Path(i).is_absolute() else i
                                          for i in product.images))
 
