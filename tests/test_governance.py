@@ -222,7 +222,7 @@ def test_query_side_juicing_crops_before_encoding(tiny, tmp_path):
     assert "juice" not in engine.search_timed(image=photo, k=2, juice_query=False).timings
 
 
-def test_cli_govern_writes_a_report_and_refuses_bad_input(tiny, tmp_path):
+def test_cli_govern_writes_a_report_and_refuses_bad_input(tiny, tmp_path, monkeypatch):
     from vitrine.cli import app
 
     store, pairs = tiny
@@ -230,9 +230,12 @@ def test_cli_govern_writes_a_report_and_refuses_bad_input(tiny, tmp_path):
     data.write_text("".join(json.dumps({"product_id": p.product_id, "query_image": p.query_image}) + "\n"
                             for p in pairs if p.query_image))
     runner = CliRunner()
-    ok = runner.invoke(app, ["govern", str(store.root), "--data", str(data), "--name", "cli", "--limit", "4",
+    monkeypatch.chdir(store.root.parent)  # the store named by a relative path, as people type it
+    ok = runner.invoke(app, ["govern", store.root.name, "--data", str(data), "--name", "cli", "--limit", "4",
                              "--set", "governance.model=judge"])
     assert ok.exit_code == 0, ok.output
+    governed = [json.loads(line) for line in (store.root / "governed/cli/v1/products.jsonl").read_text().splitlines()]
+    assert all(Path(image).is_absolute() and Path(image).is_file() for p in governed for image in p["images"])
     report = store.reports_dir / "govern-cli-v1.md"
     assert report.is_file() and (store.reports_dir / "govern-cli-v1.png").is_file()
     assert "Alignment" in report.read_text()
