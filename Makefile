@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-scale bench-prototype clean
+.PHONY: install test browser demo bench bench-trained bench-rerank bench-service bench-scale bench-prototype bench-govern clean
 
 install: $(STAMP)
 
@@ -57,6 +57,12 @@ bench-rerank: $(STAMP)
 bench-scale: $(STAMP)
 	@mkdir -p .vitrine
 	OMP_NUM_THREADS=2 $(PY) benchmarks/scale.py --source-store .vitrine/bench/shopee --json .vitrine/bench-scale.json
+
+# Raw vs sieved vs juiced training data (Grocery both protocols, CrowdFlower), governance throughput
+# local vs Ray, query-side juicing latency. Seeds its feature caches from make bench-trained's, if present.
+bench-govern: $(STAMP)
+	@mkdir -p .vitrine
+	$(PY) benchmarks/governance.py --json .vitrine/bench-govern.json
 
 clean:
 	rm -rf .vitrine .pytest_cache build src/*.egg-info

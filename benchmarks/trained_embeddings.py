@@ -72,24 +72,30 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     from vitrine.training import train_store
 
     splits = load_splits(job["data"], protocol=job.get("protocol", "seen"))
+    # A job may train on other pairs (a governed set's pairs.jsonl) and still be judged on the dataset's val split.
+    train_pairs = load_splits(job["train"]).train if job.get("train") else splits.train
     store = Store.open(job["store"])
     config = store.config({"embedding.kind": "zeroshot", **job["overrides"]})
     start = time.perf_counter()
-    result = train_store(store, splits.train, config=config, name=job["name"], held_out=splits.held_out,
+    result = train_store(store, train_pairs, config=config, name=job["name"], held_out=splits.held_out,
                          resume=job.get("resume", False), progress=False)
     figures: dict[str, Any] = {"train_s": time.perf_counter() - start, "epochs": result.epochs,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     engine = vitrine.open(store)
     engine.sync(rebuild=True, progress=False)
-    for channel in job.get("channels", ["vector"]):  # "prototype": ID recognition (issue 4)
-        for lexical in job.get("lexical", [False]) if channel == "vector" else [False]:
-            suffix = ("+lexical" if lexical else "") + (f"@{channel}" if channel != "vector" else "")
-            metrics = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel).metrics
-            figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
-            if splits.held_out:
-                held = [q for q in splits.val if set(q.relevant) & splits.held_out]
-                new_metrics = evaluate(engine, held, progress=False, lexical=lexical, channel=channel).metrics
-                figures.update({f"new-products {name}{suffix}": value for name, value in new_metrics.items()})
+    runs = [(channel, lexical, juice) for channel in job.get("channels", ["vector"])  # "prototype": ID recognition
+            for lexical in (job.get("lexical", [False]) if channel == "vector" else [False])
+            for juice in job.get("juice_query", [False])]  # juiced: salient crop of query photos (issue 6)
+    for channel, lexical, juice_query in runs:
+        suffix = (("+lexical" if lexical else "") + (f"@{channel}" if channel != "vector" else "")
+                  + ("+juiced query" if juice_query else ""))
+        engine.config.search.juice_query = juice_query
+        metrics = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel).metrics
+        figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
+        if splits.held_out:
+            held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+            new_metrics = evaluate(engine, held, progress=False, lexical=lexical, channel=channel).metrics
+            figures.update({f"new-products {name}{suffix}": value for name, value in new_metrics.items()})
     if job.get("judged_ndcg"):
         figures.update(judged_ndcg(engine, splits.val))
     return figures

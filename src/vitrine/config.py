@@ -149,6 +149,55 @@ class SearchConfig:
     channel: str = "vector"
     """Default retrieval channel: ``vector`` (embeddings) or ``prototype`` (ID recognition with the
     trained prototype head; see ``vitrine train --objective prototype``)."""
+    juice_query: bool = False
+    """Crop query photos to their salient region before encoding (``vitrine.governance``'s vision branch):
+    robustness to clutter around the product, at the cost of one more backbone pass per photo."""
+
+
+@dataclass
+class GovernanceConfig:
+    """Data governance (``vitrine govern``): the sieve baseline and DataJuicer's juicing."""
+
+    model: str = ""
+    """Trained towers under ``models/`` that judge the data (empty = the store's ``embedding.model``)."""
+    sieve_drop: float = 0.2
+    """Share of samples the sieve drops (the lowest scores)."""
+    quality_weight: float = 0.3
+    """Share of the sieve score that comes from quality signals (the rest is image-text alignment)."""
+    saliency: str = "energy"
+    """Saliency map: ``energy`` (activation norm of the last feature map; found the drawn object in clutter
+    where CAM did not) or ``cam`` (class activation of the ImageNet head's likely classes)."""
+    image_size: int = 288
+    """Short side the saliency network sees (the whole photo, not a centre crop)."""
+    saliency_threshold: float = 0.5
+    """A feature-map cell is salient at this share of the map's maximum."""
+    crop_margin: float = 0.12
+    """Margin added around the salient box, as a share of the image side."""
+    min_crop_side: float = 0.4
+    """The crop never gets narrower than this share of the image side (keeps context for tiny boxes)."""
+    imagenet_min_prob: float = 0.15
+    """ImageNet labels kept as object classes from this softmax probability."""
+    imagenet_top: int = 3
+    tag_vocabulary: int = 300
+    """Catalog keywords (TF-IDF, ``vitrine.training.keywords``) that zero-shot tags are chosen from."""
+    tag_top: int = 3
+    tag_min_score: float = 0.2
+    """Cosine in the trained space a keyword needs to be tagged on a photo."""
+    enhance_min_share: float = 0.3
+    """A tag is added to a product's text when this share of its photos carry it."""
+    enhance_tags: int = 3
+    boilerplate_min_products: int = 8
+    """A sentence or line found in this many products' texts is boilerplate (learned from the catalog)."""
+    spec_min_lines: int = 3
+    """A text with this many ``Key: value`` lines carries a spec sheet; its numeric lines are dropped."""
+    lexicon: str = ("click here,free shipping,shop now,buy now,best seller,best price,limited time,order now,"
+                    "satisfaction guaranteed,money back guarantee,while supplies last,see details,"
+                    "measurement guide,size chart,new arrival,hot sale,100% brand new,brand new")
+    """Promotional phrases always removed (comma-separated), on top of what the catalog statistics find."""
+    report_samples: int = 12
+    """Originals and crops shown in the report's grid."""
+    batch_size: int = 16
+    seed: int = 0
 
 
 @dataclass
@@ -292,6 +341,7 @@ class Config:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
     prototype: PrototypeConfig = field(default_factory=PrototypeConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> "Config":

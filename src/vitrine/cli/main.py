@@ -120,6 +120,9 @@ def search(
     channel: Annotated[Optional[str], typer.Option(
         help="vector (embeddings), or prototype: ID recognition with the trained prototype head "
              "(query -> nearest prototypes -> their products). Default: the store's search.channel.")] = None,
+    juice_query: Annotated[Optional[bool], typer.Option(
+        "--juice-query/--no-juice-query",
+        help="Crop the photo to its salient region before encoding (default: the store's search.juice_query).")] = None,
 ) -> None:
     """Search STORE by text, by photo, or both; optionally filtered, weighted and boosted."""
     from vitrine.engine.modifiers import parse_modifiers
@@ -131,7 +134,7 @@ def search(
     weights = {name: float(value) for name, value in parse_modifiers(weight or [], flag="--weight").items()}
     hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
                                filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None,
-                               channel=channel)
+                               channel=channel, juice_query=juice_query)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])
@@ -258,6 +261,46 @@ def train_reranker(
               f"{report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
               f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")
     out.print(f"saved in {target.models_dir / config.rerank.model}. Next: vitrine search {store} --text ... --rerank hybrid")
+
+
+@app.command()
+@user_errors
+def govern(
+    store: StoreArg,
+    data: Annotated[str, typer.Option(help="Training data to govern: grocery:PATH, crowdflower:PATH, shopee:PATH, or pairs.jsonl.")],
+    mode: Annotated[str, typer.Option(help="juice (govern inside each sample) or sieve (drop the lowest-scored samples).")] = "juice",
+    protocol: Annotated[str, typer.Option(help="Grocery only: 'seen', or 'new' to hold out products with fine_id % 4 == 3.")] = "seen",
+    name: Annotated[Optional[str], typer.Option(help="Governed set name: written to STORE/governed/NAME/vN (default: the mode).")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Where the vision branch runs: local or ray (default: batch.engine).")] = None,
+    limit: Annotated[int, typer.Option(help="Govern only this many pairs, drawn with governance.seed (0 = all).")] = 0,
+    set_: SetOpt = None,
+) -> None:
+    """Govern a training set with the store's trained towers (DataJuicer): sieve or juice it.
+
+    [bold]sieve[/] scores each sample (alignment in the trained space + image/text quality) and drops the lowest
+    governance.sieve_drop share. [bold]juice[/] keeps every sample and governs inside it: each photo becomes its
+    salient crop, tagged with the ImageNet classes and catalog keywords it shows; product texts lose HTML,
+    boilerplate, spec spam and promotional phrases and gain the tags their photos share. The result is a
+    new version under STORE/governed/NAME/ (pairs.jsonl, products.jsonl, audit.jsonl, manifest.json with
+    lineage) and a report in STORE/reports/govern-NAME-vN.md. Train on it with:
+    vitrine ingest NEWSTORE .../products.jsonl, then vitrine train NEWSTORE --data .../pairs.jsonl.
+    """
+    from vitrine.catalog.datasets import load_splits
+    from vitrine.governance import govern as run_governance
+    from vitrine.governance.report import write_report
+
+    target = _store_with_settings(store, None, set_, must_exist=True)
+    config = target.config({"batch.engine": engine} if engine else None)
+    splits = load_splits(data, protocol=protocol)
+    pairs = [pair for pair in splits.train if pair.product_id not in splits.held_out]
+    governed = run_governance(target, pairs, mode=mode, name=name, source=data, config=config, limit=limit)
+    report = write_report(governed, target.reports_dir, config.governance.report_samples, config.governance.seed)
+    counts = ", ".join(f"{k} {v}" for k, v in governed.manifest["counts"].items() if not k.startswith("tokens_removed_"))
+    out.print(f"{mode}: {counts}")
+    alignment = governed.manifest.get("alignment")
+    if alignment:
+        out.print(f"alignment in the trained space: {alignment['before']:.4f} before, {alignment['after']:.4f} after")
+    out.print(f"governed set: {governed.folder}; report: {report}")
 
 
 @app.command()

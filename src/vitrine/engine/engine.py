@@ -20,6 +20,7 @@ from vitrine.embedding import Embedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
+from vitrine.governance.saliency import SaliencyModel, crop
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.engine.entries import Entry, entries_of
 from vitrine.engine.modifiers import checked_modifiers, modifier_bonus
@@ -62,6 +63,8 @@ class SearchOptions:
     filter: str | None = None
     weights: dict[str, float] | None = None
     modifiers: dict[str, float] | None = None
+    juice_query: bool | None = None
+    """Crop query photos to their salient region first (None: ``search.juice_query``)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class SearchEngine:
         self._unsaved = 0
         self._reranker: Reranker | None = None
         self._prototypes: PrototypeChannel | None = None
+        self._saliency: SaliencyModel | None = None
 
     @property
     def catalog(self):
@@ -121,7 +125,8 @@ class SearchEngine:
     def search(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
                *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
                filter: str | None = None, weights: dict[str, float] | None = None,
-               modifiers: dict[str, float] | None = None, channel: str | None = None) -> list[Hit]:
+               modifiers: dict[str, float] | None = None, channel: str | None = None,
+               juice_query: bool | None = None) -> list[Hit]:
         """The ``k`` best products for a text query, a photo, or both.
 
         ``filter`` (``category == "Fruit" and price < 20``, see ``vitrine.catalog.filters``) restricts
@@ -139,8 +144,10 @@ class SearchEngine:
         ``rerank`` (``"hybrid"``, ``"listwise"``, ``"pointwise"``, ``"sliding"``; None = off) retrieves
         ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
         (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
+        ``juice_query`` crops a photo to its salient region before encoding (DataJuicer's vision branch,
+        against clutter around the product); it defaults to ``search.juice_query``.
         """
-        options = SearchOptions(filter, weights, modifiers)
+        options = SearchOptions(filter, weights, modifiers, juice_query)
         return self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
                                 candidates=candidates, options=options,
                                 channel=channel)[0]
@@ -188,6 +195,9 @@ class SearchEngine:
         if options.filter:
             allowed = self.catalog.keys_matching(Filter.parse(options.filter))
             clock.lap("filter")
+        if self.config.search.juice_query if options.juice_query is None else options.juice_query:
+            queries = self._juiced(queries)
+            clock.lap("juice")
         vectors = self._encode_queries(queries, weights, progress)
         clock.lap("encode")
         k_out, k = k, (max(k, self.config.search.modifier_depth) if modifiers else k)
@@ -219,6 +229,15 @@ class SearchEngine:
             folder = self.store.models_dir / self.config.embedding.model
             self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
         return self._prototypes
+
+    def _juiced(self, queries: Sequence[Query]) -> list[Query]:
+        """Photos replaced by their salient crops (``vitrine.governance``); texts untouched."""
+        if not any(q.image is not None for q in queries):
+            return list(queries)
+        if self._saliency is None:
+            self._saliency = SaliencyModel(self.config.governance)
+        return [replace(q, image=crop(q.image, self._saliency.analyse(q.image).box)) if q.image is not None else q
+                for q in queries]
 
     # --- reranking (vitrine.rerank) ------------------------------------------------------------
 
