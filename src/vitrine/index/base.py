@@ -44,6 +44,16 @@ class VectorIndex(ABC):
     @abstractmethod
     def describe(self) -> dict: ...
 
+    def check_batch(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)`` for one ``add``: distinct int64 ids, one per checked float32 vector."""
+        vectors = self.check(vectors)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError("ids in one add must be distinct")
+        return ids, vectors
+
     def check(self, vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
         """``vectors`` as contiguous float32 ``(n, dim)``, or a ``DimensionError`` saying why not."""
         array = np.asarray(vectors, dtype=np.float32)

@@ -46,12 +46,7 @@ class FaissIndex(VectorIndex):
         return int(id_) in self._position  # type: ignore[arg-type]
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = self.check(vectors)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("ids in one add must be distinct")
+        ids, vectors = self.check_batch(ids, vectors)
         self.remove(ids)
         if self._should_grow(len(self) + len(ids)):
             self._rebuild(self._factory_for(len(self) + len(ids)))

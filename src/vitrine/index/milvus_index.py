@@ -77,12 +77,7 @@ class MilvusIndex(VectorIndex):
     # --- VectorIndex -----------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = self.check(vectors)
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("ids in one add must be distinct")
+        ids, vectors = self.check_batch(ids, vectors)
         for start in range(0, len(ids), self.config.milvus_batch):
             chunk = slice(start, start + self.config.milvus_batch)
             rows = [{ID_FIELD: int(id_), VECTOR_FIELD: vector}
