@@ -201,3 +201,19 @@ def test_stage_lists_are_checked():
     for bad in ("4", "", "one"):
         with pytest.raises(VitrineError, match="stages"):
             parse_stages(bad)
+
+
+def test_keyword_queries_do_not_name_prototypes():
+    """Keyword queries exist for every catalog product, validation groups included: a group reached only
+    through them must get no prototype, or training would learn the validation groups (a leak)."""
+    from types import SimpleNamespace
+
+    from vitrine.training.stages import build_library
+
+    products = [SimpleNamespace(group="g-train"), SimpleNamespace(group="g-val"), SimpleNamespace(group="g-train")]
+    data = SimpleNamespace(product_ids=["a", "b", "c"], query_keys=["photo:1", "keyword:b", "keyword:c"],
+                           positive=np.array([0, 1, 2]))
+    library = build_library(products, data, np.zeros((3, 4), np.float32), "labels", 0, 0.1, 0)
+    assert library.names == ["g-train"]
+    assert library.product_prototype.tolist() == [0, -1, 0]
+    assert library.example_prototype.tolist() == [0, -1, 0]
