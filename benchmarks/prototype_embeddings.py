@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trained_embeddings import bm25_only, build_store, in_process, print_table, zero_shot  # noqa: E402
+from trained_embeddings import bm25_only, build_store, in_process, print_table, zero_shot, zero_shot_row  # noqa: E402
 
 STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
 
@@ -61,10 +61,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
     for protocol in ("seen", "new"):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits)
-        rows = {"zero-shot": zero_shot(store, splits.val)}
-        held = [q for q in splits.val if set(q.relevant) & splits.held_out]
-        if held:
-            rows["zero-shot"].update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
+        rows = {"zero-shot": zero_shot_row(store, splits)}
         rows.update(staged_rows(spec, protocol, store, f"{protocol}-prototype", STAGES, overrides, [False], args.resume))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,

@@ -63,6 +63,15 @@ def zero_shot(store, queries, **kwargs) -> dict[str, float]:
     return evaluate(engine, queries, progress=False, **kwargs).metrics
 
 
+def zero_shot_row(store, splits) -> dict[str, float]:
+    """Zero-shot figures on the val split and, under the new-products protocol, on its held-out products."""
+    row = zero_shot(store, splits.val)
+    held = [q for q in splits.val if set(q.relevant) & splits.held_out]
+    if held:
+        row.update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
+    return row
+
+
 def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in its own process: train, re-index, evaluate. Returns figures."""
     import vitrine
@@ -151,10 +160,7 @@ def grocery(data: Path, work: Path, results: dict) -> None:
     for protocol in ("seen", "new"):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits)
-        rows = {"zero-shot": zero_shot(store, splits.val)}
-        held = [q for q in splits.val if set(q.relevant) & splits.held_out]
-        if held:
-            rows["zero-shot"].update({f"new-products {k}": v for k, v in zero_shot(store, held).items()})
+        rows = {"zero-shot": zero_shot_row(store, splits)}
         for variant, overrides in GROCERY_VARIANTS.items():
             print(f"grocery {protocol}: training {variant} ...", flush=True)
             rows[variant] = in_process({"data": spec, "protocol": protocol, "store": str(store.root),
