@@ -129,7 +129,7 @@ def main() -> None:
     dataset = (args.data or data_dir()) / "grocery-store" / "dataset"
     # Query photos: phone shots from the val split, sent as uploads (decoded and encoded every time).
     lines = (dataset / "val.txt").read_text().splitlines()
-    photos = [(dataset / line.split(",")[0].strip()).read_bytes() for line in lines[::25][:40]]
+    photos = [(dataset / line.split(",")[0].strip()).read_bytes() for line in lines[::max(1, len(lines) // 40)][:40]]
     levels = [int(c) for c in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory() as folder:

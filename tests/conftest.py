@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Backbones exported to ONNX Runtime go to a folder of this session (and its subprocesses), not the user's cache.
+os.environ.setdefault("VITRINE_CACHE_DIR", tempfile.mkdtemp(prefix="vitrine-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -109,3 +109,63 @@ def test_split_encoder_names():
         parse_image_encoder("efficientnet-lite0/topX")
     with pytest.raises(VitrineError, match="top_blocks must be between 0 and 16"):
         load_image_encoder("efficientnet-lite0/top17")
+
+
+def test_onnx_runtime_matches_pytorch_on_texts_of_every_length(text_encoder):
+    from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, minilm_path
+
+    eager = SentenceTransformerEncoder(minilm_path(), runtime="torch")
+    texts = ["a", "oat milk", "vanilla soy yoghurt " * 200, "fresh red apple from the farm"]  # one past 256 tokens
+    assert text_encoder.onnx is not None  # the default runtime exported the model
+    assert np.allclose(text_encoder.encode(texts, batch_size=3), eager.encode(texts), atol=1e-5)
+
+
+def test_onnx_runtime_matches_pytorch_on_photos(tmp_path: Path, image_encoder):
+    eager = load_image_encoder("efficientnet-lite0", EncoderConfig(runtime="torch"))
+    paths = [draw_product(tmp_path / f"{i}.png", shape, colour)
+             for i, (shape, colour) in enumerate([("circle", (220, 20, 20)), ("stripes", (20, 40, 220))])]
+    assert image_encoder.onnx is not None and eager.onnx is None
+    assert np.allclose(image_encoder.encode(paths), eager.encode(paths), atol=1e-4)
+
+
+def test_exported_graphs_are_reused_and_follow_the_weights(tmp_path: Path, monkeypatch):
+    import torch
+
+    from vitrine.encoders import onnx_runtime
+
+    monkeypatch.setenv("VITRINE_CACHE_DIR", str(tmp_path))
+    exports = []
+    real_export = onnx_runtime.export
+    monkeypatch.setattr(onnx_runtime, "export", lambda *args: exports.append(args[-1]) or real_export(*args))
+    layer = torch.nn.Linear(4, 3)
+    example = {"x": torch.zeros(2, 4)}
+    first = onnx_runtime.OnnxModel(layer, example, onnx_runtime.batch_dynamic(example), "tiny")
+    again = onnx_runtime.OnnxModel(layer, example, onnx_runtime.batch_dynamic(example), "tiny")
+    assert len(exports) == 1 and again.path == first.path
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    assert np.allclose(again(x=x), layer(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    changed = onnx_runtime.OnnxModel(layer, example, onnx_runtime.batch_dynamic(example), "tiny")
+    assert len(exports) == 2 and changed.path != first.path
+    assert np.allclose(changed(x=x), layer(torch.from_numpy(x)).detach().numpy(), atol=1e-6)
+
+
+def test_a_backbone_that_cannot_be_exported_falls_back_to_pytorch(monkeypatch, caplog):
+    import torch
+
+    from vitrine.encoders import onnx_runtime
+
+    def refuse(*args):
+        raise RuntimeError("operator not supported\nlong exporter trace")
+
+    monkeypatch.setattr(onnx_runtime, "export", refuse)
+    example = {"x": torch.zeros(1, 2)}
+    with caplog.at_level("WARNING"):
+        assert onnx_runtime.try_onnx(torch.nn.Linear(2, 2), example, {}, "odd-backbone") is None
+    assert "odd-backbone: ONNX Runtime unavailable (operator not supported)" in caplog.text
+
+
+def test_unknown_runtime_is_refused():
+    with pytest.raises(VitrineError, match="unknown encoder runtime 'tensorrt'"):
+        load_image_encoder("efficientnet-lite0", EncoderConfig(runtime="tensorrt"))

@@ -30,7 +30,10 @@ class EncoderConfig:
     num_workers: int = 2
     """DataLoader processes that decode and resize images while the model runs."""
     threads: int = 0
-    """Torch intra-op threads; 0 means one per core."""
+    """Torch and ONNX Runtime intra-op threads; 0 means one per core."""
+    runtime: str = "onnx"
+    """What runs the frozen backbones: ``onnx`` (exported once to ONNX Runtime, 2-4x faster on CPU;
+    falls back to PyTorch for what cannot be exported) or ``torch``. Training always uses PyTorch."""
     cache: bool = True
     """Keep image features of files (catalog images, query photos given as paths) in ``STORE/cache``."""
     cache_texts: bool = False

@@ -20,6 +20,7 @@ from torch import nn
 from vitrine.catalog.images import ImageInput
 from vitrine.encoders.base import ImageEncoder, l2_normalize
 from vitrine.encoders.image_data import Preprocess, image_batches
+from vitrine.encoders.onnx_runtime import OnnxModel, batch_dynamic, check_runtime, try_onnx
 from vitrine.errors import VitrineError
 from vitrine.progress import progress_bar
 
@@ -38,11 +39,14 @@ class EfficientNetLiteEncoder(ImageEncoder):
     """Pooled features of the last conv block. Runs in ``channels_last`` (about 2x faster on CPU).
 
     With ``top_blocks=N`` it stops below the last ``N`` blocks and returns those feature maps,
-    flattened and unnormalised, as the input of a trainable ``EfficientNetTop``.
+    flattened and unnormalised, as the input of a trainable ``EfficientNetTop``. With
+    ``runtime="onnx"`` the pooled features (``top_blocks=0``) come from ONNX Runtime, about 4x faster
+    for one photo; feature maps for saliency and training always come from PyTorch.
     """
 
     def __init__(self, model: torch.nn.Module | None = None, name: str = "efficientnet-lite0",
-                 num_workers: int = 2, image_size: int = 224, top_blocks: int = 0) -> None:
+                 num_workers: int = 2, image_size: int = 224, top_blocks: int = 0, runtime: str = "torch",
+                 threads: int = 0) -> None:
         self.model = (model or load_efficientnet_lite0()).eval().to(memory_format=torch.channels_last)
         self.name = name
         self.num_workers = num_workers
@@ -57,6 +61,13 @@ class EfficientNetLiteEncoder(ImageEncoder):
         self.normalized = top_blocks == 0
         self.map_shape = self._map_shape(image_size) if top_blocks else (1280, 1, 1)
         self.dim = int(np.prod(self.map_shape)) if top_blocks else 1280
+        self.runtime = check_runtime(runtime)
+        self.onnx = self._export(threads) if runtime == "onnx" and not top_blocks else None
+
+    def _export(self, threads: int) -> OnnxModel | None:
+        example = {"pixels": torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)}
+        return try_onnx(_PooledFeatures(self.model), example, batch_dynamic(example),
+                        f"{self.name}@{self.preprocess.size}", threads)
 
     def _map_shape(self, image_size: int) -> tuple[int, int, int]:
         with torch.inference_mode():
@@ -84,14 +95,30 @@ class EfficientNetLiteEncoder(ImageEncoder):
     def encode(self, images: Sequence[ImageInput], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        run = ((lambda pixels: self.bottom_maps(pixels).flatten(1)) if self.top_blocks
-               else (lambda pixels: self.feature_maps(pixels).mean(dim=(2, 3))))
         batches = image_batches(images, self.preprocess, batch_size, self.num_workers)
-        features = [run(pixels).float().contiguous().numpy()
+        features = [self._features(pixels)
                     for pixels in progress_bar(batches, enabled=progress, total=-(-len(images) // batch_size),
                                                desc="encode images", unit="batch")]
         stacked = np.concatenate(features)
         return l2_normalize(stacked) if self.normalized else stacked
+
+    def _features(self, pixels: torch.Tensor) -> np.ndarray:
+        if self.top_blocks:
+            return self.bottom_maps(pixels).flatten(1).float().contiguous().numpy()
+        if self.onnx is not None:
+            return self.onnx(pixels=pixels.numpy())
+        return self.feature_maps(pixels).mean(dim=(2, 3)).float().contiguous().numpy()
+
+
+class _PooledFeatures(nn.Module):
+    """Globally pooled features of the last conv block: the graph exported to ONNX Runtime."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.network.extract_features(pixels).mean(dim=(2, 3))
 
 
 class EfficientNetTop(nn.Module):

@@ -12,13 +12,14 @@ from vitrine.errors import VitrineError
 def _minilm(config: EncoderConfig) -> TextEncoder:
     from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, minilm_path
 
-    return SentenceTransformerEncoder(minilm_path(), name="minilm")
+    return SentenceTransformerEncoder(minilm_path(), name="minilm", runtime=config.runtime, threads=config.threads)
 
 
-def _local_sentence_transformer(path: str) -> TextEncoder:
+def _local_sentence_transformer(path: str, config: EncoderConfig) -> TextEncoder:
     from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder
 
-    return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}")
+    return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}", runtime=config.runtime,
+                                      threads=config.threads)
 
 
 def _mllm(path: str, kind: str) -> TextEncoder | ImageEncoder:
@@ -30,7 +31,8 @@ def _mllm(path: str, kind: str) -> TextEncoder | ImageEncoder:
 def _efficientnet_lite0(config: EncoderConfig, size: int | None, top_blocks: int = 0) -> ImageEncoder:
     from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 
-    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224, top_blocks=top_blocks)
+    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224, top_blocks=top_blocks,
+                                   runtime=config.runtime, threads=config.threads)
 
 
 TEXT_ENCODERS: dict[str, Callable[[EncoderConfig], TextEncoder]] = {"minilm": _minilm}
@@ -45,7 +47,7 @@ def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEnc
     config = config or EncoderConfig()
     _set_threads(config)
     if name.startswith("sentence-transformers:"):
-        return _local_sentence_transformer(name.partition(":")[2])
+        return _local_sentence_transformer(name.partition(":")[2], config)
     if name.startswith("mllm:"):
         return _mllm(name.partition(":")[2], "text")
     if name not in TEXT_ENCODERS:
