@@ -29,7 +29,7 @@ IDS = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are catalog keys, not posit
 QUERIES = clustered(20, seed=1)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ8x4,RFlat"])
 @pytest.mark.parametrize("share", [0.01, 0.5])
 def test_filtered_search_matches_brute_force(factory: str, share: float):
     # filter_exact_max=100: the 1% filter (30 ids) takes the exact scan, the 50% one the ID selector.
@@ -50,6 +50,45 @@ def test_filtered_search_matches_brute_force(factory: str, share: float):
     else:  # approximate index under a selector: most of the true top-10
         recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), expected.tolist())])
         assert recall >= 0.8
+
+
+def recall(found: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / expected.shape[1] for f, e in zip(found.tolist(), expected.tolist())]))
+
+
+@pytest.mark.parametrize("refine", ["RFlat", "Refine(SQfp16)"])
+def test_refine_stage_lifts_ivfpq_recall(refine: str):
+    queries = clustered(100, seed=3)
+    expected = brute_force(queries, BASE, IDS, 10)
+    plain = FaissIndex(32, IndexConfig(factory="IVF16,PQ8x4", nprobe=16))
+    refined = FaissIndex(32, IndexConfig(factory=f"IVF16,PQ8x4,{refine}", nprobe=16, refine_k_factor=10))
+    for index in (plain, refined):
+        index.add(IDS, BASE)
+    plain_recall, refined_recall = recall(plain.search(queries, 10)[1], expected), recall(refined.search(queries, 10)[1], expected)
+    assert plain_recall < 0.6, "4-bit PQ codes alone should lose many neighbours on this fixture"
+    assert refined_recall >= 0.85 and refined_recall > plain_recall + 0.3
+    refined.tune(refine_k_factor=1)  # re-scoring only the k proposals re-orders them, it cannot add any
+    assert recall(refined.search(queries, 10)[1], expected) < 0.6
+    refined.tune(refine_k_factor=10)
+    np.testing.assert_allclose(refined.reconstruct(int(IDS[7])), BASE[7], atol=1e-3)  # read from the refine copy
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8x4,RFlat"])
+def test_ivf_compaction_rebuilds_from_stored_vectors(factory: str, tmp_path: Path):
+    index = FaissIndex(32, IndexConfig(factory=factory, compact_ratio=0.25, refine_k_factor=10))
+    index.add(IDS, BASE)
+    index.remove(IDS[:1000])  # a third deleted: the index is rebuilt from what it stores
+    assert index.describe()["deleted"] == 0 and len(index) == 2000
+    np.testing.assert_allclose(index.reconstruct(int(IDS[1500])), BASE[1500], atol=1e-6)
+    expected = brute_force(QUERIES, BASE[1000:], IDS[1000:], 10)
+    assert recall(index.search(QUERIES, 10)[1], expected) >= 0.85
+    index.remove(IDS[1000:1010])  # a few more: masked, not compacted
+    before = index.search(QUERIES, 10)
+    assert not np.isin(before[1], IDS[:1010]).any()
+    index.save(tmp_path)
+    loaded = load_index(tmp_path, IndexConfig(factory=factory, refine_k_factor=10))
+    np.testing.assert_array_equal(loaded.search(QUERIES, 10)[1], before[1])
+    np.testing.assert_allclose(loaded.search(QUERIES, 10)[0], before[0], rtol=1e-6)
 
 
 def test_filter_admitting_fewer_than_k_pads_and_unknown_ids_are_ignored():

@@ -113,6 +113,11 @@ class IndexConfig:
     ef_search: int = 128
     nprobe: int = 32
     """IVF indexes: inverted lists visited per query (FAISS's default of 1 loses most neighbours)."""
+    refine_k_factor: float = 10.0
+    """Factories with a refine stage (``IVF1024,PQ64,Refine(SQfp16)`` or ``...,RFlat``): the compressed
+    index proposes ``k × refine_k_factor`` candidates and FAISS re-scores them with the refine copy of the
+    vectors (float16 or float32), keeping the best ``k``. PQ codes alone rank neighbours poorly; re-scoring
+    a deeper candidate list recovers them."""
     compact_ratio: float = 0.25
     """Rebuild the index once this share of its entries are deleted."""
     filter_exact_max: int = 50_000
