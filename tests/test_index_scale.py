@@ -1,11 +1,14 @@
-"""Filtered search against brute force (FAISS and Milvus), grouping by product, FAISS vs Milvus parity."""
+"""Filtered search against brute force (FAISS, Milvus with ids and with attribute filters evaluated inside
+Milvus), refined IVF-PQ, grouping by product, FAISS vs Milvus parity."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vitrine.catalog import Filter, Product, filter_document
 from vitrine.config import IndexConfig
+from vitrine.errors import StoreError
 from vitrine.index import FaissIndex, MilvusIndex, create_index, group_by_product, load_index, product_keys
 from vitrine.index.entries import entry_ids
 
@@ -148,3 +151,86 @@ def test_milvus_updates_removes_and_reopens(milvus):
     fresh = create_index(32, config, folder)  # a rebuild starts from an empty collection
     assert len(fresh) == 0
     index.add(IDS, BASE)
+
+
+def catalog_of(n: int, seed: int = 4) -> list[Product]:
+    """Products whose attributes mix types and gaps, as real catalogs do: a price may be text, a flag missing."""
+    rng = np.random.default_rng(seed)
+    products = []
+    for n_ in range(n):
+        attributes = {"category": ["Fruit", "Kitchen", "Toys"][n_ % 3], "price": round(float(rng.uniform(0, 50)), 2)}
+        if n_ % 7 == 0:
+            attributes["price"] = str(int(attributes["price"]))  # held as text: numeric filters must not see it
+        if n_ % 5 == 0:
+            attributes["organic"] = bool(n_ % 2)
+        if n_ % 11 == 0:
+            del attributes["category"]
+        products.append(Product(f"p{n_}", f"Product {n_}", attributes=attributes, group=f"g{n_ % 4}" if n_ % 3 else None))
+    return products
+
+
+PRODUCTS = catalog_of(len(IDS))
+FILTERS = ['category == "Fruit" and price < 20', 'not (category == "Fruit")', 'category != "Toys"', "organic == true",
+           'not organic == true or price >= 45', 'category in ["Kitchen", "Toys"] and price <= 9.5', 'price == "12"',
+           'group in ["g1", "g3"] and not id == "p10"']
+
+
+@pytest.fixture(scope="module")
+def milvus_with_attributes(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("milvus-attributes")
+    index = MilvusIndex(32, IndexConfig(uri="attributes.db", milvus_batch=700), folder)
+    index.add(IDS, BASE, [filter_document(product) for product in PRODUCTS])
+    yield index, folder
+    index.close()
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_milvus_filters_inside_milvus_match_brute_force(milvus_with_attributes, text: str):
+    index, _ = milvus_with_attributes
+    where = Filter.parse(text)
+    admitted = np.array([where.matches(product) for product in PRODUCTS])
+    assert 0 < admitted.sum() < len(PRODUCTS), "the filter should admit some products and not others"
+    scores, found = index.search(QUERIES, 10, where=where)
+    top = brute_force(QUERIES, BASE[admitted], IDS[admitted], 10)
+    expected = np.full(found.shape, -1)
+    expected[:, :top.shape[1]] = top  # a filter admitting fewer than k leaves the rest empty
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores[:, 0], np.max(QUERIES @ BASE[admitted].T, axis=1), atol=1e-5)
+
+
+def test_milvus_document_updates_keep_vectors(milvus_with_attributes):
+    index, _ = milvus_with_attributes
+    assert index.holds_attributes and index.describe()["attributes"]
+    moved = IDS[:5]
+    index.set_documents(np.append(moved, 999_999_999), [{"s:category": "Garden"}] * 6)  # an unknown id is ignored
+    try:
+        _, found = index.search(QUERIES[:3], 10, where=Filter.parse('category == "Garden"'))
+        assert sorted(set(found[found >= 0].tolist())) == sorted(moved.tolist())
+        np.testing.assert_allclose(index.reconstruct(int(moved[0])), BASE[0], atol=1e-6)
+        assert 999_999_999 not in index
+    finally:
+        index.set_documents(moved, [filter_document(product) for product in PRODUCTS[:5]])
+
+
+def test_milvus_without_attributes_refuses_where_and_a_rebuild_adds_them(tmp_path: Path):
+    config = IndexConfig(uri="plain.db", collection="plain", milvus_attributes=False)
+    plain = MilvusIndex(32, config, tmp_path)
+    plain.add(IDS[:50], BASE[:50], [filter_document(product) for product in PRODUCTS[:50]])  # documents ignored
+    assert not plain.holds_attributes and len(plain) == 50
+    with pytest.raises(StoreError, match="holds no attributes"):
+        plain.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))
+    rebuilt = create_index(32, IndexConfig(uri="plain.db", collection="plain"), tmp_path)
+    assert isinstance(rebuilt, MilvusIndex) and rebuilt.holds_attributes and len(rebuilt) == 0
+    rebuilt.add(IDS[:50], BASE[:50], [filter_document(product) for product in PRODUCTS[:50]])
+    _, found = rebuilt.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))
+    fruit = {int(id_) for id_, product in zip(IDS[:50], PRODUCTS[:50]) if product.attributes.get("category") == "Fruit"}
+    assert set(found[found >= 0].tolist()) <= fruit and (found >= 0).all()
+    rebuilt.close()
+    plain.close()
+
+
+def test_faiss_refuses_a_filter_it_cannot_evaluate():
+    index = FaissIndex(32)
+    index.add(IDS[:10], BASE[:10])
+    with pytest.raises(StoreError, match="holds no attributes"):
+        index.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))

@@ -132,6 +132,10 @@ class IndexConfig:
     """Milvus index type: FLAT (exact), HNSW or IVF_FLAT (milvus-lite supports FLAT and IVF_FLAT)."""
     milvus_batch: int = 5_000
     """Vectors per Milvus insert/delete call: each call has a fixed cost, so calls are batched."""
+    milvus_attributes: bool = True
+    """Keep each product's attributes (with its id and group) in the Milvus collection, so search filters
+    run inside Milvus as boolean expressions; off: the catalog evaluates them and Milvus gets the allowed
+    ids. Applies when a collection is created (``vitrine index --rebuild`` recreates one that lacks them)."""
     entries: str = "product"
     """``product``: one vector per product (its images averaged); ``image``: one vector per image (with
     the product's text), results grouped so each product appears once, at its best image's score."""

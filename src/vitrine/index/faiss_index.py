@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from vitrine.catalog.filters import Filter
 from vitrine.config import IndexConfig, write_atomic
 from vitrine.errors import StoreError
 from vitrine.index.base import VectorIndex
@@ -51,7 +53,8 @@ class FaissIndex(VectorIndex):
     def __contains__(self, id_: object) -> bool:
         return int(id_) in self._position  # type: ignore[arg-type]
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, documents: Sequence[Mapping] | None = None) -> None:
+        """``documents`` are ignored: the catalog evaluates filters for FAISS and passes ``allowed`` ids."""
         ids, vectors = self.check_batch(ids, vectors)
         self.remove(ids)
         if self._should_grow(len(self) + len(ids)):
@@ -76,7 +79,10 @@ class FaissIndex(VectorIndex):
                 self._rebuild(self._kind)
         return removed
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               where: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if where is not None:
+            raise StoreError("a FAISS index holds no attributes: evaluate the filter in the catalog and pass allowed ids")
         queries = self.check(queries, "queries")
         if k <= 0 or len(self) == 0:
             return _empty(len(queries), k)
