@@ -195,8 +195,13 @@ class FaissIndex(VectorIndex):
         except RuntimeError as exc:
             raise StoreError(f"FAISS cannot build index {factory!r}: {str(exc).splitlines()[-1]}") from None
         self._kind = factory
-        if isinstance(_base(index), faiss.IndexHNSW):
-            _base(index).hnsw.efConstruction = self.config.ef_construction
+        base = _base(index)
+        if isinstance(base, faiss.IndexHNSW):
+            base.hnsw.efConstruction = self.config.ef_construction
+        if hasattr(base, "do_polysemous_training"):
+            # The factory turns it on for PQ. It only serves polysemous (Hamming) filtering, which vitrine
+            # never enables, and it made training IVF256,PQ64 on 20,000 vectors take 223 s instead of 48 s.
+            base.do_polysemous_training = False
         self._index = index
         self._apply_search_settings()
         return index
