@@ -54,6 +54,7 @@ bench-rerank: $(STAMP)
 	$(PY) benchmarks/reranking.py --json .vitrine/bench-rerank.json
 
 # 10^6 x 256 vectors fitted to the trained Shopee embeddings (needs the store bench-trained builds).
+# Every section in one run; in pieces: benchmarks/scale.py --only hnsw (see its --help for the sections).
 bench-scale: $(STAMP)
 	@mkdir -p .vitrine
 	OMP_NUM_THREADS=2 $(PY) benchmarks/scale.py --source-store .vitrine/bench/shopee --json .vitrine/bench-scale.json

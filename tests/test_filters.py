@@ -1,10 +1,13 @@
-"""The filter language: parsing, and the catalog's SQL agreeing with the Python predicate."""
+"""The filter language: parsing, and the catalog's SQL and Milvus's expressions agreeing with the Python predicate."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from vitrine.catalog import Catalog, Filter, FilterError, Product
+from vitrine.catalog import Catalog, Filter, FilterError, Product, filter_document
+from vitrine.config import IndexConfig
+from vitrine.index import MilvusIndex
 
 PRODUCTS = [
     Product("apple", "Apple", attributes={"category": "Fruit", "price": 3, "organic": True}),
@@ -66,7 +69,30 @@ def test_bad_filters_say_where(text: str, where: str):
         Filter.parse(text)
 
 
-def test_milvus_expression():
+def test_milvus_expression_reads_typed_keys():
     expression = Filter.parse('category == "Fruit" and not (price >= 20 or id in ["x"])').milvus()
-    assert expression == ('((attributes["category"] == "Fruit") and (not ((attributes["price"] >= 20) or '
-                          '(id in ["x"]))))')
+    assert expression == ('((exists attributes["s:category"] and attributes["s:category"] == "Fruit") and '
+                          '(not ((exists attributes["n:price"] and attributes["n:price"] >= 20) or '
+                          '((exists attributes["s@id"] and attributes["s@id"] == "x")))))')
+    assert filter_document(PRODUCTS[3]) == {"s@id": "mug", "s@group": "g1", "s:category": "Kitchen", "n:price": 9,
+                                            "s:tags": "gift"}
+    assert filter_document(Product("x", "X", attributes={"list": [1], "none": None, "flag": False})) == \
+        {"s@id": "x", "b:flag": False}
+
+
+@pytest.fixture(scope="module")
+def milvus(tmp_path_factory: pytest.TempPathFactory):
+    index = MilvusIndex(4, IndexConfig(uri="filters.db"), tmp_path_factory.mktemp("milvus"))
+    index.add(np.arange(len(PRODUCTS)), np.eye(4, dtype=np.float32)[np.arange(len(PRODUCTS)) % 4],
+              [filter_document(product) for product in PRODUCTS])
+    yield index
+    index.close()
+
+
+@pytest.mark.parametrize("text", FILTERS + ["organic == 1", "price != 9", "price in [3, 40]", "not tags == 'gift'"])
+def test_milvus_and_python_agree(milvus: MilvusIndex, text: str):
+    """Milvus alone would compare across types (1 == true) and treat a missing field as NULL under ``not``."""
+    parsed = Filter.parse(text)
+    _, found = milvus.search(np.ones((1, 4), dtype=np.float32), len(PRODUCTS), where=parsed)
+    by_milvus = {PRODUCTS[key].id for key in found[0].tolist() if key >= 0}
+    assert by_milvus == {product.id for product in PRODUCTS if parsed.matches(product)}

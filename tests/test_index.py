@@ -17,7 +17,9 @@ def brute_force(ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: in
     return ids[np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]]
 
 
-CONFIGS = {"flat": IndexConfig(), "hnsw": IndexConfig(factory="HNSW16", ef_search=256)}
+CONFIGS = {"flat": IndexConfig(), "hnsw": IndexConfig(factory="HNSW16", ef_search=256),
+           "hnsw-sq8": IndexConfig(factory="HNSW16,SQ8", ef_search=256),
+           "ivfpq-refined": IndexConfig(factory="IVF4,PQ8x4,RFlat", nprobe=4, refine_k_factor=10)}
 
 
 @pytest.mark.parametrize("kind", CONFIGS)

@@ -1,11 +1,14 @@
-"""Filtered search against brute force (FAISS and Milvus), grouping by product, FAISS vs Milvus parity."""
+"""Filtered search against brute force (FAISS, Milvus with ids and with attribute filters evaluated inside
+Milvus), refined IVF-PQ, grouping by product, FAISS vs Milvus parity."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vitrine.catalog import Filter, Product, filter_document
 from vitrine.config import IndexConfig
+from vitrine.errors import StoreError
 from vitrine.index import FaissIndex, MilvusIndex, create_index, group_by_product, load_index, product_keys
 from vitrine.index.entries import entry_ids
 
@@ -29,7 +32,7 @@ IDS = np.arange(3000, dtype=np.int64) * 7 + 5  # ids are catalog keys, not posit
 QUERIES = clustered(20, seed=1)
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat"])
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ8x4,RFlat"])
 @pytest.mark.parametrize("share", [0.01, 0.5])
 def test_filtered_search_matches_brute_force(factory: str, share: float):
     # filter_exact_max=100: the 1% filter (30 ids) takes the exact scan, the 50% one the ID selector.
@@ -50,6 +53,45 @@ def test_filtered_search_matches_brute_force(factory: str, share: float):
     else:  # approximate index under a selector: most of the true top-10
         recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), expected.tolist())])
         assert recall >= 0.8
+
+
+def recall(found: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / expected.shape[1] for f, e in zip(found.tolist(), expected.tolist())]))
+
+
+@pytest.mark.parametrize("refine", ["RFlat", "Refine(SQfp16)"])
+def test_refine_stage_lifts_ivfpq_recall(refine: str):
+    queries = clustered(100, seed=3)
+    expected = brute_force(queries, BASE, IDS, 10)
+    plain = FaissIndex(32, IndexConfig(factory="IVF16,PQ8x4", nprobe=16))
+    refined = FaissIndex(32, IndexConfig(factory=f"IVF16,PQ8x4,{refine}", nprobe=16, refine_k_factor=10))
+    for index in (plain, refined):
+        index.add(IDS, BASE)
+    plain_recall, refined_recall = recall(plain.search(queries, 10)[1], expected), recall(refined.search(queries, 10)[1], expected)
+    assert plain_recall < 0.6, "4-bit PQ codes alone should lose many neighbours on this fixture"
+    assert refined_recall >= 0.85 and refined_recall > plain_recall + 0.3
+    refined.tune(refine_k_factor=1)  # re-scoring only the k proposals re-orders them, it cannot add any
+    assert recall(refined.search(queries, 10)[1], expected) < 0.6
+    refined.tune(refine_k_factor=10)
+    np.testing.assert_allclose(refined.reconstruct(int(IDS[7])), BASE[7], atol=1e-3)  # read from the refine copy
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8x4,RFlat"])
+def test_ivf_compaction_rebuilds_from_stored_vectors(factory: str, tmp_path: Path):
+    index = FaissIndex(32, IndexConfig(factory=factory, compact_ratio=0.25, refine_k_factor=10))
+    index.add(IDS, BASE)
+    index.remove(IDS[:1000])  # a third deleted: the index is rebuilt from what it stores
+    assert index.describe()["deleted"] == 0 and len(index) == 2000
+    np.testing.assert_allclose(index.reconstruct(int(IDS[1500])), BASE[1500], atol=1e-6)
+    expected = brute_force(QUERIES, BASE[1000:], IDS[1000:], 10)
+    assert recall(index.search(QUERIES, 10)[1], expected) >= 0.85
+    index.remove(IDS[1000:1010])  # a few more: masked, not compacted
+    before = index.search(QUERIES, 10)
+    assert not np.isin(before[1], IDS[:1010]).any()
+    index.save(tmp_path)
+    loaded = load_index(tmp_path, IndexConfig(factory=factory, refine_k_factor=10))
+    np.testing.assert_array_equal(loaded.search(QUERIES, 10)[1], before[1])
+    np.testing.assert_allclose(loaded.search(QUERIES, 10)[0], before[0], rtol=1e-6)
 
 
 def test_filter_admitting_fewer_than_k_pads_and_unknown_ids_are_ignored():
@@ -109,3 +151,86 @@ def test_milvus_updates_removes_and_reopens(milvus):
     fresh = create_index(32, config, folder)  # a rebuild starts from an empty collection
     assert len(fresh) == 0
     index.add(IDS, BASE)
+
+
+def catalog_of(n: int, seed: int = 4) -> list[Product]:
+    """Products whose attributes mix types and gaps, as real catalogs do: a price may be text, a flag missing."""
+    rng = np.random.default_rng(seed)
+    products = []
+    for n_ in range(n):
+        attributes = {"category": ["Fruit", "Kitchen", "Toys"][n_ % 3], "price": round(float(rng.uniform(0, 50)), 2)}
+        if n_ % 7 == 0:
+            attributes["price"] = str(int(attributes["price"]))  # held as text: numeric filters must not see it
+        if n_ % 5 == 0:
+            attributes["organic"] = bool(n_ % 2)
+        if n_ % 11 == 0:
+            del attributes["category"]
+        products.append(Product(f"p{n_}", f"Product {n_}", attributes=attributes, group=f"g{n_ % 4}" if n_ % 3 else None))
+    return products
+
+
+PRODUCTS = catalog_of(len(IDS))
+FILTERS = ['category == "Fruit" and price < 20', 'not (category == "Fruit")', 'category != "Toys"', "organic == true",
+           'not organic == true or price >= 45', 'category in ["Kitchen", "Toys"] and price <= 9.5', 'price == "12"',
+           'group in ["g1", "g3"] and not id == "p10"']
+
+
+@pytest.fixture(scope="module")
+def milvus_with_attributes(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("milvus-attributes")
+    index = MilvusIndex(32, IndexConfig(uri="attributes.db", milvus_batch=700), folder)
+    index.add(IDS, BASE, [filter_document(product) for product in PRODUCTS])
+    yield index, folder
+    index.close()
+
+
+@pytest.mark.parametrize("text", FILTERS)
+def test_milvus_filters_inside_milvus_match_brute_force(milvus_with_attributes, text: str):
+    index, _ = milvus_with_attributes
+    where = Filter.parse(text)
+    admitted = np.array([where.matches(product) for product in PRODUCTS])
+    assert 0 < admitted.sum() < len(PRODUCTS), "the filter should admit some products and not others"
+    scores, found = index.search(QUERIES, 10, where=where)
+    top = brute_force(QUERIES, BASE[admitted], IDS[admitted], 10)
+    expected = np.full(found.shape, -1)
+    expected[:, :top.shape[1]] = top  # a filter admitting fewer than k leaves the rest empty
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores[:, 0], np.max(QUERIES @ BASE[admitted].T, axis=1), atol=1e-5)
+
+
+def test_milvus_document_updates_keep_vectors(milvus_with_attributes):
+    index, _ = milvus_with_attributes
+    assert index.holds_attributes and index.describe()["attributes"]
+    moved = IDS[:5]
+    index.set_documents(np.append(moved, 999_999_999), [{"s:category": "Garden"}] * 6)  # an unknown id is ignored
+    try:
+        _, found = index.search(QUERIES[:3], 10, where=Filter.parse('category == "Garden"'))
+        assert sorted(set(found[found >= 0].tolist())) == sorted(moved.tolist())
+        np.testing.assert_allclose(index.reconstruct(int(moved[0])), BASE[0], atol=1e-6)
+        assert 999_999_999 not in index
+    finally:
+        index.set_documents(moved, [filter_document(product) for product in PRODUCTS[:5]])
+
+
+def test_milvus_without_attributes_refuses_where_and_a_rebuild_adds_them(tmp_path: Path):
+    config = IndexConfig(uri="plain.db", collection="plain", milvus_attributes=False)
+    plain = MilvusIndex(32, config, tmp_path)
+    plain.add(IDS[:50], BASE[:50], [filter_document(product) for product in PRODUCTS[:50]])  # documents ignored
+    assert not plain.holds_attributes and len(plain) == 50
+    with pytest.raises(StoreError, match="holds no attributes"):
+        plain.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))
+    rebuilt = create_index(32, IndexConfig(uri="plain.db", collection="plain"), tmp_path)
+    assert isinstance(rebuilt, MilvusIndex) and rebuilt.holds_attributes and len(rebuilt) == 0
+    rebuilt.add(IDS[:50], BASE[:50], [filter_document(product) for product in PRODUCTS[:50]])
+    _, found = rebuilt.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))
+    fruit = {int(id_) for id_, product in zip(IDS[:50], PRODUCTS[:50]) if product.attributes.get("category") == "Fruit"}
+    assert set(found[found >= 0].tolist()) <= fruit and (found >= 0).all()
+    rebuilt.close()
+    plain.close()
+
+
+def test_faiss_refuses_a_filter_it_cannot_evaluate():
+    index = FaissIndex(32)
+    index.add(IDS[:10], BASE[:10])
+    with pytest.raises(StoreError, match="holds no attributes"):
+        index.search(QUERIES, 5, where=Filter.parse('category == "Fruit"'))

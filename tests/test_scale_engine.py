@@ -162,15 +162,28 @@ def test_changing_one_image_re_embeds_only_that_image(gallery, tmp_path: Path):
         del gallery.embedder.encode_products
 
 
-def test_milvus_lite_as_the_stores_index(shop, tmp_path: Path):
+def test_milvus_lite_as_the_stores_index(shop, tmp_path: Path, monkeypatch):
     root = Path(shutil.copytree(shop.store.root, tmp_path / "store"))
     engine = vitrine.open(root, config_overrides={"index.uri": "vectors.db"})
     assert engine.sync(progress=False).added == 5
-    assert engine.index.describe()["backend"] == "milvus"
+    assert engine.index.describe()["backend"] == "milvus" and engine.index.holds_attributes
     for query in ("coffee mug", "apple fruit"):
         assert ids(engine.search(text=query, k=5)) == ids(shop.search(text=query, k=5))
-    assert ids(engine.search(text="apple", k=5, filter='category == "Fruit"')) == \
-        ids(shop.search(text="apple", k=5, filter='category == "Fruit"'))
+    filters = ['category == "Fruit"', "price < 10 and not category in ['Tools']", "not popularity >= 5"]
+    with monkeypatch.context() as patch:  # the filter runs inside Milvus: the catalog is not asked
+        patch.setattr(engine.catalog, "keys_matching", lambda where: pytest.fail(f"the catalog evaluated {where.text}"))
+        for text in filters:
+            assert ids(engine.search(text="apple", k=5, filter=text)) == ids(shop.search(text="apple", k=5, filter=text))
+    assert ids(engine.search(text="apple", k=5, filter=filters[0], lexical=True)) == \
+        ids(shop.search(text="apple", k=5, filter=filters[0], lexical=True))
+    embedded = []
+    original = engine.embedder.encode_products
+    monkeypatch.setattr(engine.embedder, "encode_products",
+                        lambda products, **kw: embedded.extend(p.id for p in products) or original(products, **kw))
+    scarf = engine.catalog.get("scarf")
+    engine.upsert([replace(scarf, attributes={**scarf.attributes, "category": "Fruit"})])
+    assert embedded == []  # only attributes changed: Milvus gets the new document, the vector stays
+    assert set(ids(engine.search(text="apple", k=5, filter=filters[0]))) == {"apple", "greenapple", "scarf"}
     engine.index.close()
 
 

@@ -116,6 +116,11 @@ class IndexConfig:
     ef_search: int = 128
     nprobe: int = 32
     """IVF indexes: inverted lists visited per query (FAISS's default of 1 loses most neighbours)."""
+    refine_k_factor: float = 10.0
+    """Factories with a refine stage (``IVF1024,PQ64,Refine(SQfp16)`` or ``...,RFlat``): the compressed
+    index proposes ``k × refine_k_factor`` candidates and FAISS re-scores them with the refine copy of the
+    vectors (float16 or float32), keeping the best ``k``. PQ codes alone rank neighbours poorly; re-scoring
+    a deeper candidate list recovers them."""
     compact_ratio: float = 0.25
     """Rebuild the index once this share of its entries are deleted."""
     filter_exact_max: int = 50_000
@@ -130,6 +135,10 @@ class IndexConfig:
     """Milvus index type: FLAT (exact), HNSW or IVF_FLAT (milvus-lite supports FLAT and IVF_FLAT)."""
     milvus_batch: int = 5_000
     """Vectors per Milvus insert/delete call: each call has a fixed cost, so calls are batched."""
+    milvus_attributes: bool = True
+    """Keep each product's attributes (with its id and group) in the Milvus collection, so search filters
+    run inside Milvus as boolean expressions; off: the catalog evaluates them and Milvus gets the allowed
+    ids. Applies when a collection is created (``vitrine index --rebuild`` recreates one that lacks them)."""
     entries: str = "product"
     """``product``: one vector per product (its images averaged); ``image``: one vector per image (with
     the product's text), results grouped so each product appears once, at its best image's score."""

@@ -1,6 +1,6 @@
 """Products, the durable catalog, the store directory, and dataset loaders."""
 
-from vitrine.catalog.filters import Filter, FilterError
+from vitrine.catalog.filters import Filter, FilterError, filter_document
 from vitrine.catalog.images import ImageInput, open_image
 from vitrine.catalog.ingest import IngestReport, ingest
 from vitrine.catalog.loaders import load_products, load_queries
@@ -10,5 +10,5 @@ from vitrine.catalog.store import Store
 
 __all__ = [
     "BadRecord", "Catalog", "Filter", "FilterError", "ImageInput", "IngestReport", "LabelledQuery", "Product", "Sourced", "Store",
-    "ingest", "load_products", "load_queries", "open_image",
+    "filter_document", "ingest", "load_products", "load_queries", "open_image",
 ]

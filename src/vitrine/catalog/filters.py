@@ -15,14 +15,22 @@ Grammar (keywords in any case)::
 
 ``FIELD`` names a key of ``Product.attributes`` (letters, digits, ``_``; ``id`` and ``group`` name the
 product's own fields). A product lacking a field, or holding a value of another type, does not match
-a comparison on it (as in SQL, where such a comparison is NULL). One parsed ``Filter`` compiles to a
-SQL condition over the catalog, to a Milvus boolean expression, and to a Python predicate (tests and
-brute force), so the three agree by construction.
+a comparison on it (as in SQL, where such a comparison is NULL), and ``not`` of such a comparison
+matches. One parsed ``Filter`` compiles to a SQL condition over the catalog, to a Milvus boolean
+expression, and to a Python predicate (tests and brute force), so the three agree by construction.
+
+Milvus compares JSON values across types (``1 == true`` holds) and treats a missing key as NULL under
+``not``, so its expressions read a document written for them (``filter_document``): each value sits
+under a key naming its type (``n:price`` for a number, ``s:category`` for a string, ``b:organic`` for
+a boolean; ``s@id`` and ``s@group`` for the product's own fields), and every comparison first asks
+that its key ``exists``: a comparison then only ever sees values of its own type, and is false, never
+NULL, when the product lacks the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Union
@@ -86,7 +94,7 @@ class Filter:
         return _sql(self.root, params), params
 
     def milvus(self, field: str = "attributes") -> str:
-        """A Milvus boolean expression over a JSON field holding the attributes."""
+        """A Milvus boolean expression over a JSON field holding each product's ``filter_document``."""
         return _milvus(self.root, field)
 
     def matches(self, product: Any) -> bool:
@@ -231,19 +239,44 @@ def _sql(node: Node, params: list[Any]) -> str:
     return "(" + f" {node.op.upper()} ".join(f"COALESCE({_sql(part, params)}, 0)" for part in node.parts) + ")"
 
 
+def filter_document(product: Any) -> dict[str, Value]:
+    """What ``Filter.milvus()`` expressions read for ``product``: its own fields and its attributes,
+    each under a key naming the value's type. Values no filter can match (lists, objects, null) are left out."""
+    own = {"id": product.id, "group": product.group}
+    document = {_document_key(name, value, own=True): value for name, value in own.items() if _kind(value)}
+    document.update((_document_key(name, value), value) for name, value in product.attributes.items() if _kind(value))
+    return document
+
+
+def _kind(value: Any) -> str:
+    """``b``, ``n`` or ``s`` for the value types a filter compares; empty for any other."""
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, (int, float)):
+        return "n" if math.isfinite(value) and abs(value) < 2**63 else ""
+    return "s" if isinstance(value, str) else ""
+
+
+def _document_key(name: str, value: Value, own: bool = False) -> str:
+    return f"{_kind(value)}{'@' if own else ':'}{name}"
+
+
 def _milvus_value(value: Value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _milvus_compare(field: str, name: str, op: str, value: Value) -> str:
+    key = f"{field}[{json.dumps(_document_key(name, value, own=name in _OWN_FIELDS))}]"
+    return f"(exists {key} and {key} {op} {_milvus_value(value)})"
 
 
 def _milvus(node: Node, field: str) -> str:
     if isinstance(node, Compare):
-        target = node.field if node.field == "id" else f'{field}["{node.field}"]'
-        return f"({target} {node.op} {_milvus_value(node.value)})"
+        return _milvus_compare(field, node.field, node.op, node.value)
     if isinstance(node, In):
-        target = node.field if node.field == "id" else f'{field}["{node.field}"]'
-        return f"({target} in [{', '.join(_milvus_value(v) for v in node.values)}])"
+        return "(" + " or ".join(_milvus_compare(field, node.field, "==", value) for value in node.values) + ")"
     if isinstance(node, Not):
         return f"(not {_milvus(node.inner, field)})"
     return "(" + f" {node.op} ".join(_milvus(part, field) for part in node.parts) + ")"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vitrine.catalog import Filter, ImageInput, Product, Store
+from vitrine.catalog import Filter, ImageInput, Product, Store, filter_document
 from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, Query
@@ -191,9 +191,8 @@ class SearchEngine:
         weights = _checked_weights(options.weights)
         modifiers = checked_modifiers(options.modifiers)
         clock = _Stopwatch(timings)
-        allowed = None
+        allowed, where = self._restriction(options.filter, lexical)
         if options.filter:
-            allowed = self.catalog.keys_matching(Filter.parse(options.filter))
             clock.lap("filter")
         if self.config.search.juice_query if options.juice_query is None else options.juice_query:
             queries = self._juiced(queries)
@@ -202,14 +201,14 @@ class SearchEngine:
         clock.lap("encode")
         k_out, k = k, (max(k, self.config.search.modifier_depth) if modifiers else k)
         if prototypes is not None:
-            scores, keys = self._vector_search(vectors, k, allowed)
+            scores, keys = self._vector_search(vectors, k, allowed, where)
             with self._index_lock:
                 scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
         elif not lexical:
-            scores, keys = self._vector_search(vectors, k, allowed)
+            scores, keys = self._vector_search(vectors, k, allowed, where)
         else:
             depth = max(k, self.config.search.fusion_depth)
-            _, vector_keys = self._vector_search(vectors, depth, allowed)
+            _, vector_keys = self._vector_search(vectors, depth, allowed, where)
             scores, keys = self._fused(queries, vector_keys, k, depth, allowed, weights.get("lexical", 1.0))
         clock.lap("retrieve")
         hits = self._hits(scores, keys)
@@ -281,15 +280,33 @@ class SearchEngine:
         vectors[both] = np.where(norms > 0, mixed / np.maximum(norms, 1e-12), 0.0)
         return vectors
 
-    def _vector_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` product keys; ``allowed`` (product keys) filters during the search."""
+    def _vector_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None,
+                       where: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` product keys; ``where`` (a filter the index evaluates, see ``_filters_in_index``)
+        or else ``allowed`` (product keys from the catalog) filters during the search."""
         with self._index_lock:
             if self.stale:
                 raise StoreError(self.stale)
+            if where is not None:
+                return self.index.search(vectors, k, where=where)
             if self.config.index.entries != "image":
                 return self.index.search(vectors, k, allowed)
             return self._grouped_search(vectors, k, allowed)
+
+    def _restriction(self, text: str | None, lexical: bool) -> tuple[np.ndarray | None, Filter | None]:
+        """``(allowed, where)`` for a filter: ``where`` if the index evaluates it itself (the catalog's
+        allowed keys are then needed only to filter BM25 hits), else the catalog's allowed keys."""
+        if not text:
+            return None, None
+        where = Filter.parse(text)
+        if not self._filters_in_index():
+            return self.catalog.keys_matching(where), None
+        return (self.catalog.keys_matching(where) if lexical else None), where
+
+    def _filters_in_index(self) -> bool:
+        """Whether filters run inside the index (Milvus with attributes, one entry per product); with
+        entries per image the grouping needs the allowed entries, so the catalog evaluates filters."""
+        return self.index.holds_attributes and self.config.index.entries == "product"
 
     def _grouped_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Search image entries, then keep each product's best: over-fetch, and fetch deeper for rows
@@ -397,9 +414,14 @@ class SearchEngine:
         # BM25 rebuilds its whole model after any change: leave it alone when only attributes moved.
         texts = {key: product.text for key, product in products.items()
                  if key not in self.lexical or self.lexical.text(key) != product.text}
+        # Entries whose embedding stands may still have new attributes, which an index holding them must get.
+        kept = [entry for entry in wanted if self._fingerprints.get(entry.id) == entry.fingerprint]
         with self._index_lock:
             if todo:
-                self.index.add(np.array([entry.id for entry in todo], dtype=np.int64), vectors)
+                self.index.add(np.array([entry.id for entry in todo], dtype=np.int64), vectors,
+                               _documents(todo) if self.index.holds_attributes else None)
+            if kept and self.index.holds_attributes:
+                self.index.set_documents(np.array([entry.id for entry in kept], dtype=np.int64), _documents(kept))
             if dropped:
                 self.index.remove(np.array(dropped, dtype=np.int64))
             if texts:
@@ -585,6 +607,11 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
         engine.stale = (f"the index of {store.root} was built with {_name(recorded)} embeddings but the store now "
                         f"uses {_name(embedder.describe())}; run 'vitrine index {store.root} --reembed'")
     return engine
+
+
+def _documents(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Filter documents of index entries (their products' attributes, id and group)."""
+    return [filter_document(entry.product) for entry in entries]
 
 
 def _name(description: dict[str, Any] | None) -> str:

@@ -17,7 +17,7 @@ def create_index(dim: int, config: IndexConfig | None = None, folder: Path | Non
     config = config or IndexConfig()
     if is_milvus(config):
         index = MilvusIndex(dim, config, folder)
-        index.remove(index.ids())
+        index.clear()
         return index
     return FaissIndex(dim, config)
 
