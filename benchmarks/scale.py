@@ -69,7 +69,7 @@ class Section:
 
 
 def ef_sweep() -> list[tuple[str, dict]]:
-    return [(f"efSearch={ef}", {"ef_search": ef}) for ef in (24, 32, 48, 64, 128)]
+    return [(f"efSearch={ef}", {"ef_search": ef}) for ef in (24, 32, 48, 64, 128, 192, 256, 384)]
 
 
 SECTIONS = {
@@ -215,12 +215,13 @@ def file_mb(index: FaissIndex) -> float:
         return path.stat().st_size / 2**20
 
 
-def build(factory: str, base: np.ndarray, build_threads: int, chunk: int) -> tuple[FaissIndex, float, float]:
+def build(factory: str, base: np.ndarray, build_threads: int, chunk: int,
+          ef_construction: int) -> tuple[FaissIndex, float, float]:
     """``(index, seconds, resident MB added)``: ``base`` added through ``FaissIndex`` in chunks, with a
     progress line per chunk; the first chunk trains the index (IVF) so it is at least ``TRAIN_SAMPLE``.
     Resident growth undercounts when an earlier section's freed memory is reused: see ``file_mb``."""
     faiss.omp_set_num_threads(build_threads)
-    index = FaissIndex(base.shape[1], IndexConfig(factory=factory, hnsw_m=32, ef_construction=80))
+    index = FaissIndex(base.shape[1], IndexConfig(factory=factory, hnsw_m=32, ef_construction=ef_construction))
     before, started = rss_mb(), time.perf_counter()
     bounds = [0, min(len(base), max(chunk, TRAIN_SAMPLE if "IVF" in factory else chunk))]
     bounds += list(range(bounds[1] + chunk, len(base), chunk)) + ([len(base)] if bounds[1] < len(base) else [])
@@ -257,7 +258,7 @@ def measure_section(section: Section, base: np.ndarray, queries: np.ndarray, tru
                     args: argparse.Namespace) -> tuple[list[dict], FaissIndex]:
     name = f"{section.factory} ({len(base):,})"
     print(f"\n{name}: building {section.factory!r}", flush=True)
-    index, seconds, memory = build(section.factory, base, args.build_threads, args.chunk)
+    index, seconds, memory = build(section.factory, base, args.build_threads, args.chunk, args.ef_construction)
     flat = section.factory == "Flat"  # exact search is slow and steady: a fifth of the queries, timed once
     single_n, repeats = (max(args.single // 5, 50), 1) if flat else (args.single, args.repeats)
     size = file_mb(index)
@@ -352,6 +353,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrent", type=int, default=2, help="threads sending one query per call at once")
     parser.add_argument("--repeats", type=int, default=3, help="single-query timings per setting (median reported)")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads of a build")
+    parser.add_argument("--ef-construction", type=int, default=IndexConfig().ef_construction,
+                        help="HNSW build beam (default: vitrine's index.ef_construction)")
     parser.add_argument("--chunk", type=int, default=50_000, help="vectors per add while building (progress lines)")
     parser.add_argument("--only", default="", help=f"comma-separated sections to run: {', '.join(ALL_SECTIONS)}")
     parser.add_argument("--skip", default="", help="comma-separated sections to leave out")
@@ -392,6 +395,9 @@ def run_faiss(name: str, base: np.ndarray, queries: np.ndarray, args: argparse.N
     results["rows"].extend(rows)
     if name in ("flat", "hnsw"):
         label = rows[0]["index"]
+        if name == "hnsw":  # filtered searches at vitrine's default beam, stated in the table
+            index.tune(ef_search=IndexConfig().ef_search)
+            label += f", efSearch={IndexConfig().ef_search}"
         results["filtered"] += [{"index": label, **filtered(index, subset, queries, share)} for share in (0.01, 0.1)]
     if name == "hnsw":
         index.tune(ef_search=64)
@@ -407,7 +413,7 @@ def main() -> None:
     print(f"{len(base):,} x {base.shape[1]} vectors from a mixture fitted to {len(source):,} trained embeddings; "
           f"sections: {', '.join(sections)}", flush=True)
     results: dict = {"n": len(base), "dim": base.shape[1], "threads": args.threads, "concurrent": args.concurrent,
-                     "repeats": args.repeats,
+                     "repeats": args.repeats, "ef_construction": args.ef_construction,
                      "build_threads": args.build_threads, "hnsw_n": min(args.hnsw_n or len(base), len(base)),
                      "sections": sections, "rows": [], "filtered": []}
     for name in sections:
@@ -429,7 +435,7 @@ TARGET_RECALL, TARGET_QPS = 0.95, 1000
 
 def report(results: dict) -> None:
     print(f"\n### {results['n']:,} x {results['dim']} vectors (HNSW on the first {results['hnsw_n']:,}); "
-          f"builds on {results['build_threads']} threads\n")
+          f"builds on {results['build_threads']} threads; HNSW efConstruction={results['ef_construction']}\n")
     print(f"QPS single: one query per call, from 1 caller or from {results['concurrent']} callers at once (each on one "
           f"thread; a {results['concurrent']}-core server answering {results['concurrent']} requests at a time), median "
           f"of {results['repeats']} timings. QPS batch: all queries in one call on {results['threads']} threads.\n")

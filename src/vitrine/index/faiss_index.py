@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -103,14 +104,24 @@ class FaissIndex(VectorIndex):
         positions = np.unique(positions[positions >= 0])
         if len(positions) == 0:
             return _empty(len(queries), k)
-        if len(positions) <= self.config.filter_exact_max or len(positions) <= k:
+        if len(positions) <= max(self.config.filter_exact_max, k) or self._walk_dearer_than_scan(len(positions), k):
             return self._exact_among(queries, k, positions)
-        params = _search_parameters(self._index, self.config, faiss.IDSelectorBatch(positions), k)
+        share = len(positions) / max(self._index.ntotal, 1)
+        params = _search_parameters(self._index, self.config, faiss.IDSelectorBatch(positions), k, share)
         scores, found = self._index.search(queries, k, params=params)
         short = np.flatnonzero((found < 0).any(axis=1))
         if len(short):
             scores[short], found[short] = self._exact_positions(queries[short], k, positions)
         return scores, self._keys_at(found)
+
+    def _walk_dearer_than_scan(self, allowed: int, k: int) -> bool:
+        """A filtered HNSW walk, its beam widened by 1 / share, scores about M neighbours of each of
+        efSearch / share nodes; once that passes the admitted count, scoring those is cheaper (and exact)."""
+        graph = _base(self._index)
+        if not isinstance(graph, faiss.IndexHNSW):
+            return False
+        beam = max(self.config.ef_search, k) * graph.ntotal / allowed
+        return beam * graph.hnsw.nb_neighbors(1) >= allowed
 
     def _exact_among(self, queries: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, found = self._exact_positions(queries, k, positions)
@@ -243,16 +254,19 @@ class FaissIndex(VectorIndex):
         self._selector = None
 
 
-def _search_parameters(index: faiss.Index, config: IndexConfig, selector: faiss.IDSelector, k: int = 0
-                      ) -> faiss.SearchParameters:
-    """Per-search settings for ``index`` restricted to ``selector``: efSearch for HNSW, nprobe for IVF,
-    and for a refine stage ``refine_k_factor`` with its base index's settings inside."""
+def _search_parameters(index: faiss.Index, config: IndexConfig, selector: faiss.IDSelector, k: int = 0,
+                       share: float = 1.0) -> faiss.SearchParameters:
+    """Per-search settings for ``index`` restricted to ``selector`` (admitting ``share`` of its entries):
+    efSearch for HNSW, nprobe for IVF, and for a refine stage ``refine_k_factor`` with its base index's
+    settings inside."""
     if isinstance(index, faiss.IndexRefine):
         return faiss.IndexRefineSearchParameters(
             k_factor=config.refine_k_factor,
-            base_index_params=_search_parameters(_base(index), config, selector, k))
+            base_index_params=_search_parameters(_base(index), config, selector, k, share))
     if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=selector, efSearch=max(config.ef_search, k))
+        # The walk keeps only the admitted share of the nodes it meets: widen the beam by 1 / share so about
+        # as many admitted candidates stay in it as an unfiltered search keeps (else recall falls with share).
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=math.ceil(max(config.ef_search, k) / share))
     if isinstance(index, faiss.IndexIVF):
         return faiss.SearchParametersIVF(sel=selector, nprobe=config.nprobe)
     return faiss.SearchParameters(sel=selector)
