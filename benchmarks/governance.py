@@ -65,11 +65,12 @@ def write_pairs(pairs, path: Path) -> Path:
     return path
 
 
-def govern_with(store, pairs, mode: str, model: str, name: str, source: str, engine: str = "local"):
+def govern_with(store, pairs, mode: str, model: str, name: str, source: str, engine: str = "local",
+                crops: str = "add"):
     from vitrine.governance import govern
     from vitrine.governance.report import write_report
 
-    config = store.config({"governance.model": model, "batch.engine": engine})
+    config = store.config({"governance.model": model, "batch.engine": engine, "governance.crops": crops})
     start = time.perf_counter()
     governed = govern(store, pairs, mode=mode, name=name, source=source, config=config, progress=False)
     seconds = time.perf_counter() - start
@@ -81,7 +82,7 @@ def govern_with(store, pairs, mode: str, model: str, name: str, source: str, eng
 
 def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, budget: dict[str, Any],
                 cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local", limit: int = 0,
-                **evaluation: Any) -> None:
+                crops: str = "add", **evaluation: Any) -> None:
     from vitrine.catalog.datasets import load_splits
     from vitrine.governance.pipeline import sample_pairs
 
@@ -106,7 +107,8 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
                                  "train": str(sieved.pairs_path)})
     rows["sieved"]["govern_s"] = sieve_s
     done("sieved")
-    juiced, juice_s = govern_with(store, train_pairs, "juice", raw_name, f"{label}-juice", spec, engine=juice_engine)
+    juiced, juice_s = govern_with(store, train_pairs, "juice", raw_name, f"{label}-juice", spec, engine=juice_engine,
+                                  crops=crops)
     juiced_store = governed_store(work / f"{label}-juiced", juiced.products_path, store.root / "cache" / "features.sqlite")
     print(f"{label}: training on juiced data ...", flush=True)
     rows["juiced"] = in_process({**job, "store": str(juiced_store.root), "name": f"{label}-juice",
@@ -116,19 +118,19 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
     for name, governed in (("sieved", sieved), ("juiced", juiced)):
         rows[name].update({f"alignment {k}": v for k, v in governed.manifest["alignment"].items()})
     results[label] = rows
-    print_table(f"{label}: raw vs sieved vs juiced, same trainer ({epochs} epochs max), val split "
+    print_table(f"{label}: raw vs sieved vs juiced (crops: {crops}), same trainer ({epochs} epochs max), val split "
                 f"({len(splits.val)} queries)", rows, columns + ["alignment before", "alignment after",
                                                                "epochs", "train_s", "govern_s"])
 
 
 def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict, cache_from: Path,
-            juice_engine: str = "local", limit: int = 0) -> None:
+            juice_engine: str = "local", limit: int = 0, crops: str = "add") -> None:
     columns = ["recall@1", "recall@1+juiced query", "recall@5", "recall@5+juiced query"]
     if protocol == "new":
         columns += ["new-products recall@1", "new-products recall@1+juiced query"]
     run_dataset(f"grocery-{protocol}", f"grocery:{data / 'grocery-store'}", protocol, work, epochs, BUDGET,
                 cache_from / "grocery/cache/features.sqlite", results, columns, juice_engine=juice_engine,
-                limit=limit, juice_query=[False, True])
+                limit=limit, crops=crops, juice_query=[False, True])
 
 
 def crowdflower(data: Path, work: Path, epochs: int, results: dict, cache_from: Path) -> None:
@@ -188,7 +190,7 @@ def speed(data: Path, work: Path, samples: int, results: dict) -> None:
 
 
 def main() -> None:
-    from vitrine.config import data_dir
+    from vitrine.config import GovernanceConfig, data_dir
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="folder with the datasets (default: $VITRINE_DATA)")
@@ -200,6 +202,8 @@ def main() -> None:
                         help="trained-embeddings benchmark work folder whose feature caches seed the stores")
     parser.add_argument("--limit", type=int, default=0,
                         help="Grocery: train every variant on this many training photos drawn with seed 0 (0 = all)")
+    parser.add_argument("--crops", default=GovernanceConfig().crops,
+                        help="governance.crops for Grocery's juiced set: add (the default), replace or better")
     parser.add_argument("--juice-engine", default="local", help="where Grocery's vision branch runs: local or ray")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
@@ -207,9 +211,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     start = time.perf_counter()
     sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results, args.cache_from,
-                                                args.juice_engine, args.limit),
+                                                args.juice_engine, args.limit, args.crops),
                 "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results, args.cache_from,
-                                               args.juice_engine, args.limit),
+                                               args.juice_engine, args.limit, args.crops),
                 "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results, args.cache_from),
                 "speed": lambda: speed(data, args.work, args.samples, results)}
     for section in args.only.split(","):

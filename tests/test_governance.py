@@ -137,7 +137,7 @@ def tiny(tmp_path_factory) -> tuple[Store, list[Pair]]:
 
 def governance_config(store: Store, **overrides) -> Config:
     return store.config({"governance.model": "judge", "governance.tag_min_score": -1.0,
-                         "governance.boilerplate_min_products": 3, **overrides})
+                         "governance.boilerplate_min_products": 3, "governance.crops": "replace", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,30 @@ def test_same_inputs_and_seed_give_the_same_set_as_a_new_version(tiny, juiced):
     assert again.manifest["version"] == 2
     assert again.manifest["output_digest"] == juiced.manifest["output_digest"]
     assert (again.folder / "products.jsonl").read_bytes() == (juiced.folder / "products.jsonl").read_bytes()
+
+
+def test_crop_policies_add_the_crop_or_keep_whichever_the_judge_finds_closer(tiny, juiced):
+    store, pairs = tiny
+    photos = [p for p in pairs if p.query_image]
+    added = govern(store, pairs, mode="juice", name="added", progress=False,  # the default policy
+                   config=store.config({"governance.model": "judge"}))
+    assert len(added.pairs) == len(pairs) + len(photos)  # every photo kept, its crop beside it
+    assert {p.query_image for p in photos} <= {p.query_image for p in added.pairs}
+    assert added.manifest["counts"]["crops_used"] == len(photos)
+    better = govern(store, pairs, mode="juice", name="better",
+                    config=governance_config(store, **{"governance.crops": "better"}), progress=False)
+    assert len(better.pairs) == len(pairs)
+    from vitrine.governance.judge import Judge
+    judge = Judge(store, governance_config(store), progress=False)
+    catalog = {p.id: p for p in store.catalog}
+    crops_by_photo = {p.query_key: p for p in juiced.pairs if p.query_image}
+    for photo, kept in zip(photos, [p for p in better.pairs if p.query_image]):
+        crop = crops_by_photo[photo.query_key]
+        photo_score, crop_score = (float(judge.alignment([x], catalog)[0]) for x in (photo, crop))
+        its_crop = str(better.folder / "crops" / Path(crop.query_image).name)
+        assert kept.query_image == (its_crop if crop_score > photo_score else photo.query_image)
+    with pytest.raises(VitrineError, match="governance.crops"):
+        govern(store, pairs, mode="juice", config=governance_config(store, **{"governance.crops": "both"}), progress=False)
 
 
 def test_a_limited_draw_depends_on_the_seed_only():

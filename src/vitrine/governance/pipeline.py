@@ -1,8 +1,9 @@
 """``sieve_set`` and ``juice_set``: a store's training pairs in, a governed set in the store out.
 
 Sieve keeps whole samples or drops them. Juice keeps every sample and governs *inside* it:
-- vision branch: each photo becomes its salient crop, and the object classes in it (ImageNet labels and
-  zero-shot catalog tags) are recorded;
+- vision branch: each photo gets its salient crop (which joins it as one more sample of its product,
+  replaces it, or replaces it only where the judging model finds it closer to the product:
+  ``governance.crops``), and the object classes in it (ImageNet labels and zero-shot catalog tags) are recorded;
 - text branch: every product text loses its noise (``TextCleaner``) and gains the classes its photos
   show consistently (a tag carried by at least ``enhance_min_share`` of the product's photos).
 
@@ -35,6 +36,7 @@ from vitrine.progress import progress_bar
 from vitrine.training.keywords import extract_keywords
 
 MODES = ("sieve", "juice")
+CROP_POLICIES = ("add", "replace", "better")
 
 
 def govern(store: Store, pairs: Sequence[Pair], *, mode: str, name: str | None = None, source: str = "",
@@ -126,6 +128,8 @@ def _quality_signals(pairs: Sequence[Pair], products: dict[str, Product], progre
 
 def _juice(store, pairs, products, judge, config, engine, folder, manifest, progress) -> GovernedSet:
     settings = config.governance
+    if settings.crops not in CROP_POLICIES:
+        raise VitrineError(f"unknown governance.crops {settings.crops!r}: choose one of {', '.join(CROP_POLICIES)}")
     photos = list(dict.fromkeys(p.query_image for p in pairs if p.query_image))
     vocabulary = _vocabulary(products.values(), judge, settings.tag_vocabulary) if photos else None
     seen: list[PhotoJuice] = map_batches(
@@ -133,9 +137,12 @@ def _juice(store, pairs, products, judge, config, engine, folder, manifest, prog
     by_photo = dict(zip(photos, seen))
     crops = _write_crops(photos, seen, folder / "crops", progress)
 
-    juiced_pairs, audit = [], []
+    cropped = [replace(p, query_image=str(crops[p.query_image]), query_key=p.query_key or p.query_image)
+               if p.query_image else p for p in pairs]
+    closer = _crop_is_closer(judge, pairs, cropped, products) if settings.crops == "better" else None
+    juiced_pairs, audit, crops_used = [], [], 0
     tags_of: dict[str, list[tuple[str, ...]]] = defaultdict(list)
-    for index, pair in enumerate(pairs):
+    for index, (pair, juiced) in enumerate(zip(pairs, cropped)):
         if not pair.query_image:
             juiced_pairs.append(pair)
             audit.append(AuditEntry("sample", str(index), _pair_dict(pair), _pair_dict(pair),
@@ -143,12 +150,15 @@ def _juice(store, pairs, products, judge, config, engine, folder, manifest, prog
             continue
         found = by_photo[pair.query_image]
         tags_of[pair.product_id].append(found.classes)
-        juiced = replace(pair, query_image=str(crops[pair.query_image]), query_key=pair.query_key or pair.query_image)
-        juiced_pairs.append(juiced)
+        keep_photo = settings.crops == "add" or bool(closer is not None and not closer[index])
+        use_crop = settings.crops != "better" or bool(closer[index])
+        juiced_pairs += [pair] * keep_photo + [juiced] * use_crop
+        crops_used += use_crop
         # Paths inside the set are relative to it, so equal sets are equal wherever they are written.
-        after = {**_pair_dict(juiced), "query_image": str(crops[pair.query_image].relative_to(folder)),
-                 "box": list(found.box), "classes": list(found.classes)}
-        why = (f"salient crop keeps {found.kept_area:.0%} of the photo ({settings.saliency} saliency)",
+        after = {**_pair_dict(juiced if use_crop else pair), "box": list(found.box), "classes": list(found.classes)}
+        if use_crop:
+            after["query_image"] = str(crops[pair.query_image].relative_to(folder))
+        why = (_crop_reason(settings.crops, use_crop, found.kept_area, settings.saliency),
                "imagenet: " + (", ".join(f"{label} {p:.2f}" for label, p in found.labels) or "none above threshold"),
                "tags: " + (", ".join(f"{tag} {s:.2f}" for tag, s in found.tags) or "none above threshold"))
         audit.append(AuditEntry("sample", str(index), _pair_dict(pair), after, why))
@@ -160,10 +170,28 @@ def _juice(store, pairs, products, judge, config, engine, folder, manifest, prog
         governed_products.append(_absolute_images(store, product))
         audit.append(entry)
         token_stats.update(counts)
-    manifest["counts"] = {"samples": len(pairs), "photos": len(photos), "products": len(products),
+    manifest["counts"] = {"samples": len(pairs), "juiced_samples": len(juiced_pairs), "photos": len(photos),
+                          "crops_used": crops_used,
+                          "products": len(products),
                           **{f"tokens_{k}": v for k, v in token_stats.items()}}
     manifest["alignment"] = _alignment_before_after(judge, pairs, juiced_pairs, products, governed_products)
     return GovernedSet(folder, manifest, juiced_pairs, governed_products, audit)
+
+
+def _crop_is_closer(judge: Judge, photos: Sequence[Pair], crops: Sequence[Pair],
+                    products: dict[str, Product]) -> np.ndarray:
+    """Per sample: does the judging model put the crop closer to its product than the photo as taken?"""
+    return judge.alignment(crops, products) > judge.alignment(photos, products)
+
+
+def _crop_reason(policy: str, use_crop: bool, kept_area: float, saliency: str) -> str:
+    found = f"salient crop keeps {kept_area:.0%} of the photo ({saliency} saliency)"
+    if policy == "add":
+        return f"{found}, added beside the photo"
+    if policy == "better":
+        return f"{found}; " + ("closer to the product than the photo" if use_crop else
+                               "photo kept: closer to the product than its crop")
+    return found
 
 
 def _juice_product(product: Product, cleaner: TextCleaner, photo_classes: list[tuple[str, ...]],
