@@ -118,7 +118,8 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
     for name, governed in (("sieved", sieved), ("juiced", juiced)):
         rows[name].update({f"alignment {k}": v for k, v in governed.manifest["alignment"].items()})
     results[label] = rows
-    print_table(f"{label}: raw vs sieved vs juiced (crops: {crops}), same trainer ({epochs} epochs max), val split "
+    policy = f" (crops: {crops})" if juiced.manifest["counts"]["photos"] else ""
+    print_table(f"{label}: raw vs sieved vs juiced{policy}, same trainer ({epochs} epochs max), val split "
                 f"({len(splits.val)} queries)", rows, columns + ["alignment before", "alignment after",
                                                                "epochs", "train_s", "govern_s"])
 
