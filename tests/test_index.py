@@ -69,14 +69,22 @@ def test_compaction_drops_deleted_slots_and_keeps_answers():
     assert found[:, 0].tolist() == list(range(30, 40))
 
 
-def test_auto_switches_to_hnsw_past_threshold():
-    index = FaissIndex(16, IndexConfig(hnsw_threshold=100, hnsw_m=8))
+@pytest.mark.parametrize("vectors, factory", [("fp16", "HNSW8,SQfp16"), ("float32", "HNSW8"), ("sq8", "HNSW8,SQ8")])
+def test_auto_switches_to_hnsw_past_threshold(vectors: str, factory: str):
+    index = FaissIndex(16, IndexConfig(hnsw_threshold=100, hnsw_m=8, hnsw_vectors=vectors))
     index.add(np.arange(60), unit(60))
     assert index.factory == "Flat"
     index.add(np.arange(60, 160), unit(100, seed=3))
-    assert index.factory == "HNSW8" and len(index) == 160
+    assert index.factory == factory and len(index) == 160
     _, found = index.search(unit(60)[:5], 1)
     assert found[:, 0].tolist() == [0, 1, 2, 3, 4]
+    # the vectors survived the switch, at the stored precision
+    np.testing.assert_allclose(index.reconstruct(3), unit(60)[3], atol={"fp16": 1e-3, "float32": 1e-7, "sq8": 2e-2}[vectors])
+
+
+def test_unknown_hnsw_storage_is_refused_up_front():
+    with pytest.raises(StoreError, match="index.hnsw_vectors must be one of fp16, float32, sq8, not 'fp8'"):
+        FaissIndex(16, IndexConfig(hnsw_vectors="fp8"))
 
 
 @pytest.mark.parametrize("kind", CONFIGS)

@@ -32,6 +32,9 @@ FLAT = "Flat"
 FILE_NAME = "faiss.npz"
 
 
+HNSW_VECTORS = {"fp16": ",SQfp16", "float32": "", "sq8": ",SQ8"}
+"""``index.hnsw_vectors`` → the storage suffix of ``auto``'s HNSW factory string."""
+
 class FaissIndex(VectorIndex):
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
         self.dim = int(dim)
@@ -195,7 +198,12 @@ class FaissIndex(VectorIndex):
     def _factory_for(self, size: int) -> str:
         if self.config.factory != "auto":
             return self.config.factory
-        return f"HNSW{self.config.hnsw_m}" if size >= self.config.hnsw_threshold else FLAT
+        if self.config.hnsw_vectors not in HNSW_VECTORS:  # refused up front, not when the catalog grows
+            raise StoreError(f"index.hnsw_vectors must be one of {', '.join(HNSW_VECTORS)}, "
+                             f"not {self.config.hnsw_vectors!r}")
+        if size < self.config.hnsw_threshold:
+            return FLAT
+        return f"HNSW{self.config.hnsw_m}{HNSW_VECTORS[self.config.hnsw_vectors]}"
 
     def _should_grow(self, size: int) -> bool:
         return self.config.factory == "auto" and self._kind == FLAT and self._factory_for(size) != FLAT
