@@ -71,10 +71,15 @@ def test_grocery_new_products_protocol_holds_out_a_quarter(tmp_path: Path):
 
 def test_pairs_jsonl(tmp_path: Path):
     file = write_jsonl(tmp_path / "pairs.jsonl", [{"query_text": "oat milk", "product_id": "p1", "grade": 2},
-                                                  {"query_image": "q.jpg", "product_id": "p2"}])
+                                                  {"query_image": "q.jpg", "product_id": "p2"},
+                                                  {"query_image": "crop.jpg", "product_id": "p2", "query_key": "q.jpg"}])
     pairs = pairs_jsonl(file)
     assert pairs[0].grade == 2 and pairs[1].grade == 3
     assert pairs[1].query_image == str(tmp_path / "q.jpg")
+    assert [p.query_key for p in pairs] == ["oat milk", "q.jpg", "q.jpg"]  # the crop is one query with its photo
+    keyless = write_jsonl(tmp_path / "keyless.jsonl", [{"query_text": "x", "product_id": "p1", "query_key": 7}])
+    with pytest.raises(DataError, match=r"keyless\.jsonl:1: 'query_key' must be a non-empty string"):
+        pairs_jsonl(keyless)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"query_text": "x"}])
     with pytest.raises(DataError, match=r"bad\.jsonl:1: missing field 'product_id'"):
         pairs_jsonl(bad)

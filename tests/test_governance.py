@@ -196,6 +196,10 @@ def test_crop_policies_add_the_crop_or_keep_whichever_the_judge_finds_closer(tin
     assert len(added.pairs) == len(pairs) + len(photos)  # every photo kept, its crop beside it
     assert {p.query_image for p in photos} <= {p.query_image for p in added.pairs}
     assert added.manifest["counts"]["crops_used"] == len(photos)
+    # Read back as training data, each crop is one query with its photo (the same side of the dev split).
+    keys = {p.query_image: p.query_key for p in pairs_jsonl(added.pairs_path) if p.query_image}
+    crop_keys = [key for image, key in keys.items() if "/crops/" in image]
+    assert sorted(crop_keys) == sorted(p.query_key for p in photos)
     better = govern(store, pairs, mode="juice", name="better",
                     config=governance_config(store, **{"governance.crops": "better"}), progress=False)
     assert len(better.pairs) == len(pairs)

@@ -133,7 +133,9 @@ def shopee(path: Path, val_fraction: float = VAL_FRACTION, seed: int = SEED) -> 
 # --- generic pairs ------------------------------------------------------------------------------
 
 def pairs_jsonl(path: Path) -> list[Pair]:
-    """``{"query_text"?, "query_image"?, "product_id", "grade"?}`` per line; images relative to the file."""
+    """``{"query_text"?, "query_image"?, "product_id", "grade"?, "query_key"?}`` per line; images relative
+    to the file. Pairs with the same ``query_key`` (default: the text, else the image) are one query: they
+    fall on the same side of the dev split, and mask each other's products as negatives."""
     pairs = []
     for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -151,9 +153,12 @@ def pairs_jsonl(path: Path) -> list[Pair]:
         grade = record.get("grade", 3)
         if not isinstance(grade, int) or not 0 <= grade <= 3:
             raise DataError(where, "'grade' must be an integer from 0 to 3")
+        key = record.get("query_key", text or image)
+        if not isinstance(key, str) or not key:
+            raise DataError(where, "'query_key' must be a non-empty string")
         pairs.append(Pair(product_id=str(record["product_id"]), query_text=text or None,
                           query_image=str(Path(path).parent / image) if image else None, grade=grade,
-                          query_key=str(text or image)))
+                          query_key=key))
     return pairs
 
 

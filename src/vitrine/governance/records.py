@@ -111,6 +111,8 @@ def _pair_record(pair: Pair, folder: Path) -> dict[str, Any]:
     if pair.query_image:
         image = Path(pair.query_image)
         record["query_image"] = str(image.relative_to(folder)) if image.is_relative_to(folder) else str(image)
+    if pair.query_key and pair.query_key != (pair.query_text or pair.query_image):
+        record["query_key"] = pair.query_key  # a crop stays one query with its photo (same side of the dev split)
     return record
 
 
