@@ -9,6 +9,9 @@ A factory with a refine stage (``IVF1024,PQ64,Refine(SQfp16)``, ``IVF1024,PQ64,R
 ``IndexRefine``: its base index proposes ``k × index.refine_k_factor`` candidates, which are re-scored
 with the refine copy of the vectors. Search settings (efSearch, nprobe, the ID selector) reach the
 base index through ``IndexRefineSearchParameters``; stored vectors are read from the refine copy.
+
+Filtered searches score the admitted vectors exactly when there are few of them; otherwise the index
+searches under an ``IDSelector``, an HNSW walk with its beam widened by 1 / (admitted share).
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ from vitrine.index.base import VectorIndex
 
 FLAT = "Flat"
 FILE_NAME = "faiss.npz"
-
-
 HNSW_VECTORS = {"fp16": ",SQfp16", "float32": "", "sq8": ",SQ8"}
 """``index.hnsw_vectors`` → the storage suffix of ``auto``'s HNSW factory string."""
+
 
 class FaissIndex(VectorIndex):
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
