@@ -1,7 +1,8 @@
 """DataJuicer benchmark (issue 6): the same trainer, same budget, on raw vs sieved vs juiced data.
 
     python benchmarks/governance.py [--data ../shared/data] [--work .vitrine/bench-govern] \
-        [--only grocery-seen,crowdflower,speed,grocery-new] [--epochs 10] [--json out.json]
+        [--only grocery-seen,crowdflower,speed,grocery-new] [--epochs 10] [--crops add|replace|better] \
+        [--finetune] [--json out.json]
 
 For each dataset: train on the raw pairs (that model also judges the data), sieve the pairs with it
 (drop the lowest 20%), juice them with it (salient crops, tags, cleaned and enhanced product texts: the
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trained_embeddings import build_store, in_process, print_table
+from trained_embeddings import FINETUNE, build_store, in_process, print_table
 
 BUDGET = {"training.modal_gate": False}
 """Same trainer for every variant: in-batch InfoNCE (the best Grocery row of the trained-embeddings
@@ -82,7 +83,7 @@ def govern_with(store, pairs, mode: str, model: str, name: str, source: str, eng
 
 def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, budget: dict[str, Any],
                 cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local", limit: int = 0,
-                crops: str = "add", **evaluation: Any) -> None:
+                crops: str = "add", finetune: bool = False, **evaluation: Any) -> None:
     from vitrine.catalog.datasets import load_splits
     from vitrine.governance.pipeline import sample_pairs
 
@@ -115,6 +116,13 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
                                  "train": str(juiced.pairs_path)})
     rows["juiced"]["govern_s"] = juice_s
     done("juiced")
+    if finetune:  # the same two sets with the image backbone's top block trained too (slower: minutes each)
+        for name, root, pairs in (("raw", store.root, raw_pairs), ("juiced", juiced_store.root, juiced.pairs_path)):
+            print(f"{label}: fine-tuning the top block on {name} data ...", flush=True)
+            rows[f"{name}, top block fine-tuned"] = in_process(
+                {**job, "overrides": {**budget, **FINETUNE}, "store": str(root),
+                 "name": f"{label}-{name}-finetuned", "train": str(pairs)})
+            done(f"{name}, top block fine-tuned")
     for name, governed in (("sieved", sieved), ("juiced", juiced)):
         rows[name].update({f"alignment {k}": v for k, v in governed.manifest["alignment"].items()})
     results[label] = rows
@@ -125,13 +133,13 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
 
 
 def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict, cache_from: Path,
-            juice_engine: str = "local", limit: int = 0, crops: str = "add") -> None:
+            juice_engine: str = "local", limit: int = 0, crops: str = "add", finetune: bool = False) -> None:
     columns = ["recall@1", "recall@1+juiced query", "recall@5", "recall@5+juiced query"]
     if protocol == "new":
         columns += ["new-products recall@1", "new-products recall@1+juiced query"]
     run_dataset(f"grocery-{protocol}", f"grocery:{data / 'grocery-store'}", protocol, work, epochs, BUDGET,
                 cache_from / "grocery/cache/features.sqlite", results, columns, juice_engine=juice_engine,
-                limit=limit, crops=crops, juice_query=[False, True])
+                limit=limit, crops=crops, finetune=finetune, juice_query=[False, True])
 
 
 def crowdflower(data: Path, work: Path, epochs: int, results: dict, cache_from: Path) -> None:
@@ -205,6 +213,9 @@ def main() -> None:
                         help="Grocery: train every variant on this many training photos drawn with seed 0 (0 = all)")
     parser.add_argument("--crops", default=GovernanceConfig().crops,
                         help="governance.crops for Grocery's juiced set: add (the default), replace or better")
+    parser.add_argument("--finetune", action="store_true",
+                        help="Grocery: also train raw and juiced data with the image backbone's top block unfrozen "
+                             "(trained_embeddings.FINETUNE: 8 epochs, minutes each)")
     parser.add_argument("--juice-engine", default="local", help="where Grocery's vision branch runs: local or ray")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
@@ -212,9 +223,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     start = time.perf_counter()
     sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results, args.cache_from,
-                                                args.juice_engine, args.limit, args.crops),
+                                                args.juice_engine, args.limit, args.crops, args.finetune),
                 "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results, args.cache_from,
-                                               args.juice_engine, args.limit, args.crops),
+                                               args.juice_engine, args.limit, args.crops, args.finetune),
                 "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results, args.cache_from),
                 "speed": lambda: speed(data, args.work, args.samples, results)}
     for section in args.only.split(","):
