@@ -396,8 +396,9 @@ def run_faiss(name: str, base: np.ndarray, queries: np.ndarray, args: argparse.N
     if name in ("flat", "hnsw"):
         label = rows[0]["index"]
         if name == "hnsw":  # filtered searches at vitrine's default beam, stated in the table
-            index.tune(ef_search=IndexConfig().ef_search)
-            label += f", efSearch={IndexConfig().ef_search}"
+            default_ef = IndexConfig().ef_search
+            index.tune(ef_search=default_ef)
+            label += f", efSearch={default_ef}"
         results["filtered"] += [{"index": label, **filtered(index, subset, queries, share)} for share in (0.01, 0.1)]
     if name == "hnsw":
         index.tune(ef_search=64)

@@ -18,6 +18,7 @@ from vitrine.catalog.product import Pair
 from vitrine.config import Config, GovernanceConfig
 from vitrine.errors import VitrineError
 from vitrine.governance import TextCleaner, enhance, govern, sieve, sieve_scores
+from vitrine.governance.judge import Judge
 from vitrine.governance.pipeline import sample_pairs
 from vitrine.governance.saliency import SaliencyModel
 
@@ -203,7 +204,6 @@ def test_crop_policies_add_the_crop_or_keep_whichever_the_judge_finds_closer(tin
     better = govern(store, pairs, mode="juice", name="better",
                     config=governance_config(store, **{"governance.crops": "better"}), progress=False)
     assert len(better.pairs) == len(pairs)
-    from vitrine.governance.judge import Judge
     judge = Judge(store, governance_config(store), progress=False)
     catalog = {p.id: p for p in store.catalog}
     crops_by_photo = {p.query_key: p for p in juiced.pairs if p.query_image}

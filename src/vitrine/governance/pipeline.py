@@ -181,7 +181,8 @@ def _juice(store, pairs, products, judge, config, engine, folder, manifest, prog
 def _crop_is_closer(judge: Judge, photos: Sequence[Pair], crops: Sequence[Pair],
                     products: dict[str, Product]) -> np.ndarray:
     """Per sample: does the judging model put the crop closer to its product than the photo as taken?"""
-    return judge.alignment(crops, products) > judge.alignment(photos, products)
+    scores = judge.alignment([*photos, *crops], products)  # one pass: the product vectors are built once
+    return scores[len(photos):] > scores[:len(photos)]
 
 
 def _crop_reason(policy: str, use_crop: bool, kept_area: float, saliency: str) -> str:

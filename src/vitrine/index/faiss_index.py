@@ -109,9 +109,9 @@ class FaissIndex(VectorIndex):
         positions = np.unique(positions[positions >= 0])
         if len(positions) == 0:
             return _empty(len(queries), k)
-        if len(positions) <= max(self.config.filter_exact_max, k) or self._walk_dearer_than_scan(len(positions), k):
-            return self._exact_among(queries, k, positions)
         share = len(positions) / max(self._index.ntotal, 1)
+        if len(positions) <= max(self.config.filter_exact_max, k) or self._walk_dearer_than_scan(share, len(positions), k):
+            return self._exact_among(queries, k, positions)
         params = _search_parameters(self._index, self.config, faiss.IDSelectorBatch(positions), k, share)
         scores, found = self._index.search(queries, k, params=params)
         short = np.flatnonzero((found < 0).any(axis=1))
@@ -119,14 +119,13 @@ class FaissIndex(VectorIndex):
             scores[short], found[short] = self._exact_positions(queries[short], k, positions)
         return scores, self._keys_at(found)
 
-    def _walk_dearer_than_scan(self, allowed: int, k: int) -> bool:
+    def _walk_dearer_than_scan(self, share: float, allowed: int, k: int) -> bool:
         """A filtered HNSW walk, its beam widened by 1 / share, scores about M neighbours of each of
         efSearch / share nodes; once that passes the admitted count, scoring those is cheaper (and exact)."""
         graph = _base(self._index)
         if not isinstance(graph, faiss.IndexHNSW):
             return False
-        beam = max(self.config.ef_search, k) * graph.ntotal / allowed
-        return beam * graph.hnsw.nb_neighbors(1) >= allowed
+        return max(self.config.ef_search, k) / share * graph.hnsw.nb_neighbors(1) >= allowed
 
     def _exact_among(self, queries: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores, found = self._exact_positions(queries, k, positions)
