@@ -2,7 +2,7 @@
 
     python benchmarks/governance.py [--data ../shared/data] [--work .vitrine/bench-govern] \
         [--only grocery-seen,crowdflower,speed,grocery-new] [--epochs 10] [--crops add|replace|better] \
-        [--finetune] [--json out.json]
+        [--finetune [--finetune-blocks 1] [--finetune-epochs 8] [--finetune-sets raw,juiced]] [--json out.json]
 
 For each dataset: train on the raw pairs (that model also judges the data), sieve the pairs with it
 (drop the lowest 20%), juice them with it (salient crops, tags, cleaned and enhanced product texts: the
@@ -83,7 +83,8 @@ def govern_with(store, pairs, mode: str, model: str, name: str, source: str, eng
 
 def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, budget: dict[str, Any],
                 cache_from: Path, results: dict, columns: list[str], juice_engine: str = "local", limit: int = 0,
-                crops: str = "add", finetune: bool = False, **evaluation: Any) -> None:
+                crops: str = "add", finetune: dict[str, Any] | None = None, finetune_sets: tuple[str, ...] = (),
+                **evaluation: Any) -> None:
     from vitrine.catalog.datasets import load_splits
     from vitrine.governance.pipeline import sample_pairs
 
@@ -116,13 +117,16 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
                                  "train": str(juiced.pairs_path)})
     rows["juiced"]["govern_s"] = juice_s
     done("juiced")
-    if finetune:  # the same two sets with the image backbone's top block trained too (slower: minutes each)
-        for name, root, pairs in (("raw", store.root, raw_pairs), ("juiced", juiced_store.root, juiced.pairs_path)):
-            print(f"{label}: fine-tuning the top block on {name} data ...", flush=True)
-            rows[f"{name}, top block fine-tuned"] = in_process(
-                {**job, "overrides": {**budget, **FINETUNE}, "store": str(root),
-                 "name": f"{label}-{name}-finetuned", "train": str(pairs)})
-            done(f"{name}, top block fine-tuned")
+    if finetune:  # the same two sets with the image backbone's top blocks trained too (slower: minutes each)
+        blocks = finetune["training.unfreeze_blocks"]
+        what = "top block" if blocks == 1 else f"top {blocks} blocks"
+        sets = (("raw", store.root, raw_pairs), ("juiced", juiced_store.root, juiced.pairs_path))
+        for name, root, pairs in [entry for entry in sets if entry[0] in finetune_sets]:
+            print(f"{label}: fine-tuning the {what} on {name} data ...", flush=True)
+            rows[f"{name}, {what} fine-tuned"] = in_process(
+                {**job, "overrides": {**budget, **finetune}, "store": str(root),
+                 "name": f"{label}-{name}-finetuned" + (f"-top{blocks}" if blocks != 1 else ""), "train": str(pairs)})
+            done(f"{name}, {what} fine-tuned")
     for name, governed in (("sieved", sieved), ("juiced", juiced)):
         rows[name].update({f"alignment {k}": v for k, v in governed.manifest["alignment"].items()})
     results[label] = rows
@@ -133,13 +137,14 @@ def run_dataset(label: str, spec: str, protocol: str, work: Path, epochs: int, b
 
 
 def grocery(protocol: str, data: Path, work: Path, epochs: int, results: dict, cache_from: Path,
-            juice_engine: str = "local", limit: int = 0, crops: str = "add", finetune: bool = False) -> None:
+            juice_engine: str = "local", limit: int = 0, crops: str = "add",
+            finetune: dict[str, Any] | None = None, finetune_sets: tuple[str, ...] = ("raw", "juiced")) -> None:
     columns = ["recall@1", "recall@1+juiced query", "recall@5", "recall@5+juiced query"]
     if protocol == "new":
         columns += ["new-products recall@1", "new-products recall@1+juiced query"]
     run_dataset(f"grocery-{protocol}", f"grocery:{data / 'grocery-store'}", protocol, work, epochs, BUDGET,
                 cache_from / "grocery/cache/features.sqlite", results, columns, juice_engine=juice_engine,
-                limit=limit, crops=crops, finetune=finetune, juice_query=[False, True])
+                limit=limit, crops=crops, finetune=finetune, finetune_sets=finetune_sets, juice_query=[False, True])
 
 
 def crowdflower(data: Path, work: Path, epochs: int, results: dict, cache_from: Path) -> None:
@@ -216,16 +221,25 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true",
                         help="Grocery: also train raw and juiced data with the image backbone's top block unfrozen "
                              "(trained_embeddings.FINETUNE: 8 epochs, minutes each)")
+    parser.add_argument("--finetune-blocks", type=int, default=FINETUNE["training.unfreeze_blocks"],
+                        help="with --finetune: how many of EfficientNet's top blocks train")
+    parser.add_argument("--finetune-epochs", type=int, default=FINETUNE["training.epochs"],
+                        help="with --finetune: the fine-tuned runs' epoch budget")
+    parser.add_argument("--finetune-sets", default="raw,juiced", help="with --finetune: which training sets")
     parser.add_argument("--juice-engine", default="local", help="where Grocery's vision branch runs: local or ray")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
     data = args.data or data_dir()
+    finetune = ({**FINETUNE, "training.unfreeze_blocks": args.finetune_blocks, "training.epochs": args.finetune_epochs}
+                if args.finetune else None)
     results: dict[str, Any] = {}
     start = time.perf_counter()
     sections = {"grocery-seen": lambda: grocery("seen", data, args.work, args.epochs, results, args.cache_from,
-                                                args.juice_engine, args.limit, args.crops, args.finetune),
+                                                args.juice_engine, args.limit, args.crops, finetune,
+                                                tuple(args.finetune_sets.split(","))),
                 "grocery-new": lambda: grocery("new", data, args.work, args.epochs, results, args.cache_from,
-                                               args.juice_engine, args.limit, args.crops, args.finetune),
+                                               args.juice_engine, args.limit, args.crops, finetune,
+                                                tuple(args.finetune_sets.split(","))),
                 "crowdflower": lambda: crowdflower(data, args.work, args.epochs, results, args.cache_from),
                 "speed": lambda: speed(data, args.work, args.samples, results)}
     for section in args.only.split(","):

@@ -1,7 +1,8 @@
 """Prototype-ID embedding benchmark (issue 4): Grocery and Shopee, stage by stage, and the head at scale.
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
-        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--resume] [--json out.json]
+        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--ngrams BUCKETS] \
+        [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
 ``vitrine.training.train_store`` with ``training.objective = prototype``, a stage at a time: stages
@@ -78,8 +79,9 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     store = build_store(work / "shopee", splits)
     rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
     text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3"}  # no images: stage 3 has nothing to unfreeze
-    rows.update(staged_rows(spec, "seen", store, "shopee-prototype", text_stages,
-                            {"training.epochs": args.shopee_epochs}, [False, True], args.resume))
+    overrides = {"training.epochs": args.shopee_epochs, "training.ngram_buckets": args.ngrams}
+    name = "shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
+    rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume))
     results["shopee"] = rows
     print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
                 f"{len(splits.products)} listings indexed)", rows,
@@ -162,6 +164,8 @@ def main() -> None:
     parser.add_argument("--only", default="grocery,shopee,head-scale", help="comma-separated sections to run")
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
+    parser.add_argument("--ngrams", type=int, default=0,
+                        help="Shopee: train with the hashed n-gram embedding in this many buckets (0 = without)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the stage-1 runs from their checkpoints too (later stages always resume)")
     parser.add_argument("--prototypes", type=int, default=1_000_000, help="U for the head-scale section")

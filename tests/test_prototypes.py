@@ -15,6 +15,7 @@ from vitrine.engine.prototype_channel import PrototypeChannel
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
 from vitrine.errors import StoreError, VitrineError
+from vitrine.embedding import TwoTowerModel
 from vitrine.training import train_store
 from vitrine.training.losses import ArcFace, arcface_logits
 from vitrine.training.prototype_negatives import PrototypeNeighbours, sample_columns
@@ -183,10 +184,11 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
         engine.search(image=photo, channel="telepathy")
 
 
-def test_a_stage_interrupted_mid_way_resumes_from_its_checkpoint(store, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("ngram_buckets", [0, 4096])
+def test_a_stage_interrupted_mid_way_resumes_from_its_checkpoint(store, tmp_path, ngram_buckets):  # noqa: F811
     pairs = shopper_photos(tmp_path / "photos", per_product=1)
     short = {**STAGES, "training.objective": "prototype", "prototype.stages": "1,2", "prototype.stage1_epochs": 2,
-             "prototype.stage2_epochs": 2}
+             "prototype.stage2_epochs": 2, "training.ngram_buckets": ngram_buckets}
     train_store(store, pairs, config=store.config(short), name="p", progress=False)
     folder = store.models_dir / "p" / "stage2"
     (folder / "stage.json").unlink()  # as if the process had died after epoch 2 of 4
@@ -194,6 +196,8 @@ def test_a_stage_interrupted_mid_way_resumes_from_its_checkpoint(store, tmp_path
     result = train_store(store, pairs, config=store.config({**short, "prototype.stage2_epochs": 4}), name="p",
                          resume=True, progress=False)
     assert result.epochs == 4 and result.losses[:2] == first  # epochs 1-2 were not redone
+    if ngram_buckets:  # the n-gram table trained through both stages and is saved with the towers
+        assert bool(TwoTowerModel.load(store.models_dir / "p").ngrams.bag.weight.abs().sum() > 0)
 
 
 def test_stage_lists_are_checked():

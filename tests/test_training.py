@@ -43,10 +43,10 @@ def store(tmp_path: Path, catalog_file: Path) -> Store:
     return store
 
 
-def training_set(store: Store, pairs, encoders, config: TrainingConfig):
+def training_set(store: Store, pairs, encoders, config: TrainingConfig, ngrams=None):
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images)) for p in store.catalog]
     return build_training_set(products, pairs, *encoders, FeatureCache(store.root / "cache.sqlite"), config,
-                              progress=False)
+                              ngrams=ngrams, progress=False)
 
 
 @pytest.mark.parametrize("negatives", [{}, {"memory_bank": 16, "memory_max_age": 20},

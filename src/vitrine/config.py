@@ -84,6 +84,13 @@ class TrainingConfig:
     """Keyword Jaccard overlap at which two products count as the same item (above 1 = off)."""
     min_positive_grade: int = 2
     """Pairs graded below this (0-3 scale) are not used as positives."""
+    ngram_buckets: int = 0
+    """Add a learned embedding of hashed word 1-2-grams and character 3-grams to both text towers, with
+    this many hash buckets (0 = off; 262144 = 2^18 is a good size): Amazon's semantic product search
+    (Nigam et al., 2019). It gives model numbers, sizes and words of other languages vectors of their own."""
+    ngram_lr_scale: float = 10.0
+    """Learning rate of the n-gram table relative to ``lr``: each of its rows is updated only in the
+    steps whose texts contain that n-gram (sparse Adam), so rows need larger steps to move."""
     unfreeze_blocks: int = 0
     """Fine-tune the image backbone's top N blocks with the towers (0 = frozen backbone). Their
     input maps are cached like any feature, so an epoch costs only the top's forward and backward."""

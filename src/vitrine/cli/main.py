@@ -187,6 +187,10 @@ def train(
         help="Fine-tune the image backbone's top N blocks too (0: frozen backbone, the default).")] = None,
     visual_task: Annotated[Optional[str], typer.Option(
         help="Add a self-supervised image loss: masked-contrastive or masked-regression (needs --unfreeze).")] = None,
+    ngrams: Annotated[Optional[int], typer.Option(
+        help="Add a learned embedding of hashed word 1-2-grams and character 3-grams to the text towers, with "
+             "this many hash buckets (e.g. 262144; 0: none, the default). Helps with codes, sizes and languages "
+             "the pretrained text model reads poorly.")] = None,
     set_: SetOpt = None,
 ) -> None:
     """Train the query and product towers on pairs (cached backbone features), then use them.
@@ -206,6 +210,7 @@ def train(
     overrides = {"training.objective": objective, **({"training.epochs": epochs} if epochs else {}),
                  **({"training.unfreeze_blocks": unfreeze} if unfreeze is not None else {}),
                  **({"training.visual_task": visual_task} if visual_task else {}),
+                 **({"training.ngram_buckets": ngrams} if ngrams is not None else {}),
                  **({"prototype.stages": stages} if stages else {})}
     splits = load_splits(data, protocol=protocol)
     if nproc is not None:  # checked before any feature is computed

@@ -4,6 +4,8 @@
   a query photo through the image projection.
 - ``ProductTower``: title/description projection + image projection + a ``ModalGate`` that predicts,
   per product, how much its title and its image should weigh (Modal Adaptation).
+- Optionally an ``NgramEmbedding`` (hashed word and character n-grams, shared by both text towers) added
+  to each text projection: codes, sizes and words the pretrained text model reads poorly get vectors.
 
 Every output is L2-normalised. With Matryoshka training, any prefix in ``matryoshka`` can be used
 on its own after renormalising.
@@ -12,6 +14,7 @@ on its own after renormalising.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitrine.config import write_atomic
+from vitrine.encoders.ngrams import NgramBatch, NgramHasher
 from vitrine.encoders.registry import load_image_top, parse_image_encoder
 from vitrine.errors import StoreError
 
@@ -45,6 +49,13 @@ class TowerConfig:
     image_input_dim: int = 0
     """Width of the image input when it is a flattened feature map for a trainable backbone top
     (``image_encoder`` named ``.../topN``); 0 means pooled features of width ``image_dim``."""
+    ngram_buckets: int = 0
+    """Hash buckets of the n-gram embedding added to the text towers (0 = none)."""
+    ngram_words: int = 2
+    ngram_chars: int = 3
+
+    def ngram_hasher(self) -> NgramHasher | None:
+        return NgramHasher(self.ngram_buckets, self.ngram_words, self.ngram_chars) if self.ngram_buckets else None
 
     @property
     def image_input_width(self) -> int:
@@ -96,6 +107,21 @@ class ModalGate(nn.Module):
         return logits.softmax(dim=-1)
 
 
+class NgramEmbedding(nn.Module):
+    """A learned vector per hashed n-gram bucket; a text's vector is the weighted sum over its bag.
+
+    It starts at zero, so an untrained model is exactly the pretrained text space, and every bucket
+    seen in training moves from the first step (its gradient is the tower's output gradient)."""
+
+    def __init__(self, buckets: int, dim: int) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", sparse=True)
+        nn.init.zeros_(self.bag.weight)
+
+    def forward(self, batch: NgramBatch) -> torch.Tensor:
+        return self.bag(batch.ids, batch.offsets, per_sample_weights=batch.weights)
+
+
 class TwoTowerModel(nn.Module):
     """Query and product towers, saved as safetensors + config."""
 
@@ -112,6 +138,21 @@ class TwoTowerModel(nn.Module):
         self.query_image = (self.product_image if config.shared_image_projection
                             else make(config.image_dim, config.image_dropout))
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
+        self.ngrams = NgramEmbedding(config.ngram_buckets, config.dim) if config.ngram_buckets else None
+        self.hasher = config.ngram_hasher()
+
+    def ngram_batch(self, texts: Sequence[str | None]) -> NgramBatch | None:
+        """The n-gram input of ``texts`` for this model (None when it has no n-gram embedding)."""
+        return NgramBatch.from_csr(self.hasher.transform(texts)) if self.hasher is not None else None
+
+    def text_vectors(self, tower: nn.Module, text: torch.Tensor, ngrams: NgramBatch | None) -> torch.Tensor:
+        """One text tower's (unnormalised) output: its projection, plus the n-gram vectors if the model has them."""
+        vectors = tower(text)
+        if self.ngrams is None:
+            return vectors
+        if ngrams is None or len(ngrams) != len(text):
+            raise ValueError("this model adds n-gram vectors to its text towers: pass the texts' ngram_batch")
+        return vectors + self.ngrams(ngrams)
 
     @torch.no_grad()
     def start_from_features(self, text: torch.Tensor, image: torch.Tensor) -> None:
@@ -141,10 +182,11 @@ class TwoTowerModel(nn.Module):
             pooled[has_image] = self.image_top(image[has_image])
         return pooled
 
-    def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
+    def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor,
+                 ngrams: NgramBatch | None = None) -> torch.Tensor:
         """Fused product vectors from title/description features and (mean) image features."""
         image = self.image_features(image, has_image)
-        text_vec = F.normalize(self.product_text(text), dim=-1)
+        text_vec = F.normalize(self.text_vectors(self.product_text, text, ngrams), dim=-1)
         image_vec = F.normalize(self.product_image(image), dim=-1)
         weights = self.modal_weights(text, image, has_image)
         return F.normalize(weights[:, :1] * image_vec + weights[:, 1:] * text_vec, dim=-1)
@@ -156,10 +198,10 @@ class TwoTowerModel(nn.Module):
         return torch.cat([image_weight, 1.0 - image_weight], dim=-1)
 
     def queries(self, text: torch.Tensor, image: torch.Tensor, has_text: torch.Tensor,
-                has_image: torch.Tensor) -> torch.Tensor:
+                has_image: torch.Tensor, ngrams: NgramBatch | None = None) -> torch.Tensor:
         """Query vectors; a query with both text and photo averages the two directions."""
         image = self.image_features(image, has_image)
-        text_vec = F.normalize(self.query_text(text), dim=-1) * has_text.float().unsqueeze(-1)
+        text_vec = F.normalize(self.text_vectors(self.query_text, text, ngrams), dim=-1) * has_text.float().unsqueeze(-1)
         image_vec = F.normalize(self.query_image(image), dim=-1) * has_image.float().unsqueeze(-1)
         return F.normalize(text_vec + image_vec, dim=-1)
 

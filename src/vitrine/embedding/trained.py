@@ -56,16 +56,18 @@ class TrainedEmbedder(Embedder):
         image, has_image = product_image_features(products, self._image_features, self.model.config.image_input_width,
                                                   normalize=not self.model.config.fine_tunes_backbone)
         with torch.inference_mode():
-            vectors = self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image))
+            vectors = self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image),
+                                          self.model.ngram_batch([p.text for p in products]))
         return self._served(vectors)
 
     def encode_product_parts(self, products: Sequence[Product], *, progress: bool = False) -> dict[str, np.ndarray]:
         text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
         image, has_image = product_image_features(products, self._image_features, self.model.config.image_dim)
         text_t, image_t, has_t = torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image)
+        ngrams = self.model.ngram_batch([p.text for p in products])
         with torch.inference_mode():
-            fused = self.model.products(text_t, image_t, has_t)
-            text_vec = self.model.product_text(text_t)
+            fused = self.model.products(text_t, image_t, has_t, ngrams)
+            text_vec = self.model.text_vectors(self.model.product_text, text_t, ngrams)
             image_vec = self.model.product_image(image_t) * has_t.float().unsqueeze(-1)
         return {"fused": self._served(fused), "text": self._served(text_vec), "image": self._served(image_vec)}
 
@@ -81,7 +83,8 @@ class TrainedEmbedder(Embedder):
             image[has_image] = self._image_features([q.image for q in queries if q.image is not None])
         with torch.inference_mode():
             vectors = self.model.queries(torch.from_numpy(text), torch.from_numpy(image),
-                                         torch.from_numpy(has_text), torch.from_numpy(has_image))
+                                         torch.from_numpy(has_text), torch.from_numpy(has_image),
+                                         self.model.ngram_batch([q.text for q in queries]))
         return self._served(vectors)
 
     def describe(self) -> dict[str, Any]:

@@ -60,8 +60,8 @@ class Judge:
         text = self.text_features([p.text for p in resolved])
         image, has_image = product_image_features(resolved, self.image_features, self.model.config.image_dim)
         with torch.inference_mode():
-            return self.model.products(torch.from_numpy(text), torch.from_numpy(image),
-                                       torch.from_numpy(has_image)).numpy()
+            return self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image),
+                                       self.model.ngram_batch([p.text for p in resolved])).numpy()
 
     def queries(self, pairs: Sequence[Pair]) -> np.ndarray:
         """Unit query vectors of the pairs' texts and photos."""
@@ -76,7 +76,7 @@ class Judge:
             image[has_image] = self.image_features([p.query_image for p in pairs if p.query_image])
         with torch.inference_mode():
             return self.model.queries(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_text),
-                                      torch.from_numpy(has_image)).numpy()
+                                      torch.from_numpy(has_image), self.model.ngram_batch([p.query_text for p in pairs])).numpy()
 
     def alignment(self, pairs: Sequence[Pair], products: dict[str, Product]) -> np.ndarray:
         """Cosine of each pair's query with its product in the trained space."""

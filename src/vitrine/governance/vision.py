@@ -108,5 +108,6 @@ def tag_vocabulary(words: Sequence[str], text_features: np.ndarray, model: TwoTo
     if not len(words):
         return TagVocabulary((), np.zeros((0, model.config.dim), dtype=np.float32))
     with torch.inference_mode():
-        vectors = torch.nn.functional.normalize(model.product_text(torch.from_numpy(text_features)), dim=-1)
+        vectors = model.text_vectors(model.product_text, torch.from_numpy(text_features), model.ngram_batch(words))
+        vectors = torch.nn.functional.normalize(vectors, dim=-1)
     return TagVocabulary(tuple(words), vectors.numpy().astype(np.float32))

@@ -14,6 +14,7 @@ from vitrine.catalog.product import Pair, Product
 from vitrine.config import TrainingConfig
 from vitrine.embedding.base import product_image_features
 from vitrine.encoders import ImageEncoder, TextEncoder
+from vitrine.encoders.ngrams import NgramHasher
 from vitrine.errors import VitrineError
 from vitrine.encoders.cache import FeatureCache
 from vitrine.training.keywords import extract_keywords, keyword_queries
@@ -44,6 +45,9 @@ class TrainingSet:
     query_keys: list[str]
     """Which query each example comes from (examples of one query stay on one side of a dev split)."""
     keyword_examples: int = 0
+    product_ngrams: sp.csr_matrix | None = None
+    query_ngrams: sp.csr_matrix | None = None
+    """Hashed n-gram bags of the product texts and the query texts, when the model has an n-gram embedding."""
 
     def __len__(self) -> int:
         return len(self.positive)
@@ -51,8 +55,9 @@ class TrainingSet:
 
 def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_encoder: TextEncoder,
                        image_encoder: ImageEncoder, cache: FeatureCache, config: TrainingConfig,
-                       *, progress: bool = True) -> TrainingSet:
-    """Products must have readable image paths. Pairs naming unknown products are an error."""
+                       *, ngrams: NgramHasher | None = None, progress: bool = True) -> TrainingSet:
+    """Products must have readable image paths. Pairs naming unknown products are an error.
+    With an ``ngrams`` hasher the set also holds the texts' n-gram bags."""
     rows = {product.id: row for row, product in enumerate(products)}
     unknown = sorted({pair.product_id for pair in pairs} - set(rows))
     if unknown:
@@ -108,4 +113,6 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
         product_has_image=has_image, equivalent=equivalent, query_text=query_text, query_image=query_image,
         query_has_text=has_text, query_has_image=has_img, positive=np.array(positive, dtype=np.int64),
         weight=np.array(weight, dtype=np.float32), relevant=relevant, query_keys=keys,
-        keyword_examples=keyword_examples)
+        keyword_examples=keyword_examples,
+        product_ngrams=ngrams.transform([p.text for p in products]) if ngrams is not None else None,
+        query_ngrams=ngrams.transform(texts) if ngrams is not None else None)

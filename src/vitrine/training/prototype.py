@@ -49,8 +49,7 @@ class PrototypeTrainer(ContrastiveTrainer):
     def train_step(self, batch: np.ndarray) -> float:
         t = self._tensors
         positives = self.data.positive[batch]
-        queries = self.model.queries(t["query_text"][batch], t["query_image"][batch],
-                                     t["query_has_text"][batch], t["query_has_image"][batch])
+        queries = self._queries(batch)
         products = self._products(positives)
         query_targets = self.library.example_prototype[batch]
         product_targets = self.library.product_prototype[positives]
@@ -67,9 +66,7 @@ class PrototypeTrainer(ContrastiveTrainer):
         if self.prototype.infonce_weight > 0:
             ignore = batch_mask(self.data.equivalent, positives, positives, [self.data.relevant[i] for i in batch])
             loss = loss + self.prototype.infonce_weight * self._info_nce(queries, products, ignore, t["weight"][batch])
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.step_optimizers(loss)
         self.head.update(column_tensor, rows.grad, self.prototype.head_lr)
         self.step += 1
         return float(loss.detach())

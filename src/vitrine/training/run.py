@@ -32,6 +32,8 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]
     text_encoder = load_text_encoder(config.encoders.text, config.encoders)
+    if config.training.ngram_buckets and config.training.nproc != 1:
+        raise VitrineError("training.ngram_buckets trains in one process (training.nproc = 1)")
     if config.training.objective == "prototype":
         return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
     # With unfrozen top blocks the cached image features are the maps entering those blocks.
@@ -39,10 +41,11 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     image_encoder = load_image_encoder(image_name, config.encoders)
     image_top = image_encoder.top() if config.training.unfreeze_blocks else None
     cache = FeatureCache(store.root / "cache" / "features.sqlite")
-    data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training, progress=progress)
     towers = tower_config(config.training, config.encoders.text, image_name, text_encoder.dim,
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
+    data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training,
+                              ngrams=towers.ngram_hasher(), progress=progress)
     folder = store.models_dir / name
     if config.training.nproc != 1:  # features are cached above, once; the workers only train
         from vitrine.training.distributed import train_distributed

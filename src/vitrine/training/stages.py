@@ -33,7 +33,7 @@ from vitrine.encoders.cache import FeatureCache
 from vitrine.errors import VitrineError
 from vitrine.training.data import TrainingSet, build_training_set
 from vitrine.training.prototype import PrototypeTrainer
-from vitrine.training.trainer import ContrastiveTrainer, TrainResult, tower_config
+from vitrine.training.trainer import ContrastiveTrainer, TrainResult, ngram_rows, tower_config
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, obje
     image_encoder = load_image_encoder(image_name, config.encoders)
     image_top = image_encoder.top() if unfreeze else None
     training = replace(config.training, unfreeze_blocks=unfreeze)
-    data = build_training_set(inputs.products, inputs.pairs, inputs.text_encoder, image_encoder, inputs.cache,
-                              training, progress=inputs.progress)
     towers = tower_config(training, config.encoders.text, image_name, inputs.text_encoder.dim,
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
+    data = build_training_set(inputs.products, inputs.pairs, inputs.text_encoder, image_encoder, inputs.cache,
+                              training, ngrams=towers.ngram_hasher(), progress=inputs.progress)
     return data, towers, image_top
 
 
@@ -189,12 +189,14 @@ def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -
     model.eval()
     products = np.concatenate([model.products(torch.from_numpy(data.product_text[s:s + chunk]),
                                               torch.from_numpy(data.product_image[s:s + chunk]),
-                                              torch.from_numpy(data.product_has_image[s:s + chunk])).numpy()
+                                              torch.from_numpy(data.product_has_image[s:s + chunk]),
+                                              ngram_rows(data.product_ngrams, slice(s, s + chunk))).numpy()
                                for s in range(0, len(data.product_ids), chunk)])
     examples = np.concatenate([model.queries(torch.from_numpy(data.query_text[s:s + chunk]),
                                              torch.from_numpy(data.query_image[s:s + chunk]),
                                              torch.from_numpy(data.query_has_text[s:s + chunk]),
-                                             torch.from_numpy(data.query_has_image[s:s + chunk])).numpy()
+                                             torch.from_numpy(data.query_has_image[s:s + chunk]),
+                                             ngram_rows(data.query_ngrams, slice(s, s + chunk))).numpy()
                                for s in range(0, len(data), chunk)])
     return products, examples
 

@@ -19,6 +19,7 @@ import torch
 
 from vitrine.config import TrainingConfig
 from vitrine.embedding.towers import TowerConfig, TwoTowerModel
+from vitrine.encoders.ngrams import NgramBatch
 from vitrine.progress import progress_bar
 from vitrine.training.data import TrainingSet
 from vitrine.training.losses import InfoNCE, MatryoshkaLoss, SymmetricInfoNCE
@@ -52,7 +53,8 @@ def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, 
                        image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
                        image_dropout=config.image_dropout,
                        modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
-                       temperature=config.temperature, image_input_dim=image_input_dim)
+                       temperature=config.temperature, image_input_dim=image_input_dim,
+                       ngram_buckets=config.ngram_buckets)
 
 
 class ContrastiveTrainer:
@@ -69,6 +71,11 @@ class ContrastiveTrainer:
         self.loss = MatryoshkaLoss(base, towers.matryoshka)
         self.visual = visual_task(config.visual_task, self.model, config.mask_ratio)
         self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=config.lr, weight_decay=config.weight_decay)
+        # The n-gram table is large and each step touches a few thousand of its rows: sparse gradients and a
+        # lazy Adam keep a step's cost proportional to those rows, not to the table.
+        self.sparse_optimizer = (torch.optim.SparseAdam(list(self.model.ngrams.parameters()),
+                                                        lr=config.lr * config.ngram_lr_scale)
+                                 if self.model.ngrams is not None else None)
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
@@ -85,7 +92,8 @@ class ContrastiveTrainer:
 
     def _parameter_groups(self) -> list[dict]:
         backbone = list(self.model.image_top.parameters()) if self.model.image_top is not None else []
-        held = {id(p) for p in backbone}
+        sparse = list(self.model.ngrams.parameters()) if self.model.ngrams is not None else []
+        held = {id(p) for p in backbone + sparse}
         rest = [p for p in self.model.parameters() if id(p) not in held] + list(self.loss.parameters())
         if self.visual is not None:
             rest += list(self.visual.parameters())
@@ -147,14 +155,13 @@ class ContrastiveTrainer:
         Products that are not its negatives (same item or group, keyword twins, other products
         graded relevant to the query) do not count against it, as in training.
         """
-        t, rows = self._tensors, self.dev_rows
+        rows = self.dev_rows
         self.model.eval()
         products = torch.from_numpy(self.all_product_vectors())
         ranks = []
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            queries = self.model.queries(t["query_text"][part], t["query_image"][part],
-                                         t["query_has_text"][part], t["query_has_image"][part])
+            queries = self._queries(part)
             positives = self.data.positive[part]
             scores = queries @ products.T
             target = scores.gather(1, torch.from_numpy(positives)[:, None])
@@ -165,9 +172,7 @@ class ContrastiveTrainer:
 
     def train_step(self, batch: np.ndarray) -> float:
         loss, keys = self.forward(batch)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.step_optimizers(loss)
         if self.bank is not None:
             self.bank.push(keys[: len(batch)].detach(), torch.from_numpy(self.data.positive[batch]), self.step)
         self.step += 1
@@ -177,8 +182,7 @@ class ContrastiveTrainer:
         """The loss of one batch, and its keys (this process's positives first, then the rest)."""
         t = self._tensors
         positives = self.data.positive[batch]
-        queries = self.model.queries(t["query_text"][batch], t["query_image"][batch],
-                                     t["query_has_text"][batch], t["query_has_image"][batch])
+        queries = self._queries(batch)
         keys = self._products(positives)
         key_rows = positives
         # Own positives first on every process, so key i is query i's positive on each of them.
@@ -208,8 +212,22 @@ class ContrastiveTrainer:
         unique, inverse = np.unique(rows, return_inverse=True)
         index = torch.from_numpy(unique)
         vectors = self.model.products(t["product_text"][index], t["product_image"][index],
-                                      t["product_has_image"][index])
+                                      t["product_has_image"][index], ngram_rows(self.data.product_ngrams, unique))
         return vectors[torch.from_numpy(inverse.reshape(-1))]
+
+    def _queries(self, rows: np.ndarray) -> torch.Tensor:
+        t = self._tensors
+        return self.model.queries(t["query_text"][rows], t["query_image"][rows], t["query_has_text"][rows],
+                                  t["query_has_image"][rows], ngram_rows(self.data.query_ngrams, rows))
+
+    def step_optimizers(self, loss: torch.Tensor) -> None:
+        """Backward and one update of every optimizer (the dense one, and the n-gram table's sparse one)."""
+        optimizers = [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
 
     def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
         return gather_from_processes(torch.from_numpy(rows), local_first=True).numpy()
@@ -245,6 +263,7 @@ class ContrastiveTrainer:
         state = {"model": self.model.state_dict(), "loss": self.loss.state_dict(),
                  "visual": self.visual.state_dict() if self.visual is not None else {},
                  "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
+                 "sparse_optimizer": self.sparse_optimizer.state_dict() if self.sparse_optimizer is not None else {},
                  "history": self.history, "dev_scores": self.dev_scores, "best": self.best,
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
         tmp = self.folder / f".{CHECKPOINT}.tmp"
@@ -258,10 +277,17 @@ class ContrastiveTrainer:
         if self.visual is not None:
             self.visual.load_state_dict(state.get("visual", {}))
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.sparse_optimizer is not None:
+            self.sparse_optimizer.load_state_dict(state["sparse_optimizer"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.dev_scores, self.best = state["dev_scores"], state["best"]
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+
+
+def ngram_rows(matrix, rows: np.ndarray | slice) -> NgramBatch | None:
+    """The n-gram input of some rows of a training set's n-gram matrix (None when the set has none)."""
+    return NgramBatch.from_csr(matrix[rows]) if matrix is not None else None
 
 
 def dev_split(data: TrainingSet, fraction: float, seed: int, cap: int = 2000) -> tuple[np.ndarray, np.ndarray]:
