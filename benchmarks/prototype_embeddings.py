@@ -1,7 +1,8 @@
 """Prototype-ID embedding benchmark (issue 4): Grocery and Shopee, stage by stage, and the head at scale.
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
-        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--shopee-epochs 10] [--ngrams BUCKETS] \
+        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
+        [--ngrams BUCKETS] \
         [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
@@ -58,12 +59,13 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
     from vitrine.catalog.datasets import load_splits
 
     spec = f"grocery:{data / 'grocery-store'}"
-    overrides = {"prototype.stage3_epochs": args.stage3_epochs}
+    overrides = {"prototype.stage3_epochs": args.stage3_epochs, "prototype.stage3_unfreeze": args.stage3_unfreeze}
     for protocol in ("seen", "new"):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits)
         rows = {"zero-shot": zero_shot_row(store, splits)}
-        rows.update(staged_rows(spec, protocol, store, f"{protocol}-prototype", STAGES, overrides, [False], args.resume))
+        name = f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
+        rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
                     ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(".vitrine/bench"), help="stores and feature caches")
     parser.add_argument("--only", default="grocery,shopee,head-scale", help="comma-separated sections to run")
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
+    parser.add_argument("--stage3-unfreeze", type=int, default=1, help="image backbone blocks stage 3 fine-tunes")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
     parser.add_argument("--ngrams", type=int, default=0,
                         help="Shopee: train with the hashed n-gram embedding in this many buckets (0 = without)")
