@@ -1,7 +1,7 @@
 """Trained embeddings benchmark (issue 3): ablations on Grocery, CrowdFlower and Shopee in one run.
 
     python benchmarks/trained_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \
-        [--only grocery,finetune,crowdflower,shopee] [--json out.json]
+        [--only grocery,finetune,crowdflower,shopee] [--shopee-variants "trained;trained + n-grams"] [--json out.json]
 
 Every training run happens in a fresh process (so its wall time and peak memory are its own),
 trains through ``vitrine.training.train_store`` exactly as ``vitrine train`` does, re-indexes through
@@ -221,7 +221,11 @@ def crowdflower(data: Path, work: Path, results: dict) -> None:
                  "ndcg@10+lexical", "recall@10+lexical", "train_s", "peak_rss_mb"])
 
 
-def shopee(data: Path, work: Path, results: dict) -> None:
+SHOPEE_VARIANTS = [("trained", "shopee", {}), ("trained + n-grams", "shopee-ngrams", NGRAMS),
+                   ("trained + n-grams + hard negatives", "shopee-ngrams-hard", {**NGRAMS, "training.hard_negatives": 8})]
+
+
+def shopee(data: Path, work: Path, results: dict, variants: set[str] = frozenset()) -> None:
     import vitrine
     from vitrine.catalog.datasets import load_splits
 
@@ -230,7 +234,9 @@ def shopee(data: Path, work: Path, results: dict) -> None:
     store = build_store(work / "shopee", splits)
     rows = {"zero-shot MiniLM": zero_shot(store, splits.val)}
     rows["BM25"] = bm25_only(vitrine.open(store), splits.val)
-    for name, model, overrides in (("trained", "shopee", {}), ("trained + n-grams", "shopee-ngrams", NGRAMS)):
+    for name, model, overrides in SHOPEE_VARIANTS:
+        if variants and name not in variants:
+            continue
         print(f"shopee: {name} ...", flush=True)
         rows[name] = in_process({"data": spec, "store": str(store.root), "name": model,
                                  "overrides": overrides, "lexical": [False, True]})
@@ -258,13 +264,18 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="folder with the datasets (default: $VITRINE_DATA)")
     parser.add_argument("--work", type=Path, default=Path(".vitrine/bench"), help="stores and feature caches")
     parser.add_argument("--only", default="grocery,finetune,crowdflower,shopee", help="comma-separated sections to run")
+    parser.add_argument("--shopee-variants", default="",
+                        help="Shopee: only these trained rows, separated by ';' (default: every row of SHOPEE_VARIANTS)")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
     data = args.data or data_dir()
     results: dict[str, Any] = {}
     start = time.perf_counter()
     for section in args.only.split(","):
-        {"grocery": grocery, "finetune": finetune, "crowdflower": crowdflower, "shopee": shopee}[section.strip()](data, args.work, results)
+        variants = {name.strip() for name in args.shopee_variants.split(";") if name.strip()}
+        sections = {"grocery": grocery, "finetune": finetune, "crowdflower": crowdflower,
+                    "shopee": lambda *common: shopee(*common, variants=variants)}
+        sections[section.strip()](data, args.work, results)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -54,6 +54,10 @@ def test_shopee_splits_by_group_and_excludes_the_query_listing(tmp_path: Path):
     train_products = {pair.product_id for pair in splits.train}
     assert not train_products & {pid for q in splits.val for pid in q.relevant}
     assert len(splits.train) == 8 * 3 * 2 and val_groups
+    # Val listings are searchable, but their group (the val label) is not in the catalog for training to see.
+    groups = {sourced.product.id: sourced.product.group for sourced in splits.products}
+    assert all(groups[pid] is None for q in splits.val for pid in q.relevant)
+    assert all(groups[pair.product_id] for pair in splits.train)
 
 
 def test_grocery_new_products_protocol_holds_out_a_quarter(tmp_path: Path):

@@ -9,7 +9,9 @@ never appear in training pairs. ``load_splits("grocery:PATH")`` picks a dataset 
 - ``crowdflower``: CrowdFlower search relevance. Products are the distinct judged (title,
   description) pairs; queries split 80/20 by query; grades are ``median_relevance - 1`` (0-3).
 - ``shopee``: Shopee titles. Products are listings grouped by ``label_group``; groups split 80/20;
-  a val query is a listing's title, relevant = the other listings of its group.
+  a val query is a listing's title, relevant = the other listings of its group. Val listings are in
+  the catalog without their group: it is the val label, and training (its false-negative mask, its
+  prototypes) must not see it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,9 @@ def shopee(path: Path, val_fraction: float = VAL_FRACTION, seed: int = SEED) -> 
     for sourced in products:
         members[sourced.product.group or ""].append(sourced.product)
     train_groups, val_groups = split_keys(list(members), val_fraction, seed)
+    held = set(val_groups)
+    products = [replace(sourced, product=replace(sourced.product, group=None)) if sourced.product.group in held
+                else sourced for sourced in products]
     train = [Pair(product_id=other.id, query_text=listing.title, query_key=listing.id)
              for group in sorted(train_groups) for listing in members[group] for other in members[group]
              if other.id != listing.id]
