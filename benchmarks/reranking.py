@@ -15,7 +15,10 @@ a retriever trained on the whole training split. Retrievers are trained once and
 Variants (cumulative, as in the paper's ablation): retrieval only; pointwise; chunk listwise (pairwise
 loss, local scores sorted across chunks); + NULL (pairwise + NULL losses, local − NULL); + absolute
 scorer (all three losses, sorted by r); + hybrid merge (same model, local order within chunks, K-way
-merge by r). Latency: one query at a time, 2 threads, feature building + model + merge.
+merge by r). Every model uses the defaults: a retrieval prior on its heads and the query-history
+features (past queries = the training queries the list's retriever was trained on). A second table
+takes those two away in turn (hybrid without history; without history and prior, the paper's plain
+heads). Latency: one query at a time, 2 threads, feature building + model + merge.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     import vitrine
     from vitrine.catalog.datasets import load_splits
     from vitrine.rerank.features import ProductTable, catalog_entries, product_table
-    from vitrine.rerank.train import build_lists, training_queries, val_queries
+    from vitrine.rerank.train import build_lists, query_history, training_queries, val_queries
 
     splits = load_splits(spec)
     store = build_store(work / data_name, splits)
@@ -85,16 +88,38 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     train_lists = []
     start = time.perf_counter()
     for f in range(FOLDS):
+        # The fold's retriever was trained on the other folds' queries: they are its history, as the
+        # whole training split is the val retriever's.
         embedder = embedder_for(store, f"fold{f}")
         table = ProductTable.build(entries, embedder)
+        history = query_history([q for q in queries if q.key not in folds[f]], embedder, table)
         train_lists += build_lists([q for q in queries if q.key in folds[f]], embedder, table, k=K, lexical=lexical,
-                                   fuse_lexical=fuse_lexical)
+                                   fuse_lexical=fuse_lexical, history=history)
     table = product_table(store, engine.embedder)
+    history = query_history(queries, engine.embedder, table)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=lexical,
-                            fuse_lexical=fuse_lexical)
-    print(f"  lists: {len(train_lists)} train (cross-fitted), {len(val_lists)} val, {time.perf_counter() - start:.0f} s",
-          flush=True)
-    return store, train_lists, val_lists, table, lexical
+                            fuse_lexical=fuse_lexical, history=history)
+    print(f"  lists: {len(train_lists)} train (cross-fitted), {len(val_lists)} val, history {len(history)} past "
+          f"queries, {time.perf_counter() - start:.0f} s", flush=True)
+    return store, train_lists, val_lists, table, lexical, history
+
+
+def without_history(lists):
+    """The same lists as a reranker without query history sees them (no product has past queries)."""
+    from dataclasses import replace
+
+    from vitrine.rerank.features import FeatureSpec
+    from vitrine.rerank.history import NO_HISTORY
+
+    spec = FeatureSpec(int(lists[0].query.shape[0]) - 2)
+    blank = []
+    for found in lists:
+        items = found.items.copy()
+        items[:, spec.column("history_cos")] = NO_HISTORY
+        items[:, spec.column("history_gap")] = 0.0
+        items[:, spec.column("history_count")] = 0.0
+        blank.append(replace(found, items=items))
+    return blank
 
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
@@ -104,14 +129,14 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, split_dev, train_reranker
 
     print(f"\n== {name} ==", flush=True)
-    store, train_lists, val_lists, table, lexical = prepare(name, spec, name, work, overrides, fuse_lexical)
+    store, train_lists, val_lists, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical)
     config = RerankConfig()
     if epochs:
         config.epochs = epochs
     train_rows, dev_rows = split_dev(train_lists, config.dev_fraction, config.seed)
     train, dev = [train_lists[i] for i in train_rows], [train_lists[i] for i in dev_rows]
     start = time.perf_counter()
-    full, report = train_reranker(train, dev, config)
+    full, report = train_reranker(train, dev, config, history=history)
     models = {"full": full}
     for key, losses in (("pairwise", ("pairwise",)), ("pairwise+null", ("pairwise", "null"))):
         model, _ = fit_listwise(train, dev, full.spec, config, losses)
@@ -122,7 +147,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     for label, key, strategy in VARIANTS:
         rows[label] = evaluate_lists(models.get(key or "full"), val_lists, strategy, K)
     print(f"  reranker training {train_s:.0f} s (listwise best epoch {report['listwise']['best_epoch']}, "
-          f"pointwise best epoch {report['pointwise']['best_epoch']})", flush=True)
+          f"pointwise best epoch {report['pointwise']['best_epoch']}; 0 = the retriever's order)", flush=True)
+    parts = ablate_parts(train, dev, val_lists, config, rows)
 
     # calibration of r on val: raw softmax vs calibrated on the dev split
     entries = full.chunk_scores(val_lists)
@@ -149,13 +175,34 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         calibration["judged_candidates"] = int(judged.sum())
 
     latency = measure_latency(models["full"], table, lexical, val_lists[:latency_queries])
-    results[name] = {"quality": rows, "calibration": calibration, "latency_ms": latency, "train_s": train_s,
+    results[name] = {"quality": rows, "parts": parts, "calibration": calibration, "latency_ms": latency, "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}
     print_quality(name, rows, len(val_lists))
+    print_quality(f"{name} (hybrid: what the retrieval prior and the query history add)", parts, len(val_lists))
     print(f"\n{name} calibration of r on val: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in calibration.items()))
     print_latency(name, latency)
+
+
+def ablate_parts(train, dev, val_lists, config, rows: dict) -> dict[str, dict[str, float]]:
+    """Hybrid with this project's two additions taken away in turn: the query-history features, then the
+    retrieval prior too (the paper's plain heads, trained from random)."""
+    from dataclasses import replace
+
+    from vitrine.rerank.train import evaluate_lists, train_reranker
+
+    parts = {"retrieval only": rows["retrieval only"]}
+    for label, prior, history in (("hybrid, neither", False, False), ("hybrid, + retrieval prior", True, False),
+                                  ("hybrid, + retrieval prior + query history", True, True)):
+        if prior and history:
+            parts[label] = rows["+ hybrid merge"]
+            continue
+        lists = (train, dev, val_lists) if history else tuple(without_history(group) for group in (train, dev, val_lists))
+        model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior), pointwise=False)
+        parts[label] = evaluate_lists(model, lists[2], "hybrid", K)
+        print(f"  {label}: listwise best epoch {report['listwise']['best_epoch']}", flush=True)
+    return parts
 
 
 def _calibrated_levels(reranker, logits: np.ndarray) -> np.ndarray:
@@ -169,9 +216,7 @@ def measure_latency(reranker, table, lexical, lists, repeats: int = 1) -> dict[s
     """Per query, one at a time: features (from the query vector and retrieved keys) + model + merge."""
     import torch
 
-    from vitrine.rerank.features import FeatureBuilder
-
-    builder = FeatureBuilder(table, lexical)
+    builder = reranker.builder(table, lexical)
     figures = {}
     for threads, suffix in ((2, ""), (1, " (1 thread)")):
         torch.set_num_threads(threads)

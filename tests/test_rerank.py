@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from vitrine.config import RerankConfig
-from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, Reranker, chunk_slices, expected_calibration_error,
-                            hybrid_merge, null_loss, pairwise_discordant_loss, sliding_window)
+from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable, Reranker, chunk_slices,
+                            expected_calibration_error, hybrid_merge, null_loss, pairwise_discordant_loss, sliding_window)
 from vitrine.rerank.calibration import reliability_diagram, softmax
 from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
 from vitrine.rerank.metrics import instance_hit_rate, ndcg_at_k
 from vitrine.rerank.reranker import STRATEGIES
-from vitrine.rerank.train import evaluate_lists, fit_listwise, train_reranker
+from vitrine.rerank.models import ChunkListwiseModel, PointwiseScorer
+from vitrine.rerank.train import evaluate_lists, fit_listwise, model_config, train_reranker
 from vitrine.catalog import Product
 
 
@@ -139,6 +140,25 @@ def test_ece_of_a_perfect_predictor_is_small():
 
 # --- levels and metrics ----------------------------------------------------------------------
 
+def test_query_history_evidence_by_hand(tmp_path: Path):
+    from vitrine.rerank.history import NO_HISTORY, QueryHistory
+
+    e = np.eye(3, dtype=np.float32)
+    history = QueryHistory(np.stack([e[0], e[1], (e[0] + e[1]) / np.sqrt(2)]), np.array([7, 7, 9]), ["a", "b", "c"])
+    query = np.array([0.6, 0.8, 0.0], dtype=np.float32)
+    best, count = history.evidence(query, [7, 9, 4])
+    np.testing.assert_allclose(best, [0.8, 1.4 / np.sqrt(2), NO_HISTORY], rtol=1e-6)
+    np.testing.assert_array_equal(count, [2, 1, 0])
+    best, count = history.evidence(query, [7, 9], exclude="b")  # query b never meets itself
+    np.testing.assert_allclose(best, [0.6, 1.4 / np.sqrt(2)], rtol=1e-6)
+    np.testing.assert_array_equal(count, [1, 1])
+    history.save(tmp_path)
+    loaded = QueryHistory.load(tmp_path)
+    np.testing.assert_allclose(loaded.evidence(query, [7, 9])[0], history.evidence(query, [7, 9])[0], atol=1e-3)
+    assert loaded.sources == ["a", "b", "c"]
+    assert QueryHistory.load(tmp_path / "none") is None
+
+
 def test_levels_mappings():
     assert [from_crowdflower(r) for r in (4, 3, 2, 1)] == [0, 1, 2, 3]
     assert [from_grade(g) for g in (3, 2, 1, 0)] == [0, 1, 2, 3]
@@ -181,6 +201,7 @@ def drawn_lists(count: int, k: int, seed: int = 0) -> list[CandidateList]:
         items = rng.normal(size=(k, spec.item_dim)).astype(np.float32)
         items[:, 2 * DIM + 3] = -levels + rng.normal(scale=0.8, size=k)  # the "cosine" column
         retrieval = np.sort(rng.random(k))[::-1].astype(np.float32)
+        items[:, spec.column("retrieval_z")] = (retrieval - retrieval.mean()) / (retrieval.std() + 1e-6)
         ideal = np.sort(3.0 - levels[levels < 3])[::-1].astype(np.float32)
         lists.append(CandidateList(np.arange(100, 100 + k), query, items, retrieval, levels.astype(np.int64), ideal))
     return lists
@@ -194,11 +215,40 @@ def small_config(**changes) -> RerankConfig:
 
 
 def test_training_lowers_the_loss_and_beats_retrieval_order():
+    """Drawn retrieval scores carry nothing here: training must overrule the retrieval prior."""
     train, dev = drawn_lists(48, 23), drawn_lists(16, 23, seed=1)
-    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config(epochs=5))
+    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config(epochs=12))
     assert report.losses[-1] < report.losses[0] * 0.9
     reranker = Reranker(FeatureSpec(DIM), model)
     assert evaluate_lists(reranker, dev, "listwise")["ndcg@10"] > evaluate_lists(reranker, dev, "retrieval")["ndcg@10"] + 0.1
+
+
+def test_untrained_models_with_a_retrieval_prior_rank_as_the_retriever():
+    spec = FeatureSpec(DIM)
+    torch.manual_seed(3)
+    config = model_config(spec, small_config())
+    reranker = Reranker(spec, ChunkListwiseModel(config).eval(), PointwiseScorer(config).eval())
+    lists = drawn_lists(6, 23, seed=7) + drawn_lists(2, 4, seed=8)
+    for strategy in sorted(STRATEGIES):
+        for found, ordering in zip(lists, reranker.rank_lists(lists, strategy)):
+            assert ordering.order.tolist() == list(range(len(found))), strategy
+    # Without the prior the same seed gives some other order: the prior is what makes it the retriever's.
+    plain = model_config(spec, small_config(retrieval_prior=False))
+    unprimed = Reranker(spec, ChunkListwiseModel(plain).eval())
+    assert any(o.order.tolist() != list(range(len(f))) for f, o in zip(lists, unprimed.rank_lists(lists, "hybrid")))
+
+
+def test_training_falls_back_to_the_retrievers_order_when_dev_prefers_it():
+    """Dev lists the retriever already ranks perfectly: no epoch can beat epoch 0, so epoch 0 is kept."""
+    train = drawn_lists(32, 23)
+    dev = drawn_lists(12, 23, seed=9)
+    for found in dev:
+        found.levels = np.sort(found.levels)
+    model, report = fit_listwise(train, dev, FeatureSpec(DIM), small_config(epochs=3))
+    assert report.best_epoch == 0 and len(report.dev_scores) == 4
+    assert report.dev_scores[0] == pytest.approx(1.0)
+    for ordering in Reranker(FeatureSpec(DIM), model).rank_lists(dev, "hybrid"):
+        assert ordering.order.tolist() == list(range(23))
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +284,18 @@ def test_save_then_load_gives_identical_scores(trained: Reranker, tmp_path: Path
             np.testing.assert_array_equal(a.order, b.order)
             np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     assert loaded.calibrator == trained.calibrator
+
+
+def test_a_reranker_refuses_features_it_was_not_trained_on(trained: Reranker):
+    from vitrine.errors import VitrineError
+    from vitrine.rerank.features import SCALARS
+
+    older = Reranker(FeatureSpec(DIM, SCALARS[:-3]), trained.listwise)
+    table = ProductTable(np.arange(2), np.zeros(2), *(np.zeros((2, DIM), np.float32),) * 3, np.ones(2, bool),
+                         ["a", "b"], ["a", "b"], [[], []])
+    with pytest.raises(VitrineError, match="trained on other features"):
+        older.bind(older.builder(table))
+    assert trained.bind(trained.builder(table)).features.table is table
 
 
 def test_unknown_strategy_is_a_user_error(trained: Reranker):

@@ -42,7 +42,7 @@ def trained_store(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     store = trained_store
     folder = store / "models" / "rerank"
-    assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json"} <= {
+    assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json", "history.npz"} <= {
         p.name for p in folder.iterdir()}
 
     engine = vitrine.open(store)
@@ -58,6 +58,21 @@ def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     result = run("search", store, "--text", "coffee mug", "-k", "2", "--rerank", "hybrid", "--candidates", "4", "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.output)) == 2
+
+
+def test_the_reranker_keeps_every_training_query_as_history(trained_store: Path):
+    engine = vitrine.open(trained_store)
+    history = engine.reranker().history
+    assert len(history) == sum(len(texts) for texts in QUERIES.values())
+    keys = {p.id: key for key, p in engine.store.catalog.by_keys(history.keys.tolist()).items()}
+    assert sorted(keys) == sorted(QUERIES)
+    # A training query meets its own past self at cosine 1, unless it is left out (as in training lists).
+    source = history.sources[0]
+    vector = history.vectors[0]
+    best, count = history.evidence(vector, [int(history.keys[0])])
+    assert best[0] == pytest.approx(1.0, abs=1e-2) and count[0] == 3
+    best, count = history.evidence(vector, [int(history.keys[0])], exclude=source)
+    assert best[0] < 0.99 and count[0] == 2
 
 
 def test_rerank_errors_are_one_line(built_store: Path):

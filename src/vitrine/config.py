@@ -289,6 +289,13 @@ class RerankConfig:
     """Temperature of the pairwise and NULL losses."""
     null_weight: float = 1.0
     absolute_weight: float = 1.0
+    retrieval_prior: bool = True
+    """Start every score from the retriever's order (a learned multiple of the standardised retrieval
+    score plus a correction whose last layer starts at zero) and learn corrections to it; ``false``:
+    heads start at random, as in the paper, and must learn the retriever's order too."""
+    history: bool = True
+    """Keep the training queries' vectors with the reranker (``models/<model>/history.npz``) and give it,
+    per candidate, the best cosine with the product's past queries (``vitrine.rerank.history``)."""
     calibration: str = "temperature"
     """How r = P(instance match) is calibrated on the dev split: ``temperature``, ``isotonic`` or ``none``."""
     dev_fraction: float = 0.15

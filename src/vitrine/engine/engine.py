@@ -30,7 +30,7 @@ from vitrine.index import (LexicalIndex, VectorIndex, create_index, fuse_batches
 from vitrine.index.entries import SLOT_BITS
 from vitrine.parallel import map_batches
 from vitrine.progress import progress_bar
-from vitrine.rerank import Candidate, FeatureBuilder, Reranker, RerankQuery, product_table
+from vitrine.rerank import Candidate, Reranker, RerankQuery, product_table
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class SearchEngine:
             if reranker.embedding and reranker.embedding != self.embedder.describe():
                 raise StoreError(f"the reranker in {folder} was trained on {_name(reranker.embedding)} embeddings but "
                                  f"the store uses {_name(self.embedder.describe())}; run 'vitrine train-reranker' again")
-            self._reranker = reranker.bind(FeatureBuilder(product_table(self.store, self.embedder), self.lexical))
+            self._reranker = reranker.bind(reranker.builder(product_table(self.store, self.embedder), self.lexical))
         return self._reranker
 
     def _reranked(self, reranker: Reranker, queries: Sequence[Query], vectors: np.ndarray,

@@ -7,8 +7,9 @@ already computes, so reranking costs no backbone pass.
   the retrieval score (raw, standardised within the list, gap to the top), the cosine with the query,
   the retrieval rank, the cosines of the query with the product's *text* and *image* vectors alone,
   whether the product has an image, BM25 (log and relative to the list's best), keyword overlap
-  (share of the product's TF-IDF keywords found in the query, see ``vitrine.training.keywords``) and
-  title overlap (share of query words in the title).
+  (share of the product's TF-IDF keywords found in the query, see ``vitrine.training.keywords``),
+  title overlap (share of query words in the title) and, where the reranker has a ``QueryHistory``, the
+  best cosine with the product's past queries (raw and as a gap to the list's best) and their number.
 
 Product vectors come from a ``ProductTable``: every catalog product's fused/text/image vectors and
 keywords, computed once per embedder and kept in ``STORE/cache/rerank-products.npz`` (products added or
@@ -32,12 +33,13 @@ from vitrine.config import write_atomic
 from vitrine.embedding import Embedder
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
+from vitrine.rerank.history import QueryHistory
 from vitrine.training.keywords import extract_keywords
 
 log = logging.getLogger(__name__)
 
 SCALARS = ("retrieval", "retrieval_z", "gap_to_top", "cosine", "rank", "cos_text", "cos_image", "has_image",
-           "bm25_log", "bm25_share", "keyword_overlap", "title_overlap")
+           "bm25_log", "bm25_share", "keyword_overlap", "title_overlap", "history_cos", "history_gap", "history_count")
 TABLE_FILE = "rerank-products.npz"
 _WORD = re.compile(r"[^\W_]+")
 
@@ -56,6 +58,10 @@ class FeatureSpec:
     @property
     def item_dim(self) -> int:
         return 2 * self.dim + len(self.scalars)
+
+    def column(self, scalar: str) -> int:
+        """Where the named scalar sits in an item's feature vector."""
+        return 2 * self.dim + self.scalars.index(scalar)
 
 
 @dataclass
@@ -172,19 +178,22 @@ def words(text: str | None) -> set[str]:
 
 
 class FeatureBuilder:
-    """Builds ``CandidateList``s from query vectors and retrieved keys, reading the product table and
-    (for queries with text) the lexical index."""
+    """Builds ``CandidateList``s from query vectors and retrieved keys, reading the product table,
+    (for queries with text) the lexical index and, if given, the query history."""
 
-    def __init__(self, table: ProductTable, lexical: LexicalIndex | None = None) -> None:
+    def __init__(self, table: ProductTable, lexical: LexicalIndex | None = None,
+                 history: QueryHistory | None = None) -> None:
         self.table = table
         self.lexical = lexical
+        self.history = history or QueryHistory(np.zeros((0, table.dim), np.float32), np.zeros(0, np.int64), [])
         self.spec = FeatureSpec(table.dim)
         self._keyword_words = [set().union(*(words(k) for k in kws)) if kws else set() for kws in table.keywords]
         self._title_words = [words(title) for title in table.titles]
 
     def build(self, query_vector: np.ndarray, query_text: str | None, query_has_image: bool,
               keys: Sequence[int], retrieval: Sequence[float], levels: np.ndarray | None = None,
-              ideal: np.ndarray | None = None) -> CandidateList:
+              ideal: np.ndarray | None = None, exclude: str | None = None) -> CandidateList:
+        """``exclude``: the key of the query itself, whose rows of the history it must not see."""
         keys = np.asarray(keys, dtype=np.int64)
         retrieval = np.asarray(retrieval, dtype=np.float32)
         q = np.asarray(query_vector, dtype=np.float32)
@@ -200,6 +209,7 @@ class FeatureBuilder:
                                     if self._keyword_words[r] else 0.0 for r in rows.tolist()], dtype=np.float32)
         title_overlap = np.array([len(query_words & self._title_words[r]) / len(query_words) if query_words else 0.0
                                   for r in rows.tolist()], dtype=np.float32)
+        history_cos, history_count = self.history.evidence(q, keys, exclude)
         scalars = np.stack([
             retrieval,
             (retrieval - retrieval.mean()) / (spread + 1e-6) if k else retrieval,
@@ -213,6 +223,9 @@ class FeatureBuilder:
             bm25 / bm25.max() if k and bm25.max() > 0 else bm25,
             keyword_overlap,
             title_overlap,
+            history_cos,
+            history_cos - (history_cos.max() if k else 0.0),
+            np.log1p(history_count),
         ], axis=1).astype(np.float32) if k else np.zeros((0, len(SCALARS)), dtype=np.float32)
         items = np.concatenate([fused, fused * q[None, :], scalars], axis=1).astype(np.float32)
         query = np.concatenate([q, [float(bool(query_text)), float(query_has_image)]]).astype(np.float32)

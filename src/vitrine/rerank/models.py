@@ -2,6 +2,12 @@
 
 Both read ``FeatureSpec`` layouts (``vitrine.rerank.features``). Inputs are standardised with
 statistics fitted on the training lists and kept as buffers, so a saved model carries its own scaling.
+
+With a *retrieval prior* (``ModelConfig.prior_column``), every score head is the sum of a learned
+multiple of the candidate's standardised retrieval score and a correction whose last layer starts at
+zero: an untrained model ranks exactly as the retriever did, and training moves away from that order
+only where the training lists teach it to. Without it a randomly initialised head must rediscover
+the retriever's order from a few thousand lists, and on small catalogs it never quite does.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class ModelConfig:
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
+    prior_column: int | None = None
+    """Item feature column holding the standardised retrieval score; ``None``: no retrieval prior."""
 
 
 @dataclass
@@ -51,6 +59,28 @@ class Standardise(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std
+
+
+class RetrievalPrior(nn.Module):
+    """``w · x[column]``: a learned multiple (one per output) of one raw item feature, added to a head."""
+
+    def __init__(self, column: int, init: list[float]) -> None:
+        super().__init__()
+        self.column = column
+        self.weight = nn.Parameter(torch.tensor(init))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """``items (..., Fi)`` → ``(..., len(init))``."""
+        return items[..., self.column, None] * self.weight
+
+
+# Where a prior is on, the level heads start as "P(instance match) rises with the retrieval score".
+LEVEL_PRIOR_INIT = [1.0] + [0.0] * (LEVELS - 1)
+
+
+def _start_at_zero(layer: nn.Linear) -> None:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
 
 
 class Block(nn.Module):
@@ -103,6 +133,12 @@ class ChunkListwiseModel(nn.Module):
         self.local_head = nn.Linear(d, 1)
         self.absolute_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout),
                                            nn.Linear(d, LEVELS))
+        self.local_prior = self.level_prior = None
+        if config.prior_column is not None:
+            self.local_prior = RetrievalPrior(config.prior_column, [1.0])
+            self.level_prior = RetrievalPrior(config.prior_column, LEVEL_PRIOR_INIT)
+            _start_at_zero(self.local_head)
+            _start_at_zero(self.absolute_head[-1])
 
     def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> ChunkOutput:
         """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates."""
@@ -119,7 +155,11 @@ class ChunkListwiseModel(nn.Module):
         local = self.local_head(z_items).squeeze(-1)
         null_score = self.local_head(z_null).squeeze(-1)
         pair = torch.cat([z_query.unsqueeze(1).expand(-1, m, -1), z_items], dim=-1)
-        return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, self.absolute_head(pair))
+        levels = self.absolute_head(pair)
+        if self.local_prior is not None:
+            local = local + self.local_prior(items).squeeze(-1)
+            levels = levels + self.level_prior(items)
+        return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, levels)
 
 
 class PointwiseScorer(nn.Module):
@@ -133,11 +173,16 @@ class PointwiseScorer(nn.Module):
         self.item_norm = Standardise(config.item_dim)
         self.net = nn.Sequential(nn.Linear(config.query_dim + config.item_dim, 2 * d), nn.GELU(),
                                  nn.Dropout(config.dropout), nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, LEVELS))
+        self.level_prior = None
+        if config.prior_column is not None:
+            self.level_prior = RetrievalPrior(config.prior_column, LEVEL_PRIOR_INIT)
+            _start_at_zero(self.net[-1])
 
     def forward(self, query: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``query (B, Fq)``, ``items (B, M, Fi)`` → ``(B, M, 4)`` level logits."""
         q = self.query_norm(query).unsqueeze(1).expand(-1, items.shape[1], -1)
-        return self.net(torch.cat([q, self.item_norm(items)], dim=-1))
+        logits = self.net(torch.cat([q, self.item_norm(items)], dim=-1))
+        return logits if self.level_prior is None else logits + self.level_prior(items)
 
 
 def expected_gain(level_logits: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from vitrine.config import write_atomic
 from vitrine.errors import StoreError, VitrineError
 from vitrine.rerank.calibration import Calibrator
 from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec
+from vitrine.rerank.history import HISTORY_FILE, QueryHistory
 from vitrine.rerank.merge import chunk_slices, hybrid_merge, sliding_window
 from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer, expected_gain
 
@@ -103,11 +104,20 @@ class Reranker(BaseReranker):
     embedding: dict[str, Any] = field(default_factory=dict)
     """The embedder the features were built with (vectors of another embedder mean nothing to it)."""
     features: FeatureBuilder | None = None
+    history: QueryHistory | None = None
+    """Past queries and the products they found (saved with the reranker; see ``vitrine.rerank.history``)."""
+
+    def builder(self, table, lexical=None) -> FeatureBuilder:
+        """A feature builder over a product table and lexical index that reads this reranker's history."""
+        return FeatureBuilder(table, lexical, self.history)
 
     def bind(self, features: FeatureBuilder) -> "Reranker":
         if features.spec.dim != self.spec.dim:
             raise VitrineError(f"the reranker reads {self.spec.dim}-d vectors, the store's embedder gives "
                                f"{features.spec.dim}-d; train the reranker again ('vitrine train-reranker')")
+        if features.spec.scalars != self.spec.scalars:
+            raise VitrineError(f"the reranker was trained on other features ({', '.join(self.spec.scalars)}) than this "
+                               "version of vitrine builds; train the reranker again ('vitrine train-reranker')")
         self.features = features
         return self
 
@@ -210,6 +220,10 @@ class Reranker(BaseReranker):
         config = {"format": FORMAT, "spec": {"dim": self.spec.dim, "scalars": list(self.spec.scalars)},
                   "models": models, "calibrator": self.calibrator.to_dict(), "settings": asdict(self.settings),
                   "embedding": self.embedding, **(extra or {})}
+        if self.history is not None:
+            self.history.save(folder)
+        else:
+            (folder / HISTORY_FILE).unlink(missing_ok=True)
         write_atomic(folder / "config.json", json.dumps(config, indent=2).encode())
 
     @classmethod
@@ -227,7 +241,8 @@ class Reranker(BaseReranker):
                     model.load_state_dict(load_file(str(folder / f"{kind}.safetensors")))
                     models[kind] = model.eval()
             return cls(spec, models.get("listwise"), models.get("pointwise"), Calibrator(**config["calibrator"]),
-                       RerankSettings(**config["settings"]), config.get("embedding", {}))
+                       RerankSettings(**config["settings"]), config.get("embedding", {}),
+                       history=QueryHistory.load(folder))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise StoreError(f"{folder}: cannot load the reranker ({exc}); train one with 'vitrine train-reranker'") from None
 

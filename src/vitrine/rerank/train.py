@@ -30,7 +30,8 @@ from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
 from vitrine.rerank.calibration import Calibrator, expected_calibration_error, softmax
 from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec, ProductTable, retrieve
-from vitrine.rerank.levels import IRRELEVANT, levels_for, to_gain
+from vitrine.rerank.history import QueryHistory
+from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
 from vitrine.rerank.merge import chunk_slices
 from vitrine.rerank.metrics import list_metrics
@@ -59,6 +60,7 @@ class FitReport:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     dev_scores: list[float] = field(default_factory=list)
+    """Dev NDCG@10 after each epoch, the first entry before training (epoch 0)."""
 
 
 # --- queries and lists -----------------------------------------------------------------------
@@ -86,12 +88,33 @@ def val_queries(splits: Splits, products: Mapping[str, Product]) -> list[Labelle
                          q.where or str(i), tuple(q.exclude)) for i, q in enumerate(splits.val)]
 
 
+def query_history(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *,
+                  batch_size: int = 64, progress: bool = False) -> QueryHistory:
+    """The history a reranker keeps: each query's vector, once per instance match it has in the table."""
+    key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
+    vectors, keys, sources = [], [], []
+    bar = progress_bar(total=len(queries), enabled=progress, desc="query history", unit=" queries")
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start:start + batch_size]
+        for query, vector in zip(batch, embedder.encode_queries([q.query for q in batch])):
+            for pid, level in query.levels.items():
+                if level == INSTANCE and pid in key_of and pid not in query.exclude:
+                    vectors.append(vector)
+                    keys.append(key_of[pid])
+                    sources.append(query.key)
+        bar.update(len(batch))
+    bar.close()
+    return QueryHistory(np.array(vectors, dtype=np.float32).reshape(-1, table.dim), np.array(keys, dtype=np.int64),
+                        sources)
+
+
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
-                batch_size: int = 64, progress: bool = False) -> list[CandidateList]:
+                history: QueryHistory | None = None, batch_size: int = 64,
+                progress: bool = False) -> list[CandidateList]:
     """Each query's top-``k`` from ``embedder`` over the table (RRF with BM25 if ``fuse_lexical``), as
-    feature lists labelled with levels."""
-    builder = FeatureBuilder(table, lexical)
+    feature lists labelled with levels. A query's own rows of ``history`` are left out of its features."""
+    builder = FeatureBuilder(table, lexical, history)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
     lists = []
@@ -111,7 +134,7 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
             ideal = np.sort(np.array([to_gain(level) for pid, level in query.levels.items()
                                       if level < IRRELEVANT and pid not in query.exclude], dtype=np.float32))[::-1]
             built = builder.build(vector, query.query.text, query.query.image is not None, found,
-                                  [score for _, score in keep], levels, ideal.copy())
+                                  [score for _, score in keep], levels, ideal.copy(), exclude=query.key)
             built.labelled = np.array([id_of[key] in query.levels for key in found], dtype=bool)
             lists.append(built)
         bar.update(len(batch))
@@ -148,6 +171,11 @@ def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy:
                         [found.ideal if found.ideal is not None else np.zeros(0) for found in lists], k)
 
 
+def model_config(spec: FeatureSpec, config: RerankConfig) -> ModelConfig:
+    prior = spec.column("retrieval_z") if config.retrieval_prior else None
+    return ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads, config.dropout, prior)
+
+
 def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
                  config: RerankConfig, losses: Sequence[str] = ALL_LOSSES, *, progress: bool = False,
                  dev_strategy: str | None = None) -> tuple[ChunkListwiseModel, FitReport]:
@@ -157,8 +185,7 @@ def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], s
     if unknown or not losses:
         raise VitrineError(f"unknown reranker losses {sorted(unknown)} (choose from {', '.join(ALL_LOSSES)})")
     torch.manual_seed(config.seed)
-    model = ChunkListwiseModel(ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads,
-                                           config.dropout))
+    model = ChunkListwiseModel(model_config(spec, config))
     query, items, mask, levels = _chunk_tensors(train, config.chunk_size)
     model.query_norm.fit(query)
     model.item_norm.fit(items[mask])
@@ -183,8 +210,7 @@ def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], s
 def fit_pointwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
                   config: RerankConfig, *, progress: bool = False) -> tuple[PointwiseScorer, FitReport]:
     torch.manual_seed(config.seed)
-    model = PointwiseScorer(ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads,
-                                        config.dropout))
+    model = PointwiseScorer(model_config(spec, config))
     query = torch.from_numpy(np.concatenate([np.repeat(found.query[None], len(found), axis=0) for found in train]))
     items = torch.from_numpy(np.concatenate([found.items for found in train]))[:, None, :]
     levels = torch.from_numpy(np.concatenate([found.levels for found in train]))[:, None]
@@ -210,6 +236,21 @@ def _fit(model: torch.nn.Module, count: int, step_loss, dev: Sequence[CandidateL
     steps = max(1, -(-count // config.batch_size))
     bar = progress_bar(total=config.epochs * steps, enabled=progress, desc=f"train {kind}", unit=" steps")
     probe = Reranker(spec, **{kind: model}, settings=RerankSettings(strategy, config.chunk_size, config.stride))
+
+    def keep_if_best(epoch: int) -> bool:
+        """Score the dev lists; False once ``patience`` epochs have passed without a new best."""
+        nonlocal best
+        model.eval()
+        score = evaluate_lists(probe, dev, strategy)["ndcg@10"]
+        report.dev_scores.append(score)
+        if best is None or score > best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()))
+        return epoch - best[1] < config.patience
+
+    if dev:
+        # Epoch 0 is a candidate too: with a retrieval prior it is the retriever's own order, so a model
+        # whose training never helps on dev falls back to it instead of to its least bad epoch.
+        keep_if_best(0)
     for epoch in range(1, config.epochs + 1):
         model.train()
         epoch_losses = []
@@ -224,14 +265,8 @@ def _fit(model: torch.nn.Module, count: int, step_loss, dev: Sequence[CandidateL
         report.losses.append(float(np.mean(epoch_losses)))
         report.epochs = epoch
         bar.set_postfix(loss=f"{report.losses[-1]:.4f}")
-        if dev:
-            model.eval()
-            score = evaluate_lists(probe, dev, strategy)["ndcg@10"]
-            report.dev_scores.append(score)
-            if best is None or score > best[0]:
-                best = (score, epoch, copy.deepcopy(model.state_dict()))
-            elif epoch - best[1] >= config.patience:
-                break
+        if dev and not keep_if_best(epoch):
+            break
     bar.close()
     if best is not None:
         model.load_state_dict(best[2])
@@ -258,15 +293,17 @@ def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> di
 
 def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList], config: RerankConfig, *,
                    embedding: dict[str, Any] | None = None, losses: Sequence[str] = ALL_LOSSES,
-                   pointwise: bool = True, progress: bool = False) -> tuple[Reranker, dict[str, Any]]:
-    """Both models on the same lists, r calibrated on ``dev``; returns the reranker and a report."""
+                   pointwise: bool = True, history: QueryHistory | None = None,
+                   progress: bool = False) -> tuple[Reranker, dict[str, Any]]:
+    """Both models on the same lists, r calibrated on ``dev``; returns the reranker (keeping ``history``,
+    the one its lists were built with, for serving) and a report."""
     if not train:
         raise VitrineError("no training lists: the training split has no queries the retriever could answer")
     spec = FeatureSpec(int(train[0].query.shape[0]) - 2)
     listwise, listwise_report = fit_listwise(train, dev, spec, config, losses, progress=progress)
     point, point_report = fit_pointwise(train, dev, spec, config, progress=progress) if pointwise else (None, None)
     reranker = Reranker(spec, listwise, point, settings=RerankSettings(config.strategy, config.chunk_size, config.stride),
-                        embedding=embedding or {})
+                        embedding=embedding or {}, history=history)
     calibration = calibrate(reranker, dev, config.calibration if "absolute" in losses else "none")
     report = {"train_lists": len(train), "dev_lists": len(dev), "losses": list(losses),
               "listwise": asdict(listwise_report), "pointwise": asdict(point_report) if point_report else None,
@@ -284,10 +321,11 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     # them; they still appear among the candidates of other queries, as they will at search time.
     queries = training_queries(splits, products)
     train_rows, dev_rows = split_dev(queries, config.dev_fraction, config.seed)
+    history = query_history(queries, embedder, table, progress=progress) if config.history else None
     lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                        rrf_k=rrf_k, progress=progress)
+                        rrf_k=rrf_k, history=history, progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
-                                      embedding=embedder.describe(), progress=progress)
+                                      embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})

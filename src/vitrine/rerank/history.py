@@ -1,0 +1,100 @@
+"""Query history: past queries and the products they led to, a reranking signal the retriever lacks.
+
+The retriever compares a query with what the *catalog* says about a product (its title, its iconic
+photo). A shop also knows which queries found each product before (click and purchase logs; here the
+training pairs): a shopper's photo that looks like earlier shoppers' photos of a product, or a query
+worded like earlier queries for it, is good evidence on its own. ``QueryHistory`` keeps those past query
+vectors (from the same embedder as the reranker's features) with the product each led to, and gives,
+per candidate, the best cosine between the new query and the product's past queries and how many
+there were. Products without history (new listings) get -1 and 0, and the reranker learns to fall
+back on the retrieval score for them.
+
+A query never meets itself: rows carry the key of the query they came from, and ``exclude`` drops
+them, so the training lists of a reranker trained on the same queries its history holds see what
+val queries see.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitrine.config import write_atomic
+
+HISTORY_FILE = "history.npz"
+NO_HISTORY = -1.0
+"""The best cosine reported for a product nobody has searched for yet (below any real cosine)."""
+
+
+@dataclass
+class QueryHistory:
+    vectors: np.ndarray
+    """``(N, D)`` unit rows: past query vectors."""
+    keys: np.ndarray
+    """``(N,)`` the catalog key of the product each past query led to."""
+    sources: list[str]
+    """``N`` keys of the queries the rows came from (one query may lead to several products)."""
+    _rows_of_key: dict[int, np.ndarray] = field(init=False, repr=False)
+    _rows_of_source: dict[str, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.vectors = np.asarray(self.vectors, dtype=np.float32)
+        self.keys = np.asarray(self.keys, dtype=np.int64)
+        if len(self.vectors) != len(self.keys) or len(self.keys) != len(self.sources):
+            raise ValueError(f"history rows disagree: {len(self.vectors)} vectors, {len(self.keys)} keys, "
+                             f"{len(self.sources)} sources")
+        self._rows_of_key = _group(self.keys.tolist())
+        self._rows_of_source = _group(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def evidence(self, query: np.ndarray, keys: Sequence[int],
+                 exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
+        and how many past queries there were, leaving out the rows of query ``exclude``."""
+        best = np.full(len(keys), NO_HISTORY, dtype=np.float32)
+        count = np.zeros(len(keys), dtype=np.float32)
+        if not len(self):
+            return best, count
+        similarity = self.vectors @ np.asarray(query, dtype=np.float32)
+        if exclude is not None and exclude in self._rows_of_source:
+            similarity[self._rows_of_source[exclude]] = np.nan
+        for i, key in enumerate(keys):
+            rows = self._rows_of_key.get(int(key))
+            if rows is None:
+                continue
+            values = similarity[rows]
+            values = values[~np.isnan(values)]
+            if len(values):
+                best[i], count[i] = values.max(), len(values)
+        return best, count
+
+    def save(self, folder: Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, vectors=self.vectors.astype(np.float16), keys=self.keys,
+                 sources=np.frombuffer(json.dumps(self.sources).encode(), dtype=np.uint8))
+        write_atomic(Path(folder) / HISTORY_FILE, buffer.getvalue())
+
+    @classmethod
+    def load(cls, folder: Path) -> "QueryHistory | None":
+        """The history saved in a reranker folder, or ``None`` if the reranker was trained without one."""
+        path = Path(folder) / HISTORY_FILE
+        if not path.is_file():
+            return None
+        with np.load(path) as saved:
+            return cls(saved["vectors"].astype(np.float32), saved["keys"],
+                       json.loads(saved["sources"].tobytes().decode()))
+
+
+def _group(values: Sequence) -> dict:
+    rows: dict = defaultdict(list)
+    for row, value in enumerate(values):
+        rows[value].append(row)
+    return {value: np.array(found, dtype=np.int64) for value, found in rows.items()}
