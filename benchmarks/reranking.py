@@ -9,7 +9,9 @@ with BM25 by RRF as in the trained-embeddings benchmark) gives K = 50 candidates
 
 Training lists are *cross-fitted*: the training queries are split in two folds, a retriever is
 trained on each fold and builds the lists of the other, so the reranker learns from the mistakes a
-retriever makes on queries it has not seen, which is what it meets at val time. The val lists come from
+retriever makes on queries it has not seen, which is what it meets at val time. Folds keep look-alike
+queries of one product together (``--folds dissimilar``, the default; see ``cross_fit_folds``): photos
+taken in bursts would otherwise have near-copies on both sides. The val lists come from
 a retriever trained on the whole training split. Retrievers are trained once and reused from --work.
 
 Variants (cumulative, as in the paper's ablation): retrieval only; pointwise; chunk listwise (pairwise
@@ -56,15 +58,30 @@ def train_retriever(store, splits, name: str, keys: set[str] | None, overrides: 
     print(f"  ... {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def embedder_for(store, name: str):
+def embedder_for(store, name: str | None):
+    """The trained towers models/NAME, or the zero-shot embedder for ``None``."""
     from vitrine.encoders import FeatureCache
     from vitrine.engine.factory import build_embedder
 
-    config = store.config({"embedding.kind": "trained", "embedding.model": name})
+    config = store.config({"embedding.kind": "trained", "embedding.model": name} if name else {"embedding.kind": "zeroshot"})
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
 
-def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool):
+def fold_keys(queries, store, scheme: str) -> list[set[str]]:
+    """The query keys of each cross-fitting fold: ``dissimilar`` keeps look-alike queries of a product in
+    one fold (``cross_fit_folds`` on zero-shot vectors), ``random`` deals queries at random."""
+    from vitrine.rerank.train import cross_fit_folds
+
+    if scheme == "random":
+        order = np.random.default_rng(0).permutation(len(queries))
+        return [{queries[i].key for i in order[f::FOLDS]} for f in range(FOLDS)]
+    vectors = embedder_for(store, None).encode_queries([q.query for q in queries])
+    assigned = cross_fit_folds(queries, vectors, FOLDS)
+    return [{q.key for q, fold in zip(queries, assigned) if fold == f} for f in range(FOLDS)]
+
+
+def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
+            folds_scheme: str = "dissimilar"):
     """(train lists (cross-fitted), val lists, table, lexical) for one dataset."""
     import vitrine
     from vitrine.catalog.datasets import load_splits
@@ -75,10 +92,11 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     store = build_store(work / data_name, splits)
     products = {p.id: p for p in store.catalog}
     queries = training_queries(splits, products)
-    order = np.random.default_rng(0).permutation(len(queries))
-    folds = [{queries[i].key for i in order[f::FOLDS]} for f in range(FOLDS)]
+    folds = fold_keys(queries, store, folds_scheme)
+    prefix = "" if folds_scheme == "random" else f"{folds_scheme}-"
     for f in range(FOLDS):
-        train_retriever(store, splits, f"fold{f}", set().union(*(folds[g] for g in range(FOLDS) if g != f)), overrides)
+        train_retriever(store, splits, f"{prefix}fold{f}", set().union(*(folds[g] for g in range(FOLDS) if g != f)),
+                        overrides)
     train_retriever(store, splits, "full", None, overrides)
     store.config({"embedding.kind": "trained", "embedding.model": "full"}).save(store.config_path)
     engine = vitrine.open(store)
@@ -90,7 +108,7 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     for f in range(FOLDS):
         # The fold's retriever was trained on the other folds' queries: they are its history, as the
         # whole training split is the val retriever's.
-        embedder = embedder_for(store, f"fold{f}")
+        embedder = embedder_for(store, f"{prefix}fold{f}")
         table = ProductTable.build(entries, embedder)
         history = query_history([q for q in queries if q.key not in folds[f]], embedder, table)
         train_lists += build_lists([q for q in queries if q.key in folds[f]], embedder, table, k=K, lexical=lexical,
@@ -123,13 +141,15 @@ def without_history(lists):
 
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-                latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None) -> None:
+                latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None,
+                folds_scheme: str = "dissimilar") -> None:
     from vitrine.config import RerankConfig
     from vitrine.rerank.calibration import expected_calibration_error, reliability_diagram, softmax
     from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, split_dev, train_reranker
 
     print(f"\n== {name} ==", flush=True)
-    store, train_lists, val_lists, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical)
+    store, train_lists, val_lists, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical,
+                                                                    folds_scheme)
     config = RerankConfig()
     if epochs:
         config.epochs = epochs
@@ -267,6 +287,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=None, help="reranker epochs (default: rerank.epochs, 40)")
+    parser.add_argument("--folds", choices=("dissimilar", "random"), default="dissimilar",
+                        help="how training queries are dealt to the cross-fitting folds (see cross_fit_folds)")
     args = parser.parse_args()
     data = args.data or data_dir()
     import torch
@@ -283,7 +305,7 @@ def main() -> None:
     for name in args.only.split(","):
         spec, overrides, fuse = datasets[name.strip()]
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    args.epochs)
+                    args.epochs, args.folds)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

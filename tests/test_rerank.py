@@ -159,6 +159,30 @@ def test_query_history_evidence_by_hand(tmp_path: Path):
     assert QueryHistory.load(tmp_path / "none") is None
 
 
+def test_cross_fit_folds_keep_look_alike_queries_of_a_product_together():
+    from vitrine.embedding import Query
+    from vitrine.rerank.train import LabelledList, cross_fit_folds
+
+    rng = np.random.default_rng(0)
+    queries, vectors, burst = [], [], []
+    for product in range(6):
+        for b in range(2):  # two bursts of near-copies per product, far apart
+            centre = rng.normal(size=16)
+            for i in range(3 + b):
+                queries.append(LabelledList(Query(text=f"p{product} b{b} {i}"), {f"p{product}": 0}, f"q{len(queries)}"))
+                vectors.append(centre + rng.normal(scale=0.01, size=16))
+                burst.append((product, b))
+    queries.append(LabelledList(Query(text="many"), {"p0": 0, "p1": 0}, "loose"))  # no single instance: random
+    vectors.append(rng.normal(size=16))
+    folds = cross_fit_folds(queries, np.array(vectors, dtype=np.float32), folds=2)
+    assert set(folds.tolist()) == {0, 1}
+    for product in range(6):
+        first = {folds[i] for i, key in enumerate(burst) if key == (product, 0)}
+        second = {folds[i] for i, key in enumerate(burst) if key == (product, 1)}
+        assert len(first) == 1 and len(second) == 1 and first != second  # each burst whole, one per fold
+    assert abs(int((folds == 0).sum()) - int((folds == 1).sum())) <= 6  # the larger burst goes to the emptier fold
+
+
 def test_levels_mappings():
     assert [from_crowdflower(r) for r in (4, 3, 2, 1)] == [0, 1, 2, 3]
     assert [from_grade(g) for g in (3, 2, 1, 0)] == [0, 1, 2, 3]
