@@ -7,20 +7,22 @@ calibration, in one run.
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by RRF as in the trained-embeddings benchmark) gives K = 50 candidates per query.
 
-Training lists are *cross-fitted*: the training queries are split in two folds, a retriever is
-trained on each fold and builds the lists of the other, so the reranker learns from the mistakes a
-retriever makes on queries it has not seen, which is what it meets at val time. Folds keep look-alike
-queries of one product together (``--folds dissimilar``, the default; see ``cross_fit_folds``): photos
-taken in bursts would otherwise have near-copies on both sides. The val lists come from
-a retriever trained on the whole training split. Retrievers are trained once and reused from --work.
+Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
+retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
+mistakes a retriever makes on queries it has not seen, which is what it meets at val time. Folds keep
+look-alike queries of one product together (``--folds dissimilar``, the default; see ``cross_fit_folds``):
+photos taken in bursts would otherwise have near-copies on both sides. The val lists come from a
+retriever trained on the whole training split. Retrievers are trained once and reused from --work.
 
 Variants (cumulative, as in the paper's ablation): retrieval only; pointwise; chunk listwise (pairwise
 loss, local scores sorted across chunks); + NULL (pairwise + NULL losses, local − NULL); + absolute
 scorer (all three losses, sorted by r); + hybrid merge (same model, local order within chunks, K-way
-merge by r). Every model uses the defaults: a retrieval prior on its heads and the query-history
-features (past queries = the training queries the list's retriever was trained on). A second table
-takes those two away in turn (hybrid without history; without history and prior, the paper's plain
-heads). Latency: one query at a time, 2 threads, feature building + model + merge.
+merge by r). Every model uses the defaults: a retrieval prior on its heads, scalar inputs only (no raw
+vectors) and the query-history features (past queries = the training queries the list's retriever was
+trained on). A second table switches those three on and off for the hybrid (``PARTS``). Held-back
+training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
+Latency: one query at a time, 2 and 1 threads, feature building + model + merge, with the models in
+ONNX Runtime (as served) and in eager PyTorch.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import build_store  # noqa: E402  (one way to build benchmark stores)
 
 K = 50
-FOLDS = 2
 VARIANTS = [("retrieval only", None, "retrieval"), ("pointwise", "full", "pointwise"),
             ("chunk listwise", "pairwise", "local"), ("+ NULL", "pairwise+null", "listwise"),
             ("+ absolute scorer", "full", "absolute"), ("+ hybrid merge", "full", "hybrid")]
@@ -67,24 +68,33 @@ def embedder_for(store, name: str | None):
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
 
-def fold_keys(queries, store, scheme: str) -> list[set[str]]:
+def fold_keys(queries, vectors: np.ndarray, scheme: str, count: int) -> list[set[str]]:
     """The query keys of each cross-fitting fold: ``dissimilar`` keeps look-alike queries of a product in
     one fold (``cross_fit_folds`` on zero-shot vectors), ``random`` deals queries at random."""
     from vitrine.rerank.train import cross_fit_folds
 
     if scheme == "random":
         order = np.random.default_rng(0).permutation(len(queries))
-        return [{queries[i].key for i in order[f::FOLDS]} for f in range(FOLDS)]
-    vectors = embedder_for(store, None).encode_queries([q.query for q in queries])
-    assigned = cross_fit_folds(queries, vectors, FOLDS)
-    return [{q.key for q, fold in zip(queries, assigned) if fold == f} for f in range(FOLDS)]
+        return [{queries[i].key for i in order[f::count]} for f in range(count)]
+    assigned = cross_fit_folds(queries, vectors, count)
+    return [{q.key for q, fold in zip(queries, assigned) if fold == f} for f in range(count)]
+
+
+def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: int) -> set[str]:
+    """The training queries held back to pick the epoch and calibrate r, whole look-alike clusters
+    (``held_back``) unless folds are ``random``."""
+    from vitrine.rerank.train import held_back, split_dev
+
+    _, dev = split_dev(queries, fraction, seed) if scheme == "random" else held_back(queries, vectors, fraction, seed)
+    return {queries[i].key for i in dev}
 
 
 def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-            folds_scheme: str = "dissimilar"):
+            folds_scheme: str = "dissimilar", fold_count: int = 3):
     """(train lists (cross-fitted), val lists, table, lexical) for one dataset."""
     import vitrine
     from vitrine.catalog.datasets import load_splits
+    from vitrine.config import RerankConfig
     from vitrine.rerank.features import ProductTable, catalog_entries, product_table
     from vitrine.rerank.train import build_lists, query_history, training_queries, val_queries
 
@@ -92,10 +102,11 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     store = build_store(work / data_name, splits)
     products = {p.id: p for p in store.catalog}
     queries = training_queries(splits, products)
-    folds = fold_keys(queries, store, folds_scheme)
-    prefix = "" if folds_scheme == "random" else f"{folds_scheme}-"
-    for f in range(FOLDS):
-        train_retriever(store, splits, f"{prefix}fold{f}", set().union(*(folds[g] for g in range(FOLDS) if g != f)),
+    zero_shot = embedder_for(store, None).encode_queries([q.query for q in queries])
+    folds = fold_keys(queries, zero_shot, folds_scheme, fold_count)
+    prefix = ("" if folds_scheme == "random" else f"{folds_scheme}-") + ("" if fold_count == 2 else f"{fold_count}-")
+    for f in range(fold_count):
+        train_retriever(store, splits, f"{prefix}fold{f}", set().union(*(folds[g] for g in range(fold_count) if g != f)),
                         overrides)
     train_retriever(store, splits, "full", None, overrides)
     store.config({"embedding.kind": "trained", "embedding.model": "full"}).save(store.config_path)
@@ -103,60 +114,86 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     engine.sync(progress=False)
     lexical = engine.lexical
     entries = catalog_entries(store)
-    train_lists = []
+    train_lists, train_keys = [], []
     start = time.perf_counter()
-    for f in range(FOLDS):
+    for f in range(fold_count):
         # The fold's retriever was trained on the other folds' queries: they are its history, as the
         # whole training split is the val retriever's.
         embedder = embedder_for(store, f"{prefix}fold{f}")
         table = ProductTable.build(entries, embedder)
         history = query_history([q for q in queries if q.key not in folds[f]], embedder, table)
-        train_lists += build_lists([q for q in queries if q.key in folds[f]], embedder, table, k=K, lexical=lexical,
-                                   fuse_lexical=fuse_lexical, history=history)
+        fold = [q for q in queries if q.key in folds[f]]
+        train_lists += build_lists(fold, embedder, table, k=K, lexical=lexical, fuse_lexical=fuse_lexical, history=history)
+        train_keys += [q.key for q in fold]
     table = product_table(store, engine.embedder)
     history = query_history(queries, engine.embedder, table)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=lexical,
                             fuse_lexical=fuse_lexical, history=history)
     print(f"  lists: {len(train_lists)} train (cross-fitted), {len(val_lists)} val, history {len(history)} past "
           f"queries, {time.perf_counter() - start:.0f} s", flush=True)
-    return store, train_lists, val_lists, table, lexical, history
+    # How alike the two kinds of list are: a reranker learns the mistakes of the training lists' retrievers.
+    print("  retrieval order, training lists: " + _summary(list_quality(train_lists)) + "; val lists: "
+          + _summary(list_quality(val_lists)), flush=True)
+    config = RerankConfig()
+    held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed)
+    dev = [found for found, key in zip(train_lists, train_keys) if key in held]
+    train = [found for found, key in zip(train_lists, train_keys) if key not in held]
+    return store, train, dev, val_lists, table, lexical, history
+
+
+def list_quality(lists) -> dict[str, float]:
+    from vitrine.rerank.metrics import list_metrics
+
+    return list_metrics([found.levels.tolist() for found in lists], [found.ideal for found in lists], K)
+
+
+def _summary(row: dict[str, float]) -> str:
+    return ", ".join(f"{key} {row[key]:.4f}" for key in ("instance_hit_rate", "ndcg@10"))
 
 
 def without_history(lists):
     """The same lists as a reranker without query history sees them (no product has past queries)."""
     from dataclasses import replace
 
-    from vitrine.rerank.features import FeatureSpec
     from vitrine.rerank.history import NO_HISTORY
 
-    spec = FeatureSpec(int(lists[0].query.shape[0]) - 2)
     blank = []
     for found in lists:
         items = found.items.copy()
-        items[:, spec.column("history_cos")] = NO_HISTORY
-        items[:, spec.column("history_gap")] = 0.0
-        items[:, spec.column("history_count")] = 0.0
+        items[:, found.spec.column("history_cos")] = NO_HISTORY
+        items[:, found.spec.column("history_gap")] = 0.0
+        items[:, found.spec.column("history_count")] = 0.0
         blank.append(replace(found, items=items))
     return blank
 
 
+def without_vectors(lists):
+    """The same lists as a reranker that reads only the scalars sees them (``rerank.vector_inputs`` off)."""
+    from dataclasses import replace
+
+    return [replace(found, query=found.query[-2:], items=found.items[:, found.spec.vector_columns:],
+                    spec=found.spec.without_vectors()) if found.spec.vectors else found for found in lists]
+
+
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
                 latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None,
-                folds_scheme: str = "dissimilar") -> None:
+                folds_scheme: str = "dissimilar", fold_count: int = 3) -> None:
     from vitrine.config import RerankConfig
     from vitrine.rerank.calibration import expected_calibration_error, reliability_diagram, softmax
-    from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, split_dev, train_reranker
+    from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, train_reranker
 
     print(f"\n== {name} ==", flush=True)
-    store, train_lists, val_lists, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical,
-                                                                    folds_scheme)
+    store, *groups, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical, folds_scheme,
+                                                      fold_count)
     config = RerankConfig()
     if epochs:
         config.epochs = epochs
-    train_rows, dev_rows = split_dev(train_lists, config.dev_fraction, config.seed)
-    train, dev = [train_lists[i] for i in train_rows], [train_lists[i] for i in dev_rows]
+    # Lists are built with every input; the default reranker reads the scalars only.
+    with_vectors = groups
+    groups = groups if config.vector_inputs else [without_vectors(group) for group in groups]
+    train, dev, val_lists = groups if config.history else [without_history(group) for group in groups]
     start = time.perf_counter()
-    full, report = train_reranker(train, dev, config, history=history)
+    full, report = train_reranker(train, dev, config, history=history if config.history else None)
     models = {"full": full}
     for key, losses in (("pairwise", ("pairwise",)), ("pairwise+null", ("pairwise", "null"))):
         model, _ = fit_listwise(train, dev, full.spec, config, losses)
@@ -168,7 +205,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         rows[label] = evaluate_lists(models.get(key or "full"), val_lists, strategy, K)
     print(f"  reranker training {train_s:.0f} s (listwise best epoch {report['listwise']['best_epoch']}, "
           f"pointwise best epoch {report['pointwise']['best_epoch']}; 0 = the retriever's order)", flush=True)
-    parts = ablate_parts(train, dev, val_lists, config, rows)
+    parts = ablate_parts(with_vectors, config, rows)
 
     # calibration of r on val: raw softmax vs calibrated on the dev split
     entries = full.chunk_scores(val_lists)
@@ -194,31 +231,43 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         calibration["qwk_judged"] = float(cohen_kappa_score(levels[judged], predicted[judged], weights="quadratic"))
         calibration["judged_candidates"] = int(judged.sum())
 
-    latency = measure_latency(models["full"], table, lexical, val_lists[:latency_queries])
+    # Rebuilt from the query vectors, which lists with vector inputs carry.
+    latency = measure_latency(models["full"], table, lexical, with_vectors[2][:latency_queries])
     results[name] = {"quality": rows, "parts": parts, "calibration": calibration, "latency_ms": latency, "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}
     print_quality(name, rows, len(val_lists))
-    print_quality(f"{name} (hybrid: what the retrieval prior and the query history add)", parts, len(val_lists))
+    print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history)", parts, len(val_lists))
     print(f"\n{name} calibration of r on val: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in calibration.items()))
     print_latency(name, latency)
 
 
-def ablate_parts(train, dev, val_lists, config, rows: dict) -> dict[str, dict[str, float]]:
-    """Hybrid with this project's two additions taken away in turn: the query-history features, then the
-    retrieval prior too (the paper's plain heads, trained from random)."""
+PARTS = [  # label, retrieval prior, raw vector inputs, query history
+    ("hybrid as the paper trains it (random start, vector inputs, no history)", False, True, False),
+    ("+ retrieval prior", True, True, False),
+    ("+ retrieval prior, scalars only", True, False, False),
+    ("+ retrieval prior, scalars only, + query history", True, False, True),
+    ("+ retrieval prior, vector inputs, + query history", True, True, True),
+]
+
+
+def ablate_parts(groups, config, rows: dict) -> dict[str, dict[str, float]]:
+    """Hybrid with this project's three departures from the paper's heads switched on and off in turn:
+    the retrieval prior, reading the scalars only (not the raw vectors), the query-history features.
+    ``groups``: (train, dev, val) lists built with every input; the default configuration's row is
+    the ablation table's "+ hybrid merge" and is not trained again."""
     from dataclasses import replace
 
     from vitrine.rerank.train import evaluate_lists, train_reranker
 
     parts = {"retrieval only": rows["retrieval only"]}
-    for label, prior, history in (("hybrid, neither", False, False), ("hybrid, + retrieval prior", True, False),
-                                  ("hybrid, + retrieval prior + query history", True, True)):
-        if prior and history:
-            parts[label] = rows["+ hybrid merge"]
+    for label, prior, vectors, history in PARTS:
+        if (prior, vectors, history) == (config.retrieval_prior, config.vector_inputs, config.history):
+            parts[label + " (the default)"] = rows["+ hybrid merge"]
             continue
-        lists = (train, dev, val_lists) if history else tuple(without_history(group) for group in (train, dev, val_lists))
+        lists = groups if vectors else [without_vectors(group) for group in groups]
+        lists = lists if history else [without_history(group) for group in lists]
         model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior), pointwise=False)
         parts[label] = evaluate_lists(model, lists[2], "hybrid", K)
         print(f"  {label}: listwise best epoch {report['listwise']['best_epoch']}", flush=True)
@@ -232,29 +281,41 @@ def _calibrated_levels(reranker, logits: np.ndarray) -> np.ndarray:
     return softmax(logits / t).argmax(axis=1)
 
 
-def measure_latency(reranker, table, lexical, lists, repeats: int = 1) -> dict[str, float]:
-    """Per query, one at a time: features (from the query vector and retrieved keys) + model + merge."""
+def measure_latency(reranker, table, lexical, lists) -> dict[str, float]:
+    """Per query, one at a time: features (from the query vector and retrieved keys) + model + merge,
+    with the models in ONNX Runtime (as served, ``rerank.runtime``) and in eager PyTorch."""
     import torch
 
     builder = reranker.builder(table, lexical)
+
+    def rerank(found, strategy: str) -> None:
+        rebuilt = builder.build(found.query[:-2], found.text, bool(found.query[-1]), found.keys, found.retrieval)
+        reranker.rank_lists([rebuilt], strategy)
+
     figures = {}
-    for threads, suffix in ((2, ""), (1, " (1 thread)")):
-        torch.set_num_threads(threads)
-        for strategy in ("pointwise", "hybrid", "sliding"):
-            reranker.rank_lists([lists[0]], strategy)  # warm up
-            times = []
-            for found in lists:
-                vector = found.query[:-2]
-                start = time.perf_counter()
-                rebuilt = builder.build(vector, found.text, bool(found.query[-1]), found.keys, found.retrieval)
-                reranker.rank_lists([rebuilt], strategy)
-                times.append((time.perf_counter() - start) * 1000)
-            figures[f"{strategy}_p50{suffix}"] = float(np.percentile(times, 50))
-            figures[f"{strategy}_p99{suffix}"] = float(np.percentile(times, 99))
+    for runtime in ("onnx", "torch"):
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            reranker.serve_with(runtime, threads)
+            for strategy in STRATEGY_LATENCY:
+                rerank(lists[0], strategy)  # warm up
+                times = []
+                for found in lists:
+                    start = time.perf_counter()
+                    rerank(found, strategy)
+                    times.append((time.perf_counter() - start) * 1000)
+                for q in (50, 99):
+                    figures[f"{runtime} {strategy} p{q} {threads}t"] = float(np.percentile(times, q))
+    reranker.serve_with("torch")
     torch.set_num_threads(2)
-    figures["hybrid/sliding p50"] = figures["hybrid_p50"] / figures["sliding_p50"]
-    figures["hybrid/pointwise p50"] = figures["hybrid_p50"] / figures["pointwise_p50"]
+    for runtime in ("onnx", "torch"):
+        figures[f"{runtime} hybrid/sliding p50"] = figures[f"{runtime} hybrid p50 2t"] / figures[f"{runtime} sliding p50 2t"]
+        figures[f"{runtime} hybrid/pointwise p50"] = (figures[f"{runtime} hybrid p50 2t"]
+                                                      / figures[f"{runtime} pointwise p50 2t"])
     return figures
+
+
+STRATEGY_LATENCY = ("pointwise", "hybrid", "sliding")
 
 
 def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int) -> None:
@@ -267,14 +328,16 @@ def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int) ->
 
 
 def print_latency(name: str, latency: dict[str, float]) -> None:
-    print(f"\n{name} rerank latency per query, K = {K}, 2 threads (ms)")
-    print("| strategy | p50 | p99 | p50, 1 thread | p99, 1 thread |")
-    print("|---|---|---|---|---|")
-    for s in ("pointwise", "hybrid", "sliding"):
-        print(f"| {s} | {latency[f'{s}_p50']:.2f} | {latency[f'{s}_p99']:.2f} | "
-              f"{latency[f'{s}_p50 (1 thread)']:.2f} | {latency[f'{s}_p99 (1 thread)']:.2f} |")
-    print(f"hybrid / sliding p50 = {latency['hybrid/sliding p50']:.2f} (target <= 0.5); "
-          f"hybrid / pointwise p50 = {latency['hybrid/pointwise p50']:.2f} (target <= 2)", flush=True)
+    print(f"\n{name} rerank latency per query, K = {K} (ms)")
+    print("| runtime | strategy | p50, 2 threads | p99, 2 threads | p50, 1 thread | p99, 1 thread |")
+    print("|---|---|---|---|---|---|")
+    for runtime in ("onnx", "torch"):
+        for s in STRATEGY_LATENCY:
+            print(f"| {runtime} | {s} | " + " | ".join(f"{latency[f'{runtime} {s} p{q} {t}t']:.2f}"
+                                                    for t in (2, 1) for q in (50, 99)) + " |")
+    for runtime in ("onnx", "torch"):
+        print(f"{runtime}: hybrid / sliding p50 = {latency[f'{runtime} hybrid/sliding p50']:.2f} (target <= 0.5); "
+              f"hybrid / pointwise p50 = {latency[f'{runtime} hybrid/pointwise p50']:.2f} (target <= 2)", flush=True)
 
 
 def main() -> None:
@@ -289,6 +352,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="reranker epochs (default: rerank.epochs, 40)")
     parser.add_argument("--folds", choices=("dissimilar", "random"), default="dissimilar",
                         help="how training queries are dealt to the cross-fitting folds (see cross_fit_folds)")
+    parser.add_argument("--fold-count", type=int, default=3,
+                        help="cross-fitting folds, one retriever each (3: a training query's nearest same-product "
+                             "photo in the other folds is then as far as a val photo's in the training split)")
     args = parser.parse_args()
     data = args.data or data_dir()
     import torch
@@ -305,7 +371,7 @@ def main() -> None:
     for name in args.only.split(","):
         spec, overrides, fuse = datasets[name.strip()]
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    args.epochs, args.folds)
+                    args.epochs, args.folds, args.fold_count)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

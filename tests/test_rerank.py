@@ -322,6 +322,67 @@ def test_a_reranker_refuses_features_it_was_not_trained_on(trained: Reranker):
     assert trained.bind(trained.builder(table)).features.table is table
 
 
+def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path):
+    from vitrine.rerank.features import SCALARS, FeatureBuilder
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(3, 3, DIM)).astype(np.float32)
+    table = ProductTable(np.arange(3), np.zeros(3), *vectors, np.ones(3, bool), ["a", "b", "c"], ["a", "b", "c"],
+                         [[], [], []])
+    query = rng.normal(size=DIM).astype(np.float32)
+    full = FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1])
+    scalars = FeatureBuilder(table, vectors=False).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1])
+    assert scalars.items.shape == (3, len(SCALARS)) and scalars.query.tolist() == [0.0, 1.0]
+    np.testing.assert_array_equal(scalars.items, full.items[:, 2 * DIM:])
+    assert scalars.spec.column("retrieval_z") == SCALARS.index("retrieval_z")
+
+    # A scalar-only reranker saves, loads and binds as one, and refuses a builder with vector inputs.
+    model = ChunkListwiseModel(model_config(scalars.spec, small_config())).eval()
+    Reranker(scalars.spec, model).save(tmp_path / "scalars")
+    loaded = Reranker.load(tmp_path / "scalars")
+    assert loaded.spec == scalars.spec
+    assert loaded.bind(loaded.builder(table)).features.spec.vectors is False
+    from vitrine.errors import VitrineError
+
+    with pytest.raises(VitrineError, match="trained on other features"):
+        loaded.bind(FeatureBuilder(table))
+
+
+def test_held_back_queries_are_whole_look_alike_clusters():
+    from vitrine.embedding import Query
+    from vitrine.rerank.train import LabelledList, held_back
+
+    rng = np.random.default_rng(1)
+    queries, vectors, burst = [], [], []
+    for product in range(4):
+        for b in range(7):
+            centre = rng.normal(size=8)
+            for i in range(3):
+                queries.append(LabelledList(Query(text=f"{product} {b} {i}"), {str(product): 0}, f"q{len(queries)}"))
+                vectors.append(centre + rng.normal(scale=0.01, size=8))
+                burst.append((product, b))
+    train, dev = held_back(queries, np.array(vectors, dtype=np.float32), 0.15, seed=0)
+    assert sorted(train + dev) == list(range(len(queries)))
+    assert len(dev) == 12  # one burst of 3 per product: 1/7 of the queries
+    held = {burst[i] for i in dev}
+    assert all(burst[i] not in held for i in train)  # no near-copy of a held-back query stays in training
+    assert {product for product, _ in held} == {0, 1, 2, 3}
+
+
+def test_onnx_runtime_ranks_as_pytorch_does(trained: Reranker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VITRINE_CACHE_DIR", str(tmp_path))
+    served = Reranker(trained.spec, trained.listwise, trained.pointwise, trained.calibrator,
+                      trained.settings).serve_with("onnx", threads=1)
+    assert {type(runner).__name__ for runner in served.runners.values()} == {"OnnxChunkModel", "OnnxPointwise"}
+    assert list((tmp_path / "onnx").glob("rerank-*.onnx"))
+    lists = drawn_lists(4, 23, seed=11) + drawn_lists(1, 4, seed=12)
+    for strategy in sorted(STRATEGIES):
+        for a, b in zip(trained.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
+            np.testing.assert_array_equal(a.order, b.order)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    assert served.serve_with("torch").runners == {}
+
+
 def test_unknown_strategy_is_a_user_error(trained: Reranker):
     from vitrine.errors import VitrineError
 

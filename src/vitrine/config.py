@@ -293,6 +293,12 @@ class RerankConfig:
     """Start every score from the retriever's order (a learned multiple of the standardised retrieval
     score plus a correction whose last layer starts at zero) and learn corrections to it; ``false``:
     heads start at random, as in the paper, and must learn the retriever's order too."""
+    runtime: str = "onnx"
+    """What runs a served reranker's models: ``onnx`` (ONNX Runtime, exported on first use) or ``torch``."""
+    vector_inputs: bool = False
+    """Feed the raw vectors to the models too (the query vector; per candidate its product vector and the
+    element-wise product with the query), not only the scalars comparing them. Off by default: with them,
+    the Grocery reranker learned the training photos themselves and lost to retrieval on val photos."""
     history: bool = True
     """Keep the training queries' vectors with the reranker (``models/<model>/history.npz``) and give it,
     per candidate, the best cosine with the product's past queries (``vitrine.rerank.history``)."""

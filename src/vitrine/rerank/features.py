@@ -46,22 +46,33 @@ _WORD = re.compile(r"[^\W_]+")
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """The layout a model was trained on; a table of another width cannot feed it."""
+    """The layout a model was trained on; a table of another width cannot feed it.
+
+    ``vectors``: whether the raw vectors are inputs too (the query vector; per candidate its product
+    vector and the element-wise product with the query), or only the scalars that compare the two."""
 
     dim: int
     scalars: tuple[str, ...] = SCALARS
+    vectors: bool = True
 
     @property
     def query_dim(self) -> int:
-        return self.dim + 2
+        return (self.dim if self.vectors else 0) + 2
 
     @property
     def item_dim(self) -> int:
-        return 2 * self.dim + len(self.scalars)
+        return self.vector_columns + len(self.scalars)
+
+    @property
+    def vector_columns(self) -> int:
+        return 2 * self.dim if self.vectors else 0
 
     def column(self, scalar: str) -> int:
         """Where the named scalar sits in an item's feature vector."""
-        return 2 * self.dim + self.scalars.index(scalar)
+        return self.vector_columns + self.scalars.index(scalar)
+
+    def without_vectors(self) -> "FeatureSpec":
+        return FeatureSpec(self.dim, self.scalars, False)
 
 
 @dataclass
@@ -79,6 +90,8 @@ class CandidateList:
     text: str | None = None
     labelled: np.ndarray | None = None
     """Which candidates the labels actually judge (the others are taken as irrelevant)."""
+    spec: FeatureSpec | None = None
+    """The layout of ``query`` and ``items`` (set by ``FeatureBuilder``)."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -182,11 +195,11 @@ class FeatureBuilder:
     (for queries with text) the lexical index and, if given, the query history."""
 
     def __init__(self, table: ProductTable, lexical: LexicalIndex | None = None,
-                 history: QueryHistory | None = None) -> None:
+                 history: QueryHistory | None = None, vectors: bool = True) -> None:
         self.table = table
         self.lexical = lexical
         self.history = history or QueryHistory(np.zeros((0, table.dim), np.float32), np.zeros(0, np.int64), [])
-        self.spec = FeatureSpec(table.dim)
+        self.spec = FeatureSpec(table.dim, vectors=vectors)
         self._keyword_words = [set().union(*(words(k) for k in kws)) if kws else set() for kws in table.keywords]
         self._title_words = [words(title) for title in table.titles]
 
@@ -227,9 +240,13 @@ class FeatureBuilder:
             history_cos - (history_cos.max() if k else 0.0),
             np.log1p(history_count),
         ], axis=1).astype(np.float32) if k else np.zeros((0, len(SCALARS)), dtype=np.float32)
-        items = np.concatenate([fused, fused * q[None, :], scalars], axis=1).astype(np.float32)
-        query = np.concatenate([q, [float(bool(query_text)), float(query_has_image)]]).astype(np.float32)
-        return CandidateList(keys, query, items, retrieval, levels, ideal, query_text)
+        modalities = np.array([float(bool(query_text)), float(query_has_image)], dtype=np.float32)
+        if self.spec.vectors:
+            items = np.concatenate([fused, fused * q[None, :], scalars], axis=1).astype(np.float32)
+            query = np.concatenate([q, modalities]).astype(np.float32)
+        else:
+            items, query = scalars, modalities
+        return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec)
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

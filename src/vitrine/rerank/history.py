@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vitrine.config import write_atomic
 
@@ -63,7 +64,9 @@ class QueryHistory:
         count = np.zeros(len(keys), dtype=np.float32)
         if not len(self):
             return best, count
-        similarity = self.vectors @ np.asarray(query, dtype=np.float32)
+        # Through torch, not numpy: numpy's BLAS has a thread pool of its own, and the two pools fighting
+        # over 2 cores turned a 0.5 ms rerank into 8 ms.
+        similarity = (torch.from_numpy(self.vectors) @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
         if exclude is not None and exclude in self._rows_of_source:
             similarity[self._rows_of_source[exclude]] = np.nan
         for i, key in enumerate(keys):

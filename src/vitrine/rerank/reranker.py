@@ -106,16 +106,33 @@ class Reranker(BaseReranker):
     features: FeatureBuilder | None = None
     history: QueryHistory | None = None
     """Past queries and the products they found (saved with the reranker; see ``vitrine.rerank.history``)."""
+    runners: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What runs each model when serving (``serve_with``); the PyTorch model itself where absent."""
+
+    def serve_with(self, runtime: str, threads: int = 0) -> "Reranker":
+        """Run the models in ``runtime``: ``onnx`` (exported once, see ``vitrine.rerank.runtime``) or
+        ``torch``. For serving only: a model trained further afterwards would not be seen."""
+        from vitrine.encoders.onnx_runtime import check_runtime
+        from vitrine.rerank.runtime import onnx_chunk_model, onnx_pointwise
+
+        self.runners = {}
+        if check_runtime(runtime) == "onnx":
+            for kind, model, export in (("listwise", self.listwise, onnx_chunk_model),
+                                        ("pointwise", self.pointwise, onnx_pointwise)):
+                runner = export(model, threads) if model is not None else None
+                if runner is not None:
+                    self.runners[kind] = runner
+        return self
 
     def builder(self, table, lexical=None) -> FeatureBuilder:
         """A feature builder over a product table and lexical index that reads this reranker's history."""
-        return FeatureBuilder(table, lexical, self.history)
+        return FeatureBuilder(table, lexical, self.history, self.spec.vectors)
 
     def bind(self, features: FeatureBuilder) -> "Reranker":
         if features.spec.dim != self.spec.dim:
             raise VitrineError(f"the reranker reads {self.spec.dim}-d vectors, the store's embedder gives "
                                f"{features.spec.dim}-d; train the reranker again ('vitrine train-reranker')")
-        if features.spec.scalars != self.spec.scalars:
+        if features.spec.scalars != self.spec.scalars or features.spec.vectors != self.spec.vectors:
             raise VitrineError(f"the reranker was trained on other features ({', '.join(self.spec.scalars)}) than this "
                                "version of vitrine builds; train the reranker again ('vitrine train-reranker')")
         self.features = features
@@ -153,7 +170,7 @@ class Reranker(BaseReranker):
     def _model(self, kind: str):
         # Models are put in eval mode once (after training, on load); doing it per call costs
         # milliseconds of module walking on the serving path.
-        model = self.listwise if kind == "listwise" else self.pointwise
+        model = self.runners.get(kind) or (self.listwise if kind == "listwise" else self.pointwise)
         if model is None:
             raise VitrineError(f"this reranker has no {kind} model; train it with 'vitrine train-reranker'")
         return model
@@ -217,7 +234,8 @@ class Reranker(BaseReranker):
                 save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
                 tmp.replace(folder / f"{kind}.safetensors")
                 models[kind] = asdict(model.config)
-        config = {"format": FORMAT, "spec": {"dim": self.spec.dim, "scalars": list(self.spec.scalars)},
+        config = {"format": FORMAT, "spec": {"dim": self.spec.dim, "scalars": list(self.spec.scalars),
+                                             "vectors": self.spec.vectors},
                   "models": models, "calibrator": self.calibrator.to_dict(), "settings": asdict(self.settings),
                   "embedding": self.embedding, **(extra or {})}
         if self.history is not None:
@@ -233,7 +251,8 @@ class Reranker(BaseReranker):
             config = json.loads((folder / "config.json").read_text())
             if config.get("format") != FORMAT:
                 raise ValueError(f"format {config.get('format')!r}, expected {FORMAT!r}")
-            spec = FeatureSpec(int(config["spec"]["dim"]), tuple(config["spec"]["scalars"]))
+            spec = FeatureSpec(int(config["spec"]["dim"]), tuple(config["spec"]["scalars"]),
+                               bool(config["spec"].get("vectors", True)))
             models: dict[str, Any] = {}
             for kind, model_cls in (("listwise", ChunkListwiseModel), ("pointwise", PointwiseScorer)):
                 if kind in config["models"]:

@@ -110,11 +110,12 @@ def query_history(queries: Sequence[LabelledList], embedder: Embedder, table: Pr
 
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
-                history: QueryHistory | None = None, batch_size: int = 64,
+                history: QueryHistory | None = None, vectors: bool = True, batch_size: int = 64,
                 progress: bool = False) -> list[CandidateList]:
     """Each query's top-``k`` from ``embedder`` over the table (RRF with BM25 if ``fuse_lexical``), as
-    feature lists labelled with levels. A query's own rows of ``history`` are left out of its features."""
-    builder = FeatureBuilder(table, lexical, history)
+    feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
+    ``vectors``: the raw vectors are model inputs too (``FeatureSpec.vectors``)."""
+    builder = FeatureBuilder(table, lexical, history, vectors)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
     lists = []
@@ -178,6 +179,17 @@ def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds:
     for i, row in enumerate(rng.permutation(loose)):
         assigned[row] = i % folds
     return assigned
+
+
+def held_back(queries: Sequence[LabelledList], vectors: np.ndarray, fraction: float,
+              seed: int) -> tuple[list[int], list[int]]:
+    """(train, dev) indices with whole look-alike clusters held back: one of ``round(1 / fraction)``
+    ``cross_fit_folds`` folds. A random dev split keeps near-copies of its queries in training, and then
+    picks the epoch that has memorised them best."""
+    if len(queries) < 10 or fraction <= 0:
+        return list(range(len(queries))), []
+    assigned = cross_fit_folds(queries, vectors, max(2, round(1 / fraction)), seed)
+    return [i for i, fold in enumerate(assigned) if fold != 0], [i for i, fold in enumerate(assigned) if fold == 0]
 
 
 def split_dev(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -337,7 +349,7 @@ def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList],
     the one its lists were built with, for serving) and a report."""
     if not train:
         raise VitrineError("no training lists: the training split has no queries the retriever could answer")
-    spec = FeatureSpec(int(train[0].query.shape[0]) - 2)
+    spec = train[0].spec or FeatureSpec(int(train[0].query.shape[0]) - 2)
     listwise, listwise_report = fit_listwise(train, dev, spec, config, losses, progress=progress)
     point, point_report = fit_pointwise(train, dev, spec, config, progress=progress) if pointwise else (None, None)
     reranker = Reranker(spec, listwise, point, settings=RerankSettings(config.strategy, config.chunk_size, config.stride),
@@ -358,10 +370,11 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     # Held-out products (Grocery's new-products protocol) have no training pairs, so no list is about
     # them; they still appear among the candidates of other queries, as they will at search time.
     queries = training_queries(splits, products)
-    train_rows, dev_rows = split_dev(queries, config.dev_fraction, config.seed)
+    train_rows, dev_rows = held_back(queries, embedder.encode_queries([q.query for q in queries]),
+                                     config.dev_fraction, config.seed)
     history = query_history(queries, embedder, table, progress=progress) if config.history else None
     lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                        rrf_k=rrf_k, history=history, progress=progress)
+                        rrf_k=rrf_k, history=history, vectors=config.vector_inputs, progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
