@@ -262,8 +262,8 @@ def train_reranker(
         target.config({"rerank.model": name}).save(target.config_path)
     listwise = report["listwise"]
     out.print(f"trained reranker {config.rerank.model} on {report['train_lists']} lists ({report['dev_lists']} held back): "
-              f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']}, dev ECE of r "
-              f"{report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
+              f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']} (0: the retriever's own order), "
+              f"dev ECE of r {report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
               f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")
     out.print(f"saved in {target.models_dir / config.rerank.model}. Next: vitrine search {store} --text ... --rerank hybrid")
 
