@@ -226,7 +226,10 @@ SHOPEE_VARIANTS = [("trained", "shopee", {}), ("trained + n-grams", "shopee-ngra
                    # Mining costs several minutes an epoch on 2 cores (all 22,879 listings re-embedded every 50
                    # steps, 8 extra products per query through the towers): capped at 5 epochs.
                    ("trained + n-grams + hard negatives (5 epochs)", "shopee-ngrams-hard",
-                    {**NGRAMS, "training.hard_negatives": 8, "training.epochs": 5})]
+                    {**NGRAMS, "training.hard_negatives": 8, "training.epochs": 5}),
+                   # BM25's strength is rare tokens: the same, with n-grams weighted by their catalog IDF.
+                   ("trained + IDF n-grams + hard negatives (5 epochs)", "shopee-ngrams-idf-hard",
+                    {**NGRAMS, "training.ngram_idf": True, "training.hard_negatives": 8, "training.epochs": 5})]
 
 
 def shopee(data: Path, work: Path, results: dict, variants: set[str] = frozenset(), resume: bool = False) -> None:

@@ -39,6 +39,30 @@ def test_the_bag_is_the_weighted_sum_of_its_rows():
     assert torch.allclose(model.ngrams(NgramBatch.from_csr(bags)), expected, atol=1e-6)
 
 
+def test_idf_weights_rare_ngrams_up_by_hand():
+    hasher = NgramHasher(2 ** 12, word_n=1, char_n=0)
+    idf = hasher.fit_idf(["beras premium", "beras merah", "beras"])
+    bucket = lambda word: hasher.transform([word]).indices[0]  # noqa: E731
+    assert idf[bucket("beras")] == pytest.approx(1.0)  # in every text
+    assert idf[bucket("premium")] == pytest.approx(np.log(4 / 2) + 1)  # in one of three
+    plain, weighted = hasher.transform(["beras premium"]), hasher.transform(["beras premium"], idf)
+    assert plain[0, bucket("premium")] == pytest.approx(plain[0, bucket("beras")])
+    assert weighted[0, bucket("premium")] / weighted[0, bucket("beras")] == pytest.approx(np.log(2) + 1, rel=1e-5)
+    assert np.asarray(weighted.multiply(weighted).sum()) == pytest.approx(1.0)
+
+
+def test_a_model_keeps_its_idf_and_applies_it(tmp_path: Path):
+    model = tiny(ngram_buckets=256, ngram_idf=True)
+    idf = NgramHasher(256).fit_idf(["red apple", "red cup", "apple juice"])
+    model.ngrams.idf.copy_(torch.from_numpy(idf))
+    model.save(tmp_path / "m")
+    loaded = TwoTowerModel.load(tmp_path / "m")
+    assert torch.equal(loaded.ngrams.idf, torch.from_numpy(idf))
+    batch, plain = loaded.ngram_batch(["red apple"]), tiny(ngram_buckets=256).ngram_batch(["red apple"])
+    assert torch.equal(batch.ids, plain.ids) and not torch.allclose(batch.weights, plain.weights)
+    assert tiny(ngram_buckets=256).ngrams.idf is None  # off by default: nothing extra saved
+
+
 def tiny(**kwargs) -> TwoTowerModel:
     torch.manual_seed(0)
     return TwoTowerModel(TowerConfig(text_dim=6, image_dim=5, dim=4, hidden=8, **kwargs)).eval()
@@ -66,13 +90,15 @@ def test_save_and_load_keep_the_ngram_table(tmp_path: Path):
 
 def test_training_moves_only_the_rows_of_seen_ngrams_and_resumes(store, tmp_path, encoders):  # noqa: F811
     config = replace(TrainingConfig(), epochs=4, batch_size=8, lr=3e-3, hidden=32, dim=16, matryoshka="",
-                     ngram_buckets=4096)
+                     ngram_buckets=4096, ngram_idf=True)
     towers = tower_config(config, "minilm", "efficientnet-lite0", 384, 1280)
     data = training_set(store, shopper_photos(tmp_path / "photos", per_product=1), encoders, config,
                         ngrams=towers.ngram_hasher())
     assert data.product_ngrams.shape == (4, 4096) and data.query_ngrams.shape == (len(data), 4096)
+    assert data.ngram_idf is not None and data.ngram_idf.max() > 1.0  # fitted on the four product texts
     ContrastiveTrainer(data, replace(config, epochs=2), towers, tmp_path / "model", progress=False).fit()
     trainer = ContrastiveTrainer(data, config, towers, tmp_path / "model", progress=False)
+    assert torch.equal(trainer.model.ngrams.idf, torch.from_numpy(data.ngram_idf))
     result = trainer.fit(resume=True)
     fresh = ContrastiveTrainer(data, config, towers, tmp_path / "other", progress=False)
     fresh.fit()

@@ -46,7 +46,7 @@ def store(tmp_path: Path, catalog_file: Path) -> Store:
 def training_set(store: Store, pairs, encoders, config: TrainingConfig, ngrams=None):
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images)) for p in store.catalog]
     return build_training_set(products, pairs, *encoders, FeatureCache(store.root / "cache.sqlite"), config,
-                              ngrams=ngrams, progress=False)
+                              ngrams=ngrams, ngram_idf=config.ngram_idf, progress=False)
 
 
 @pytest.mark.parametrize("negatives", [{}, {"memory_bank": 16, "memory_max_age": 20},

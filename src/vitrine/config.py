@@ -88,6 +88,8 @@ class TrainingConfig:
     """Add a learned embedding of hashed word 1-2-grams and character 3-grams to both text towers, with
     this many hash buckets (0 = off; 262144 = 2^18 is a good size): Amazon's semantic product search
     (Nigam et al., 2019). It gives model numbers, sizes and words of other languages vectors of their own."""
+    ngram_idf: bool = False
+    """Weight n-grams by inverse document frequency over the training catalog (rare tokens count more)."""
     ngram_lr_scale: float = 10.0
     """Learning rate of the n-gram table relative to ``lr``: each of its rows is updated only in the
     steps whose texts contain that n-gram (sparse Adam), so rows need larger steps to move."""

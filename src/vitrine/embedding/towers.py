@@ -53,6 +53,8 @@ class TowerConfig:
     """Hash buckets of the n-gram embedding added to the text towers (0 = none)."""
     ngram_words: int = 2
     ngram_chars: int = 3
+    ngram_idf: bool = False
+    """Weight each n-gram by its inverse document frequency over the training catalog (kept in the model)."""
 
     def ngram_hasher(self) -> NgramHasher | None:
         return NgramHasher(self.ngram_buckets, self.ngram_words, self.ngram_chars) if self.ngram_buckets else None
@@ -113,10 +115,12 @@ class NgramEmbedding(nn.Module):
     It starts at zero, so an untrained model is exactly the pretrained text space, and every bucket
     seen in training moves from the first step (its gradient is the tower's output gradient)."""
 
-    def __init__(self, buckets: int, dim: int) -> None:
+    def __init__(self, buckets: int, dim: int, idf: bool = False) -> None:
         super().__init__()
         self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", sparse=True)
         nn.init.zeros_(self.bag.weight)
+        # Fitted on the training catalog (``NgramHasher.fit_idf``) and saved with the weights.
+        self.register_buffer("idf", torch.ones(buckets) if idf else None)
 
     def forward(self, batch: NgramBatch) -> torch.Tensor:
         return self.bag(batch.ids, batch.offsets, per_sample_weights=batch.weights)
@@ -138,12 +142,15 @@ class TwoTowerModel(nn.Module):
         self.query_image = (self.product_image if config.shared_image_projection
                             else make(config.image_dim, config.image_dropout))
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
-        self.ngrams = NgramEmbedding(config.ngram_buckets, config.dim) if config.ngram_buckets else None
+        self.ngrams = NgramEmbedding(config.ngram_buckets, config.dim, config.ngram_idf) if config.ngram_buckets else None
         self.hasher = config.ngram_hasher()
 
     def ngram_batch(self, texts: Sequence[str | None]) -> NgramBatch | None:
         """The n-gram input of ``texts`` for this model (None when it has no n-gram embedding)."""
-        return NgramBatch.from_csr(self.hasher.transform(texts)) if self.hasher is not None else None
+        if self.hasher is None:
+            return None
+        idf = self.ngrams.idf.numpy() if self.ngrams.idf is not None else None
+        return NgramBatch.from_csr(self.hasher.transform(texts, idf))
 
     def text_vectors(self, tower: nn.Module, text: torch.Tensor, ngrams: NgramBatch | None) -> torch.Tensor:
         """One text tower's (unnormalised) output: its projection, plus the n-gram vectors if the model has them."""

@@ -24,7 +24,8 @@ from sklearn.preprocessing import normalize
 
 class NgramHasher:
     """Texts -> L2-normalised bags of hashed n-grams: word 1..``word_n``-grams and character
-    ``char_n``-grams taken within words (``char_n`` = 0 leaves characters out)."""
+    ``char_n``-grams taken within words (``char_n`` = 0 leaves characters out), optionally weighted by
+    inverse document frequency (``idf``, see ``fit_idf``)."""
 
     def __init__(self, buckets: int, word_n: int = 2, char_n: int = 3) -> None:
         if buckets < 1 or word_n < 1 or char_n < 0:
@@ -38,12 +39,25 @@ class NgramHasher:
         if char_n:
             self.vectorizers.append(HashingVectorizer(analyzer="char_wb", ngram_range=(char_n, char_n), **options))
 
-    def transform(self, texts: Sequence[str | None]) -> sp.csr_matrix:
-        """``(len(texts), buckets)`` float32 CSR; a missing or empty text is an empty row."""
+    def counts(self, texts: Sequence[str | None]) -> sp.csr_matrix:
         texts = [text or "" for text in texts]
-        counts = sum(vectorizer.transform(texts) for vectorizer in self.vectorizers)
+        return sp.csr_matrix(sum(vectorizer.transform(texts) for vectorizer in self.vectorizers), dtype=np.float32)
+
+    def fit_idf(self, texts: Sequence[str | None]) -> np.ndarray:
+        """Smoothed inverse document frequency of every bucket over ``texts`` (scikit-learn's formula,
+        ``ln((1 + n) / (1 + df)) + 1``): a bucket shared by every title weighs 1, a rare model number
+        several times more, as in BM25. Buckets no text has get the highest weight."""
+        counts = self.counts(texts)
+        df = np.bincount(counts.indices, minlength=self.buckets)
+        return (np.log((1.0 + counts.shape[0]) / (1.0 + df)) + 1.0).astype(np.float32)
+
+    def transform(self, texts: Sequence[str | None], idf: np.ndarray | None = None) -> sp.csr_matrix:
+        """``(len(texts), buckets)`` float32 CSR; a missing or empty text is an empty row."""
+        counts = self.counts(texts)
         # Sub-linear counts: a word repeated in a title is not three times the evidence.
         counts.data = np.log1p(counts.data).astype(np.float32)
+        if idf is not None:
+            counts.data *= np.asarray(idf, dtype=np.float32)[counts.indices]
         return sp.csr_matrix(normalize(counts, norm="l2", copy=False), dtype=np.float32)
 
 

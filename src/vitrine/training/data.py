@@ -48,6 +48,8 @@ class TrainingSet:
     product_ngrams: sp.csr_matrix | None = None
     query_ngrams: sp.csr_matrix | None = None
     """Hashed n-gram bags of the product texts and the query texts, when the model has an n-gram embedding."""
+    ngram_idf: np.ndarray | None = None
+    """The bags' inverse document frequencies over the product texts, when the model weights n-grams by them."""
 
     def __len__(self) -> int:
         return len(self.positive)
@@ -55,9 +57,11 @@ class TrainingSet:
 
 def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_encoder: TextEncoder,
                        image_encoder: ImageEncoder, cache: FeatureCache, config: TrainingConfig,
-                       *, ngrams: NgramHasher | None = None, progress: bool = True) -> TrainingSet:
+                       *, ngrams: NgramHasher | None = None, ngram_idf: bool = False,
+                       progress: bool = True) -> TrainingSet:
     """Products must have readable image paths. Pairs naming unknown products are an error.
-    With an ``ngrams`` hasher the set also holds the texts' n-gram bags."""
+    With an ``ngrams`` hasher the set also holds the texts' n-gram bags (IDF-weighted over the product
+    texts with ``ngram_idf``)."""
     rows = {product.id: row for row, product in enumerate(products)}
     unknown = sorted({pair.product_id for pair in pairs} - set(rows))
     if unknown:
@@ -107,6 +111,7 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
             relevant_by_key[key].add(row)
     relevant = [np.array(sorted(relevant_by_key[key] - {row}) if key else [], dtype=np.int64)
                 for key, row in zip(keys, positive)]
+    idf = ngrams.fit_idf([p.text for p in products]) if ngrams is not None and ngram_idf else None
     log.info("training set: %d products, %d examples (%d keyword queries)", len(products), len(texts), keyword_examples)
     return TrainingSet(
         product_ids=[p.id for p in products], product_text=product_text, product_image=product_image,
@@ -114,5 +119,5 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
         query_has_text=has_text, query_has_image=has_img, positive=np.array(positive, dtype=np.int64),
         weight=np.array(weight, dtype=np.float32), relevant=relevant, query_keys=keys,
         keyword_examples=keyword_examples,
-        product_ngrams=ngrams.transform([p.text for p in products]) if ngrams is not None else None,
-        query_ngrams=ngrams.transform(texts) if ngrams is not None else None)
+        product_ngrams=ngrams.transform([p.text for p in products], idf) if ngrams is not None else None,
+        query_ngrams=ngrams.transform(texts, idf) if ngrams is not None else None, ngram_idf=idf)

@@ -45,7 +45,7 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
     data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training,
-                              ngrams=towers.ngram_hasher(), progress=progress)
+                              ngrams=towers.ngram_hasher(), ngram_idf=towers.ngram_idf, progress=progress)
     folder = store.models_dir / name
     if config.training.nproc != 1:  # features are cached above, once; the workers only train
         from vitrine.training.distributed import train_distributed

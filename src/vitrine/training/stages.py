@@ -100,7 +100,8 @@ def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, obje
                           image_top.out_dim if image_top is not None else image_encoder.dim,
                           image_input_dim=image_encoder.dim if image_top is not None else 0)
     data = build_training_set(inputs.products, inputs.pairs, inputs.text_encoder, image_encoder, inputs.cache,
-                              training, ngrams=towers.ngram_hasher(), progress=inputs.progress)
+                              training, ngrams=towers.ngram_hasher(), ngram_idf=towers.ngram_idf,
+                              progress=inputs.progress)
     return data, towers, image_top
 
 

@@ -54,7 +54,7 @@ def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, 
                        image_dropout=config.image_dropout,
                        modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
                        temperature=config.temperature, image_input_dim=image_input_dim,
-                       ngram_buckets=config.ngram_buckets)
+                       ngram_buckets=config.ngram_buckets, ngram_idf=config.ngram_idf)
 
 
 class ContrastiveTrainer:
@@ -63,6 +63,8 @@ class ContrastiveTrainer:
         torch.manual_seed(config.seed)
         self.data, self.config, self.folder, self.progress = data, config, Path(folder), progress
         self.model = TwoTowerModel(towers, image_top)
+        if data.ngram_idf is not None and self.model.ngrams is not None:
+            self.model.ngrams.idf.copy_(torch.from_numpy(data.ngram_idf))
         self.model.start_from_features(
             torch.from_numpy(np.concatenate([data.product_text, data.query_text[data.query_has_text]])),
             torch.from_numpy(np.concatenate([data.product_image[data.product_has_image],
