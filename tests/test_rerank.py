@@ -275,6 +275,14 @@ def test_training_falls_back_to_the_retrievers_order_when_dev_prefers_it():
         assert ordering.order.tolist() == list(range(23))
 
 
+def test_auto_strategy_is_the_best_on_the_held_back_queries():
+    reranker, report = train_reranker(drawn_lists(30, 23), drawn_lists(10, 23, seed=1),
+                                      small_config(epochs=2, strategy="auto"))
+    scores = report["dev_ndcg@10"]
+    assert set(scores) == {"retrieval", "pointwise", "listwise", "hybrid"}
+    assert reranker.settings.strategy == report["strategy"] == max(("pointwise", "listwise", "hybrid"), key=scores.get)
+
+
 @pytest.fixture(scope="module")
 def trained() -> Reranker:
     reranker, _ = train_reranker(drawn_lists(30, 23), drawn_lists(10, 23, seed=1), small_config(epochs=2))

@@ -36,6 +36,7 @@ def trained_store(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -
     result = run("train-reranker", store, "--data", pairs, "--epochs", "3", "--set", "rerank.dim=16")
     assert result.exit_code == 0, result.output
     assert "trained reranker rerank on" in result.output
+    assert "held-back queries, NDCG@10: retrieval" in result.output and "default strategy: hybrid" in result.output
     return store
 
 

@@ -270,7 +270,8 @@ class RerankConfig:
     """Reranker folder under ``models/``."""
     strategy: str = "hybrid"
     """Default strategy when a search asks for reranking without naming one:
-    ``hybrid``, ``listwise``, ``pointwise`` or ``sliding``."""
+    ``hybrid``, ``listwise``, ``pointwise`` or ``sliding``; ``auto`` (at training time) picks whichever of
+    pointwise, listwise and hybrid has the best NDCG@10 on the held-back training queries."""
     candidates: int = 50
     """Retrieved candidates handed to the reranker (K)."""
     chunk_size: int = 10

@@ -265,6 +265,10 @@ def train_reranker(
               f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']} (0: the retriever's own order), "
               f"dev ECE of r {report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
               f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")
+    if report["dev_ndcg@10"]:
+        out.print("held-back queries, NDCG@10: " + ", ".join(f"{name} {value:.3f}" for name, value in
+                                                            report["dev_ndcg@10"].items())
+                  + f"; default strategy: {report['strategy']} (rerank.strategy, 'auto' picks the best)")
     out.print(f"saved in {target.models_dir / config.rerank.model}. Next: vitrine search {store} --text ... --rerank hybrid")
 
 
