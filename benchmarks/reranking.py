@@ -205,6 +205,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         rows[label] = evaluate_lists(models.get(key or "full"), val_lists, strategy, K)
     print(f"  reranker training {train_s:.0f} s (listwise best epoch {report['listwise']['best_epoch']}, "
           f"pointwise best epoch {report['pointwise']['best_epoch']}; 0 = the retriever's order)", flush=True)
+    print("  held-back training queries, NDCG@10: " + ", ".join(f"{key} {value:.4f}" for key, value in
+                                                            report["dev_ndcg@10"].items()), flush=True)
     parts = ablate_parts(with_vectors, config, rows)
 
     # calibration of r on val: raw softmax vs calibrated on the dev split
