@@ -64,7 +64,8 @@ def embedder_for(store, name: str | None):
     from vitrine.encoders import FeatureCache
     from vitrine.engine.factory import build_embedder
 
-    config = store.config({"embedding.kind": "trained", "embedding.model": name} if name else {"embedding.kind": "zeroshot"})
+    overrides = {"embedding.kind": "trained", "embedding.model": name} if name else {"embedding.kind": "zeroshot"}
+    config = store.config(overrides)
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
 
@@ -106,8 +107,8 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     folds = fold_keys(queries, zero_shot, folds_scheme, fold_count)
     prefix = ("" if folds_scheme == "random" else f"{folds_scheme}-") + ("" if fold_count == 2 else f"{fold_count}-")
     for f in range(fold_count):
-        train_retriever(store, splits, f"{prefix}fold{f}", set().union(*(folds[g] for g in range(fold_count) if g != f)),
-                        overrides)
+        others = set().union(*(folds[g] for g in range(fold_count) if g != f))
+        train_retriever(store, splits, f"{prefix}fold{f}", others, overrides)
     train_retriever(store, splits, "full", None, overrides)
     store.config({"embedding.kind": "trained", "embedding.model": "full"}).save(store.config_path)
     engine = vitrine.open(store)
@@ -123,7 +124,8 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
         table = ProductTable.build(entries, embedder)
         history = query_history([q for q in queries if q.key not in folds[f]], embedder, table)
         fold = [q for q in queries if q.key in folds[f]]
-        train_lists += build_lists(fold, embedder, table, k=K, lexical=lexical, fuse_lexical=fuse_lexical, history=history)
+        train_lists += build_lists(fold, embedder, table, k=K, lexical=lexical, fuse_lexical=fuse_lexical,
+                                   history=history)
         train_keys += [q.key for q in fold]
     table = product_table(store, engine.embedder)
     history = query_history(queries, engine.embedder, table)
@@ -235,7 +237,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
 
     # Rebuilt from the query vectors, which lists with vector inputs carry.
     latency = measure_latency(models["full"], table, lexical, with_vectors[2][:latency_queries])
-    results[name] = {"quality": rows, "parts": parts, "calibration": calibration, "latency_ms": latency, "train_s": train_s,
+    results[name] = {"quality": rows, "parts": parts, "calibration": calibration, "latency_ms": latency,
+                     "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}
     print_quality(name, rows, len(val_lists))
@@ -311,7 +314,8 @@ def measure_latency(reranker, table, lexical, lists) -> dict[str, float]:
     reranker.serve_with("torch")
     torch.set_num_threads(2)
     for runtime in ("onnx", "torch"):
-        figures[f"{runtime} hybrid/sliding p50"] = figures[f"{runtime} hybrid p50 2t"] / figures[f"{runtime} sliding p50 2t"]
+        figures[f"{runtime} hybrid/sliding p50"] = (figures[f"{runtime} hybrid p50 2t"]
+                                                    / figures[f"{runtime} sliding p50 2t"])
         figures[f"{runtime} hybrid/pointwise p50"] = (figures[f"{runtime} hybrid p50 2t"]
                                                       / figures[f"{runtime} pointwise p50 2t"])
     return figures

@@ -12,7 +12,8 @@ import torch
 
 from vitrine.config import RerankConfig
 from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable, Reranker, chunk_slices,
-                            expected_calibration_error, hybrid_merge, null_loss, pairwise_discordant_loss, sliding_window)
+                            expected_calibration_error, hybrid_merge, null_loss, pairwise_discordant_loss,
+                            sliding_window)
 from vitrine.rerank.calibration import reliability_diagram, softmax
 from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
 from vitrine.rerank.metrics import instance_hit_rate, ndcg_at_k

@@ -142,7 +142,8 @@ class TwoTowerModel(nn.Module):
         self.query_image = (self.product_image if config.shared_image_projection
                             else make(config.image_dim, config.image_dropout))
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
-        self.ngrams = NgramEmbedding(config.ngram_buckets, config.dim, config.ngram_idf) if config.ngram_buckets else None
+        self.ngrams = (NgramEmbedding(config.ngram_buckets, config.dim, config.ngram_idf)
+                       if config.ngram_buckets else None)
         self.hasher = config.ngram_hasher()
 
     def ngram_batch(self, texts: Sequence[str | None]) -> NgramBatch | None:

@@ -358,7 +358,8 @@ def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList],
     calibration = calibrate(reranker, dev, config.calibration if "absolute" in losses else "none")
     # How each strategy does on the held-back queries, the user's evidence for choosing one ("auto" does).
     offered = ("pointwise",) * (point is not None) + ("listwise", "hybrid")
-    dev_ndcg = {name: evaluate_lists(reranker, dev, name)["ndcg@10"] for name in ("retrieval",) + offered} if dev else {}
+    dev_ndcg = ({name: evaluate_lists(reranker, dev, name)["ndcg@10"] for name in ("retrieval",) + offered}
+                if dev else {})
     if config.strategy == "auto":
         reranker.settings.strategy = max(offered, key=lambda name: dev_ndcg.get(name, 0.0)) if dev else "hybrid"
     report = {"train_lists": len(train), "dev_lists": len(dev), "losses": list(losses),
