@@ -122,13 +122,14 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
         # whole training split is the val retriever's.
         embedder = embedder_for(store, f"{prefix}fold{f}")
         table = ProductTable.build(entries, embedder)
-        history = query_history([q for q in queries if q.key not in folds[f]], embedder, table)
+        past = [q for q in queries if q.key not in folds[f]]
+        history = query_history(past, embedder.encode_queries([q.query for q in past]), table)
         fold = [q for q in queries if q.key in folds[f]]
         train_lists += build_lists(fold, embedder, table, k=K, lexical=lexical, fuse_lexical=fuse_lexical,
                                    history=history)
         train_keys += [q.key for q in fold]
     table = product_table(store, engine.embedder)
-    history = query_history(queries, engine.embedder, table)
+    history = query_history(queries, engine.embedder.encode_queries([q.query for q in queries]), table)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=lexical,
                             fuse_lexical=fuse_lexical, history=history)
     print(f"  lists: {len(train_lists)} train (cross-fitted), {len(val_lists)} val, history {len(history)} past "

@@ -88,41 +88,39 @@ def val_queries(splits: Splits, products: Mapping[str, Product]) -> list[Labelle
                          q.where or str(i), tuple(q.exclude)) for i, q in enumerate(splits.val)]
 
 
-def query_history(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *,
-                  batch_size: int = 64, progress: bool = False) -> QueryHistory:
-    """The history a reranker keeps: each query's vector, once per instance match it has in the table."""
+def query_history(queries: Sequence[LabelledList], query_vectors: np.ndarray, table: ProductTable) -> QueryHistory:
+    """The history a reranker keeps: each query's vector (``query_vectors``, the reranker's embedder's),
+    once per instance match it has in the table."""
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     vectors, keys, sources = [], [], []
-    bar = progress_bar(total=len(queries), enabled=progress, desc="query history", unit=" queries")
-    for start in range(0, len(queries), batch_size):
-        batch = queries[start:start + batch_size]
-        for query, vector in zip(batch, embedder.encode_queries([q.query for q in batch])):
-            for pid, level in query.levels.items():
-                if level == INSTANCE and pid in key_of and pid not in query.exclude:
-                    vectors.append(vector)
-                    keys.append(key_of[pid])
-                    sources.append(query.key)
-        bar.update(len(batch))
-    bar.close()
+    for query, vector in zip(queries, query_vectors):
+        for pid, level in query.levels.items():
+            if level == INSTANCE and pid in key_of and pid not in query.exclude:
+                vectors.append(vector)
+                keys.append(key_of[pid])
+                sources.append(query.key)
     return QueryHistory(np.array(vectors, dtype=np.float32).reshape(-1, table.dim), np.array(keys, dtype=np.int64),
                         sources)
 
 
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
-                history: QueryHistory | None = None, vectors: bool = True, batch_size: int = 64,
+                history: QueryHistory | None = None, vector_inputs: bool = True,
+                query_vectors: np.ndarray | None = None, batch_size: int = 64,
                 progress: bool = False) -> list[CandidateList]:
     """Each query's top-``k`` from ``embedder`` over the table (RRF with BM25 if ``fuse_lexical``), as
     feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
-    ``vectors``: the raw vectors are model inputs too (``FeatureSpec.vectors``)."""
-    builder = FeatureBuilder(table, lexical, history, vectors)
+    ``vector_inputs``: the raw vectors are model inputs too (``FeatureSpec.vectors``); ``query_vectors``:
+    the queries already encoded by ``embedder`` (encoded here if not given)."""
+    builder = FeatureBuilder(table, lexical, history, vector_inputs)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
     lists = []
     bar = progress_bar(total=len(queries), enabled=progress, desc="rerank lists", unit=" queries")
     for start in range(0, len(queries), batch_size):
         batch = queries[start:start + batch_size]
-        vectors = embedder.encode_queries([q.query for q in batch])
+        vectors = (query_vectors[start:start + batch_size] if query_vectors is not None
+                   else embedder.encode_queries([q.query for q in batch]))
         extra = max((len(q.exclude) for q in batch), default=0)
         scores, keys = retrieve(table, vectors, k + extra, texts=[q.query.text for q in batch],
                                 lexical=lexical if fuse_lexical else None, rrf_k=rrf_k, depth=max(depth, k + extra))
@@ -377,11 +375,13 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     # Held-out products (Grocery's new-products protocol) have no training pairs, so no list is about
     # them; they still appear among the candidates of other queries, as they will at search time.
     queries = training_queries(splits, products)
-    train_rows, dev_rows = held_back(queries, embedder.encode_queries([q.query for q in queries]),
-                                     config.dev_fraction, config.seed)
-    history = query_history(queries, embedder, table, progress=progress) if config.history else None
+    # Encoded once: for the held-back clusters, the history and the lists.
+    vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
+    train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed)
+    history = query_history(queries, vectors, table) if config.history else None
     lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                        rrf_k=rrf_k, history=history, vectors=config.vector_inputs, progress=progress)
+                        rrf_k=rrf_k, history=history, vector_inputs=config.vector_inputs, query_vectors=vectors,
+                        progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
