@@ -58,7 +58,12 @@ def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
         first = page.locator("#grid .card").first
         expect(first).to_contain_text("Striped Wool Scarf")
         expect(page.locator("#results-meta")).to_contain_text("4 products")
-        assert page.locator("#grid .card img").first.evaluate("img => img.complete && img.naturalWidth > 0")
+        # Images load after the cards render: wait (bounded) for the first one to decode.
+        page.wait_for_function(
+            "() => { const img = document.querySelector('#grid .card img');"
+            " return img !== null && img.complete && img.naturalWidth > 0; }",
+            timeout=10_000,
+        )
 
         page.fill("#q", "")
         page.set_input_files("#photo", str(photo))
