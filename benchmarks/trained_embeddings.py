@@ -229,7 +229,11 @@ SHOPEE_VARIANTS = [("trained", "shopee", {}), ("trained + n-grams", "shopee-ngra
                     {**NGRAMS, "training.hard_negatives": 8, "training.epochs": 5}),
                    # BM25's strength is rare tokens: the same, with n-grams weighted by their catalog IDF.
                    ("trained + IDF n-grams + hard negatives (5 epochs)", "shopee-ngrams-idf-hard",
-                    {**NGRAMS, "training.ngram_idf": True, "training.hard_negatives": 8, "training.epochs": 5})]
+                    {**NGRAMS, "training.ngram_idf": True, "training.hard_negatives": 8, "training.epochs": 5}),
+                   # MiniLM's last transformer layer trains with the towers (token states cached): an epoch
+                   # costs about 8 minutes on 2 cores, so capped at 5 epochs; no mined negatives.
+                   ("trained + n-grams + top text layer fine-tuned (5 epochs)", "shopee-ngrams-text1",
+                    {**NGRAMS, "training.unfreeze_text_layers": 1, "training.epochs": 5})]
 
 
 def shopee(data: Path, work: Path, results: dict, variants: set[str] = frozenset(), resume: bool = False) -> None:

@@ -99,6 +99,42 @@ def test_split_backbone_top_reproduces_the_full_network(tmp_path: Path, image_en
     assert not np.allclose(augmented[0], pooled[0], atol=1e-3)  # flips and crops change the view
 
 
+def test_split_text_model_top_reproduces_the_sentence_embedding(text_encoder):
+    import torch
+
+    from vitrine.encoders import load_text_top
+
+    texts = ["fresh red apple", "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL / DOUBLE FOAM TAPE", "a"]
+    bottom = load_text_encoder("minilm/top2")
+    assert bottom.name == "minilm/top2" and not bottom.normalized and bottom.dim == 48 * 385
+    states = bottom.encode(texts)
+    assert states.shape == (3, 48 * 385)
+    mask = states.reshape(3, 48, 385)[..., -1]
+    assert mask.sum(axis=1).tolist()[2] == 3  # [CLS] a [SEP], the rest is padding
+    top = load_text_top("minilm/top2").eval()
+    with torch.no_grad():
+        vectors = top(torch.from_numpy(states)).numpy()
+    assert np.allclose(vectors, text_encoder.encode(texts), atol=1e-5)
+    with torch.no_grad():  # a batch's padding beyond its longest text is cut off without changing anything
+        assert np.allclose(top(torch.from_numpy(states[2:])).numpy(), vectors[2:], atol=1e-5)
+    assert sum(p.numel() for p in top.parameters()) > 2 * 1_000_000  # two real transformer layers
+
+
+def test_split_text_encoder_names():
+    from vitrine.encoders import load_text_top, parse_text_encoder, with_top_blocks
+
+    assert parse_text_encoder("minilm/top1") == ("minilm", 1)
+    assert parse_text_encoder("sentence-transformers:/m/topology") == ("sentence-transformers:/m/topology", 0)
+    assert parse_text_encoder("sentence-transformers:/m/topology/top3") == ("sentence-transformers:/m/topology", 3)
+    assert with_top_blocks("minilm", 2) == "minilm/top2" and with_top_blocks("minilm/top2", 0) == "minilm"
+    with pytest.raises(VitrineError, match="between 1 and 6, got 7"):
+        load_text_encoder("minilm/top7")
+    with pytest.raises(VitrineError, match="has no trainable top"):
+        load_text_top("minilm")
+    with pytest.raises(VitrineError, match="unknown text encoder 'minilm/topX'"):
+        parse_text_encoder("minilm/topX")
+
+
 def test_split_encoder_names():
     from vitrine.encoders import parse_image_encoder, with_top_blocks
 

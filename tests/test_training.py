@@ -16,6 +16,7 @@ from vitrine.errors import StoreError, VitrineError
 from vitrine.training import ContrastiveTrainer, build_training_set, train_store
 from vitrine.training.trainer import CHECKPOINT, tower_config
 from vitrine.embedding import TwoTowerModel
+from vitrine.embedding.base import Query
 
 
 def shopper_photos(folder: Path, per_product: int = 3) -> list[Pair]:
@@ -180,3 +181,46 @@ def test_fine_tuning_the_backbone_top_lowers_the_loss(store, tmp_path, visual):
     engine.sync(rebuild=True, progress=False)
     photo = draw_product(tmp_path / "new-photo.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
     assert engine.search(image=photo, k=1)[0].product.id == "scarf"
+
+
+def test_fine_tuning_the_text_model_top_layer(store, tmp_path):
+    import torch
+
+    texts = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in [
+        ("scarf", "warm winter scarf"), ("scarf", "striped wool neck warmer"), ("apple", "fresh red apple"),
+        ("apple", "crisp fruit for lunch"), ("cone", "traffic cone orange"), ("cone", "road safety marker")]]
+    overrides = {"training.epochs": 12, "training.batch_size": 4, "training.hidden": 32, "training.lr": 3e-3,
+                 "training.unfreeze_text_layers": 1, "training.dev_fraction": 0.0, "training.keyword_pairs": False}
+    pretrained = load_text_encoder("minilm/top1").top().state_dict()
+    result = train_store(store, texts + shopper_photos(tmp_path / "photos", per_product=1),
+                         config=store.config(overrides), progress=False)
+    assert result.losses[-1] < 0.8 * result.losses[0]
+    saved = TwoTowerModel.load(store.models_dir / "default")
+    assert saved.config.text_encoder == "minilm/top1" and saved.text_top is not None
+    assert saved.config.text_input_dim == 48 * 385 and saved.config.text_dim == 384
+    moved = [not torch.equal(saved.text_top.state_dict()[name], value) for name, value in pretrained.items()]
+    assert any(moved)  # the layer itself trained, not only the projections on top of it
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    assert engine.embedder.describe()["text_encoder"] == "minilm/top1"
+    assert engine.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
+    # Served vectors equal the model run by hand on the split encoder's token states.
+    states = load_text_encoder("minilm/top1").encode(["fresh red apple"])
+    text_features = torch.from_numpy(states)
+    with torch.inference_mode():
+        by_hand = saved.queries(text_features, torch.zeros(1, saved.config.image_input_width),
+                                torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool))
+    served = engine.embedder.encode_queries([Query(text="fresh red apple")])
+    assert np.allclose(served, torch.nn.functional.normalize(by_hand, dim=-1).numpy(), atol=1e-5)
+
+
+def test_query_texts_are_stored_once(store, tmp_path, encoders):
+    pairs = [Pair(product_id="scarf", query_text="warm scarf", query_key="a"),
+             Pair(product_id="apple", query_text="warm scarf", query_key="b"),
+             Pair(product_id="cone", query_image=str(draw_product(tmp_path / "c.jpg", "cone", (230, 120, 20))),
+                  query_key="c")]
+    config = replace(TrainingConfig(), keyword_pairs=False)
+    data = training_set(store, pairs, encoders, config)
+    assert data.query_text.shape == (2, 384)  # a zero row (no text) and the one distinct text
+    assert data.query_text_index().tolist() == [1, 1, 0]
+    assert np.allclose(data.query_text_of(np.array([0, 2])), [encoders[0].encode(["warm scarf"])[0], np.zeros(384)])

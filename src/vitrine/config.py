@@ -96,8 +96,11 @@ class TrainingConfig:
     unfreeze_blocks: int = 0
     """Fine-tune the image backbone's top N blocks with the towers (0 = frozen backbone). Their
     input maps are cached like any feature, so an epoch costs only the top's forward and backward."""
+    unfreeze_text_layers: int = 0
+    """Fine-tune the text model's top N transformer layers with the towers (0 = frozen; contrastive objective).
+    The token states entering them are cached (48 tokens a text), so an epoch costs only those layers."""
     backbone_lr_scale: float = 0.1
-    """Learning rate of the unfrozen backbone blocks, relative to ``lr`` (pretrained weights move slowly)."""
+    """Learning rate of the unfrozen backbone blocks and layers, relative to ``lr`` (pretrained weights move slowly)."""
     visual_task: str = "none"
     """Self-supervised image loss added to training: none, masked-contrastive or masked-regression
     (needs ``unfreeze_blocks`` > 0)."""

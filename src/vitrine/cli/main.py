@@ -185,6 +185,9 @@ def train(
              "sees the others' products as negatives. Features are cached once, before they start.")] = None,
     unfreeze: Annotated[Optional[int], typer.Option(
         help="Fine-tune the image backbone's top N blocks too (0: frozen backbone, the default).")] = None,
+    unfreeze_text: Annotated[Optional[int], typer.Option(
+        help="Fine-tune the text model's top N transformer layers too (0: frozen, the default; contrastive "
+             "objective). Their input token states are cached, 48 tokens a text.")] = None,
     visual_task: Annotated[Optional[str], typer.Option(
         help="Add a self-supervised image loss: masked-contrastive or masked-regression (needs --unfreeze).")] = None,
     ngrams: Annotated[Optional[int], typer.Option(
@@ -197,7 +200,8 @@ def train(
 
     Negatives come from the batch and, if configured, a memory bank (--set training.memory_bank=4096)
     and mined hard negatives (--set training.hard_negatives=8). --unfreeze 1 also fine-tunes the top
-    block of the image backbone (its input maps are cached, so this stays affordable on a CPU).
+    block of the image backbone (its input maps are cached, so this stays affordable on a CPU);
+    --unfreeze-text 1 the text model's last transformer layer.
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
     Re-index afterwards: vitrine index STORE --reembed.
@@ -209,6 +213,7 @@ def train(
     target = _store_with_settings(store, None, set_, must_exist=True)
     overrides = {"training.objective": objective, **({"training.epochs": epochs} if epochs else {}),
                  **({"training.unfreeze_blocks": unfreeze} if unfreeze is not None else {}),
+                 **({"training.unfreeze_text_layers": unfreeze_text} if unfreeze_text is not None else {}),
                  **({"training.visual_task": visual_task} if visual_task else {}),
                  **({"training.ngram_buckets": ngrams} if ngrams is not None else {}),
                  **({"prototype.stages": stages} if stages else {})}

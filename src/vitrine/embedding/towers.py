@@ -25,7 +25,7 @@ from torch import nn
 
 from vitrine.config import write_atomic
 from vitrine.encoders.ngrams import NgramBatch, NgramHasher
-from vitrine.encoders.registry import load_image_top, parse_image_encoder
+from vitrine.encoders.registry import load_image_top, load_text_top, parse_image_encoder
 from vitrine.errors import StoreError
 
 
@@ -49,6 +49,9 @@ class TowerConfig:
     image_input_dim: int = 0
     """Width of the image input when it is a flattened feature map for a trainable backbone top
     (``image_encoder`` named ``.../topN``); 0 means pooled features of width ``image_dim``."""
+    text_input_dim: int = 0
+    """Width of the text input when it is flattened token states for trainable top layers of the text
+    model (``text_encoder`` named ``.../topN``); 0 means pooled features of width ``text_dim``."""
     ngram_buckets: int = 0
     """Hash buckets of the n-gram embedding added to the text towers (0 = none)."""
     ngram_words: int = 2
@@ -64,8 +67,16 @@ class TowerConfig:
         return self.image_input_dim or self.image_dim
 
     @property
+    def text_input_width(self) -> int:
+        return self.text_input_dim or self.text_dim
+
+    @property
     def fine_tunes_backbone(self) -> bool:
         return parse_image_encoder(self.image_encoder)[2] > 0
+
+    @property
+    def fine_tunes_text(self) -> bool:
+        return self.text_input_dim > 0
 
 
 class Projection(nn.Module):
@@ -129,11 +140,13 @@ class NgramEmbedding(nn.Module):
 class TwoTowerModel(nn.Module):
     """Query and product towers, saved as safetensors + config."""
 
-    def __init__(self, config: TowerConfig, image_top: nn.Module | None = None) -> None:
+    def __init__(self, config: TowerConfig, image_top: nn.Module | None = None,
+                 text_top: nn.Module | None = None) -> None:
         super().__init__()
         self.config = config
-        # The backbone's top blocks, trained with the towers when the image input is a feature map.
+        # The backbones' top blocks/layers, trained with the towers when the inputs are maps or token states.
         self.image_top = image_top or (load_image_top(config.image_encoder) if config.fine_tunes_backbone else None)
+        self.text_top = text_top or (load_text_top(config.text_encoder) if config.fine_tunes_text else None)
         make = lambda in_dim, input_dropout=0.0: Projection(  # noqa: E731
             in_dim, config.dim, config.hidden, config.dropout, input_dropout)
         self.query_text = make(config.text_dim)
@@ -163,37 +176,50 @@ class TwoTowerModel(nn.Module):
         return vectors + self.ngrams(ngrams)
 
     @torch.no_grad()
-    def start_from_features(self, text: torch.Tensor, image: torch.Tensor) -> None:
+    def start_from_features(self, text: torch.Tensor, image: torch.Tensor, text_rows=None) -> None:
         """Initialise every projection with the principal directions of the backbone features.
 
         Query and title towers start identical, so before any training a text query is compared with
-        titles exactly as the pretrained text model would compare them.
+        titles exactly as the pretrained text model would compare them. ``text_rows`` repeats rows of
+        ``text`` (a text shared by many examples is stored, and run through a trainable top, once).
         """
+        text = self.pooled(self.text_top, text)
+        if text_rows is not None:
+            text = text[torch.as_tensor(text_rows)]
         text_basis = principal_basis(text, self.config.dim)
         for tower in (self.query_text, self.product_text):
             tower.start_from(text_basis)
-        if self.image_top is not None:  # the projection sees pooled features, so pool the maps first
-            was_training = self.image_top.training
-            self.image_top.eval()
-            image = torch.cat([self.image_top(chunk) for chunk in image.split(256)]) if len(image) else image
-            self.image_top.train(was_training)
+        image = self.pooled(self.image_top, image)  # the projections see pooled features
         image_basis = principal_basis(image, self.config.dim)
         for tower in {id(self.product_image): self.product_image, id(self.query_image): self.query_image}.values():
             tower.start_from(image_basis)
 
+    @staticmethod
+    def pooled(top: nn.Module | None, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs`` through a trainable top in eval mode and in chunks (for initialisation), or as they are."""
+        if top is None or not len(inputs):
+            return inputs
+        was_training = top.training
+        top.eval()
+        pooled = torch.cat([top(chunk) for chunk in inputs.split(256)])
+        top.train(was_training)
+        return pooled
+
     def image_features(self, image: torch.Tensor, has_image: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features: the input itself, or the trainable top run on the rows with an image."""
-        if self.image_top is None:
-            return image
-        pooled = image.new_zeros(len(image), self.config.image_dim)
-        if bool(has_image.any()):
-            pooled[has_image] = self.image_top(image[has_image])
-        return pooled
+        return _through_top(self.image_top, image, has_image, self.config.image_dim)
+
+    def text_features(self, text: torch.Tensor, has_text: torch.Tensor | None = None) -> torch.Tensor:
+        """Sentence features: the input itself, or the trainable text top run on the rows with a text."""
+        if has_text is None:
+            has_text = torch.ones(len(text), dtype=torch.bool)
+        return _through_top(self.text_top, text, has_text, self.config.text_dim)
 
     def products(self, text: torch.Tensor, image: torch.Tensor, has_image: torch.Tensor,
                  ngrams: NgramBatch | None = None) -> torch.Tensor:
         """Fused product vectors from title/description features and (mean) image features."""
         image = self.image_features(image, has_image)
+        text = self.text_features(text)
         text_vec = F.normalize(self.text_vectors(self.product_text, text, ngrams), dim=-1)
         image_vec = F.normalize(self.product_image(image), dim=-1)
         weights = self.modal_weights(text, image, has_image)
@@ -209,6 +235,7 @@ class TwoTowerModel(nn.Module):
                 has_image: torch.Tensor, ngrams: NgramBatch | None = None) -> torch.Tensor:
         """Query vectors; a query with both text and photo averages the two directions."""
         image = self.image_features(image, has_image)
+        text = self.text_features(text, has_text)
         text_vec = F.normalize(self.text_vectors(self.query_text, text, ngrams), dim=-1) * has_text.float().unsqueeze(-1)
         image_vec = F.normalize(self.query_image(image), dim=-1) * has_image.float().unsqueeze(-1)
         return F.normalize(text_vec + image_vec, dim=-1)
@@ -237,6 +264,16 @@ class TwoTowerModel(nn.Module):
                           if k.startswith("product_image.")})
         model.load_state_dict(state)
         return model.eval()
+
+
+def _through_top(top: nn.Module | None, inputs: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``inputs`` as they are without a top; else the top's output on ``rows`` and zeros elsewhere."""
+    if top is None:
+        return inputs
+    pooled = inputs.new_zeros(len(inputs), width)
+    if bool(rows.any()):
+        pooled[rows] = top(inputs[rows])
+    return pooled
 
 
 def principal_basis(features: torch.Tensor, dim: int) -> torch.Tensor:

@@ -52,28 +52,23 @@ class TrainedEmbedder(Embedder):
         return self._load_image()
 
     def encode_products(self, products: Sequence[Product], *, progress: bool = False) -> np.ndarray:
-        text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
-        image, has_image = product_image_features(products, self._image_features, self.model.config.image_input_width,
-                                                  normalize=not self.model.config.fine_tunes_backbone)
+        text, image, has_image = self._product_inputs(products, progress)
         with torch.inference_mode():
-            vectors = self.model.products(torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image),
-                                          self.model.ngram_batch([p.text for p in products]))
+            vectors = self.model.products(text, image, has_image, self.model.ngram_batch([p.text for p in products]))
         return self._served(vectors)
 
     def encode_product_parts(self, products: Sequence[Product], *, progress: bool = False) -> dict[str, np.ndarray]:
-        text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
-        image, has_image = product_image_features(products, self._image_features, self.model.config.image_dim)
-        text_t, image_t, has_t = torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image)
+        text_t, image_t, has_t = self._product_inputs(products, progress)
         ngrams = self.model.ngram_batch([p.text for p in products])
         with torch.inference_mode():
             fused = self.model.products(text_t, image_t, has_t, ngrams)
-            text_vec = self.model.text_vectors(self.model.product_text, text_t, ngrams)
-            image_vec = self.model.product_image(image_t) * has_t.float().unsqueeze(-1)
+            text_vec = self.model.text_vectors(self.model.product_text, self.model.text_features(text_t), ngrams)
+            image_vec = self.model.product_image(self.model.image_features(image_t, has_t)) * has_t.float().unsqueeze(-1)
         return {"fused": self._served(fused), "text": self._served(text_vec), "image": self._served(image_vec)}
 
     def encode_queries(self, queries: Sequence[Query], *, progress: bool = False) -> np.ndarray:
         config = self.model.config
-        text = np.zeros((len(queries), config.text_dim), dtype=np.float32)
+        text = np.zeros((len(queries), config.text_input_width), dtype=np.float32)
         image = np.zeros((len(queries), config.image_input_width), dtype=np.float32)
         has_text = np.array([bool(q.text) for q in queries])
         has_image = np.array([q.image is not None for q in queries])
@@ -86,6 +81,13 @@ class TrainedEmbedder(Embedder):
                                          torch.from_numpy(has_text), torch.from_numpy(has_image),
                                          self.model.ngram_batch([q.text for q in queries]))
         return self._served(vectors)
+
+    def _product_inputs(self, products: Sequence[Product], progress: bool) -> tuple[torch.Tensor, ...]:
+        """Backbone features of the products' texts and (mean) images, and which products have an image."""
+        text = self.text_encoder.encode([p.text for p in products], batch_size=self.batch_size, progress=progress)
+        image, has_image = product_image_features(products, self._image_features, self.model.config.image_input_width,
+                                                  normalize=not self.model.config.fine_tunes_backbone)
+        return torch.from_numpy(text), torch.from_numpy(image), torch.from_numpy(has_image)
 
     def describe(self) -> dict[str, Any]:
         config = self.model.config

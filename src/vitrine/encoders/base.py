@@ -13,6 +13,8 @@ from vitrine.catalog.images import ImageInput
 class TextEncoder(ABC):
     name: str
     dim: int
+    normalized: bool = True
+    """False for encoders that return token states for a trainable top (never normalised)."""
 
     @abstractmethod
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:

@@ -9,17 +9,18 @@ from vitrine.encoders.base import ImageEncoder, TextEncoder
 from vitrine.errors import VitrineError
 
 
-def _minilm(config: EncoderConfig) -> TextEncoder:
-    from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, minilm_path
+def _minilm(config: EncoderConfig, top_layers: int = 0) -> TextEncoder:
+    from vitrine.encoders.sentence_transformer import minilm_path
 
-    return SentenceTransformerEncoder(minilm_path(), name="minilm", runtime=config.runtime, threads=config.threads)
+    return _sentence_transformer(minilm_path(), "minilm", config, top_layers)
 
 
-def _local_sentence_transformer(path: str, config: EncoderConfig) -> TextEncoder:
-    from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder
+def _sentence_transformer(path, name: str, config: EncoderConfig, top_layers: int = 0) -> TextEncoder:
+    from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, SplitSentenceEncoder
 
-    return SentenceTransformerEncoder(path, name=f"sentence-transformers:{path}", runtime=config.runtime,
-                                      threads=config.threads)
+    if top_layers:
+        return SplitSentenceEncoder(path, top_layers, name=name)
+    return SentenceTransformerEncoder(path, name=name, runtime=config.runtime, threads=config.threads)
 
 
 def _mllm(path: str, kind: str) -> TextEncoder | ImageEncoder:
@@ -35,7 +36,7 @@ def _efficientnet_lite0(config: EncoderConfig, size: int | None, top_blocks: int
                                    runtime=config.runtime, threads=config.threads)
 
 
-TEXT_ENCODERS: dict[str, Callable[[EncoderConfig], TextEncoder]] = {"minilm": _minilm}
+TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {"minilm": _minilm}
 IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {"efficientnet-lite0": _efficientnet_lite0}
 SPLITTABLE = {"efficientnet-lite0"}
 """Image backbones that can stop below their top blocks (``name/topN``) for end-to-end fine-tuning."""
@@ -43,17 +44,38 @@ SPLITTABLE = {"efficientnet-lite0"}
 
 def load_text_encoder(name: str, config: EncoderConfig | None = None) -> TextEncoder:
     """A registered text backbone, ``sentence-transformers:/path`` for a local model folder, or
-    ``mllm:/path`` for a local vision-language model (MLLM2vec)."""
+    ``mllm:/path`` for a local vision-language model (MLLM2vec). ``name/topN`` (sentence-transformers
+    models of the BERT family) stops below the top ``N`` layers and returns token states for a model
+    that fine-tunes those layers (its ``top()`` is the trainable rest)."""
     config = config or EncoderConfig()
     _set_threads(config)
-    if name.startswith("sentence-transformers:"):
-        return _local_sentence_transformer(name.partition(":")[2], config)
     if name.startswith("mllm:"):
         return _mllm(name.partition(":")[2], "text")
-    if name not in TEXT_ENCODERS:
+    base, top = parse_text_encoder(name)
+    if base.startswith("sentence-transformers:"):
+        return _sentence_transformer(base.partition(":")[2], name, config, top)
+    encoder = TEXT_ENCODERS[base](config, top) if top else TEXT_ENCODERS[base](config)
+    encoder.name = name  # the split point is part of the name: its features differ, so must its cache keys
+    return encoder
+
+
+def parse_text_encoder(name: str) -> tuple[str, int]:
+    """``minilm/top1`` -> ``("minilm", 1)``; ``sentence-transformers:/models/x`` -> ``(name, 0)``."""
+    head, slash, top = name.rpartition("/top")
+    if not slash or not top.isdigit():
+        head, top = name, "0"
+    if not (head in TEXT_ENCODERS or head.startswith("sentence-transformers:")):
         raise VitrineError(f"unknown text encoder {name!r} (registered: {', '.join(TEXT_ENCODERS)};"
-                           " or sentence-transformers:/local/path, mllm:/local/path)")
-    return TEXT_ENCODERS[name](config)
+                           " or sentence-transformers:/local/path, mllm:/local/path; /topN fine-tunes the top N layers)")
+    return head, int(top)
+
+
+def load_text_top(name: str, config: EncoderConfig | None = None):
+    """The trainable top (a ``torch.nn.Module``: flattened token states in, unit sentence vectors out) that
+    completes the split text encoder ``name`` (``.../topN``), starting from the pretrained weights."""
+    if not parse_text_encoder(name)[1]:
+        raise VitrineError(f"text encoder {name!r} has no trainable top (name it NAME/topN)")
+    return load_text_encoder(name, config).top()
 
 
 def load_image_encoder(name: str, config: EncoderConfig | None = None) -> ImageEncoder:
@@ -99,8 +121,11 @@ def parse_image_encoder(name: str) -> tuple[str, int | None, int]:
 
 
 def with_top_blocks(name: str, blocks: int) -> str:
-    """The encoder name that leaves the top ``blocks`` of ``name`` to training (0: the frozen backbone)."""
-    head = name.partition("/top")[0]
+    """The encoder name that leaves the top ``blocks`` (layers, for text) of ``name`` to training
+    (0: the frozen backbone)."""
+    head, slash, top = name.rpartition("/top")
+    if not slash or not top.isdigit():
+        head = name
     return f"{head}/top{blocks}" if blocks else head
 
 

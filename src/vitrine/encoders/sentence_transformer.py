@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,3 +90,83 @@ class _SentencePipeline(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         return self.model(dict(zip(self.names, tensors)))["sentence_embedding"]
+
+
+SPLIT_MAX_TOKENS = 48
+"""Token states kept per text by a split encoder (``name/topN``). The cache stores a fixed width, so longer
+texts are cut here; 48 wordpieces cover 99% of Shopee titles (the median is 19)."""
+
+
+class SplitSentenceEncoder(TextEncoder):
+    """A sentence-transformers BERT-family model stopped below its top ``top_layers`` layers.
+
+    ``encode`` returns, per text, the token states entering layer ``L - top_layers`` and the attention mask,
+    flattened (``tokens * (hidden + 1)`` floats, unnormalised): the cached input of a trainable
+    ``TransformerTop``, which finishes the model (those layers, mean pooling, normalisation)."""
+
+    normalized = False
+
+    def __init__(self, path: str | Path, top_layers: int, name: str | None = None,
+                 max_tokens: int = SPLIT_MAX_TOKENS) -> None:
+        self.frozen = SentenceTransformerEncoder(path, name=name, runtime="torch")
+        self.name = name or self.frozen.name
+        self.bert = _bert(self.frozen.model)
+        layers = len(self.bert.encoder.layer)
+        if not 0 < top_layers <= layers:
+            raise VitrineError(f"{self.name}: the number of top layers to train must be between 1 and {layers}, "
+                               f"got {top_layers}")
+        self.top_layers, self.max_tokens = top_layers, max_tokens
+        self.hidden = int(self.bert.config.hidden_size)
+        self.dim = max_tokens * (self.hidden + 1)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        starts = range(0, len(texts), batch_size)
+        tokenizer = self.frozen.model.tokenizer
+        cut = len(self.bert.encoder.layer) - self.top_layers
+        for start in progress_bar(starts, enabled=progress, desc="encode texts", unit="batch"):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding="max_length", truncation=True,
+                              max_length=self.max_tokens, return_tensors="pt")
+            states = self.bert(**batch, output_hidden_states=True).hidden_states[cut]
+            mask = batch["attention_mask"].float().unsqueeze(-1)
+            out[start:start + len(states)] = torch.cat([states, mask], dim=-1).flatten(1).numpy()
+        return out
+
+    def top(self) -> "TransformerTop":
+        return TransformerTop(self.bert, self.top_layers, self.max_tokens)
+
+
+class TransformerTop(torch.nn.Module):
+    """The top ``N`` layers of a BERT-family model, mean pooling and normalisation, as one trainable module:
+    flattened token states and mask in (``SplitSentenceEncoder``'s output), a unit sentence vector out.
+    With the pretrained weights it reproduces the frozen model's sentence embedding."""
+
+    def __init__(self, bert: torch.nn.Module, top_layers: int, max_tokens: int) -> None:
+        super().__init__()
+        self.layers = copy.deepcopy(bert.encoder.layer[len(bert.encoder.layer) - top_layers:])
+        self.max_tokens = max_tokens
+        self.hidden = int(bert.config.hidden_size)
+        self.out_dim = self.hidden
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        tokens = flat.view(len(flat), self.max_tokens, self.hidden + 1)
+        mask = tokens[..., -1]
+        # Padding is at the end: cut the batch to its longest text (most batches are far shorter than the cap).
+        length = max(1, int(mask.sum(dim=1).max()))
+        states, mask = tokens[:, :length, :-1], mask[:, :length]
+        # An additive mask (0 or a large negative per key) works with the eager and the SDPA attention alike.
+        additive = (1.0 - mask)[:, None, None, :] * torch.finfo(states.dtype).min
+        for layer in self.layers:
+            output = layer(states, attention_mask=additive)
+            states = output[0] if isinstance(output, tuple) else output
+        pooled = (states * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _bert(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face encoder inside a sentence-transformers model (``encoder.layer`` must be there)."""
+    bert = getattr(model[0], "auto_model", None)
+    if bert is None or not hasattr(getattr(bert, "encoder", None), "layer"):
+        raise VitrineError("only BERT-family sentence-transformers models (encoder.layer) can train their top layers")
+    return bert

@@ -68,8 +68,8 @@ class Judge:
         config = self.model.config
         has_text = np.array([bool(p.query_text) for p in pairs])
         has_image = np.array([bool(p.query_image) for p in pairs])
-        text = np.zeros((len(pairs), config.text_dim), dtype=np.float32)
-        image = np.zeros((len(pairs), config.image_dim), dtype=np.float32)
+        text = np.zeros((len(pairs), config.text_input_width), dtype=np.float32)
+        image = np.zeros((len(pairs), config.image_input_width), dtype=np.float32)
         if has_text.any():
             text[has_text] = self.text_features([p.query_text for p in pairs if p.query_text])
         if has_image.any():

@@ -103,8 +103,8 @@ def parameter_digest(module: nn.Module) -> str:
 
 
 def train_distributed(data: TrainingSet, config: TrainingConfig, towers: TowerConfig, folder: Path, nproc: int, *,
-                      image_top: nn.Module | None = None, resume: bool = False, progress: bool = True,
-                      save: bool = True) -> DistributedResult:
+                      image_top: nn.Module | None = None, text_top: nn.Module | None = None, resume: bool = False,
+                      progress: bool = True, save: bool = True) -> DistributedResult:
     """Train in ``nproc`` spawned processes; rank 0 saves the model in ``folder`` (unless ``save`` is off)."""
     if nproc < 2:
         raise VitrineError(f"distributed training needs at least 2 processes (training.nproc / --nproc), got {nproc}")
@@ -112,8 +112,8 @@ def train_distributed(data: TrainingSet, config: TrainingConfig, towers: TowerCo
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
     mp.spawn(_worker, nprocs=nproc, join=True,
-             args=(nproc, _free_port(), threads, data, config, towers, Path(folder), image_top, resume, progress,
-                   save, results))
+             args=(nproc, _free_port(), threads, data, config, towers, Path(folder), image_top, text_top, resume,
+                   progress, save, results))
     reports = sorted((results.get() for _ in range(nproc)), key=lambda report: report[0])
     digests = [digest for _, digest, _, _ in reports]
     _, _, result, temperature = reports[0]
@@ -123,14 +123,14 @@ def train_distributed(data: TrainingSet, config: TrainingConfig, towers: TowerCo
 
 
 def _worker(rank: int, world: int, port: int, threads: int, data: TrainingSet, config: TrainingConfig,
-            towers: TowerConfig, folder: Path, image_top: nn.Module | None, resume: bool, progress: bool,
-            save: bool, results) -> None:
+            towers: TowerConfig, folder: Path, image_top: nn.Module | None, text_top: nn.Module | None,
+            resume: bool, progress: bool, save: bool, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     # The trainer keeps its tensors on the CPU, so gloo; NCCL would need the towers on a GPU.
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        trainer = DistributedTrainer(data, config, towers, folder, image_top=image_top,
+        trainer = DistributedTrainer(data, config, towers, folder, image_top=image_top, text_top=text_top,
                                      progress=progress and rank == 0)
         result = trainer.fit(resume=resume)
         if rank == 0 and save:

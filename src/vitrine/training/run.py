@@ -31,19 +31,25 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]
-    text_encoder = load_text_encoder(config.encoders.text, config.encoders)
+    if config.training.unfreeze_text_layers and config.training.objective != "contrastive":
+        raise VitrineError("training.unfreeze_text_layers trains with the contrastive objective only")
+    # With unfrozen top layers/blocks the cached features are what enters them (token states, maps).
+    text_encoder = load_text_encoder(with_top_blocks(config.encoders.text, config.training.unfreeze_text_layers),
+                                     config.encoders)
+    text_top = text_encoder.top() if config.training.unfreeze_text_layers else None
     if config.training.ngram_buckets and config.training.nproc != 1:
         raise VitrineError("training.ngram_buckets trains in one process (training.nproc = 1)")
     if config.training.objective == "prototype":
         return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
-    # With unfrozen top blocks the cached image features are the maps entering those blocks.
     image_name = with_top_blocks(config.encoders.image, config.training.unfreeze_blocks)
     image_encoder = load_image_encoder(image_name, config.encoders)
     image_top = image_encoder.top() if config.training.unfreeze_blocks else None
     cache = FeatureCache(store.root / "cache" / "features.sqlite")
-    towers = tower_config(config.training, config.encoders.text, image_name, text_encoder.dim,
+    towers = tower_config(config.training, text_encoder.name, image_name,
+                          text_top.out_dim if text_top is not None else text_encoder.dim,
                           image_top.out_dim if image_top is not None else image_encoder.dim,
-                          image_input_dim=image_encoder.dim if image_top is not None else 0)
+                          image_input_dim=image_encoder.dim if image_top is not None else 0,
+                          text_input_dim=text_encoder.dim if text_top is not None else 0)
     data = build_training_set(products, pairs, text_encoder, image_encoder, cache, config.training,
                               ngrams=towers.ngram_hasher(), ngram_idf=towers.ngram_idf, progress=progress)
     folder = store.models_dir / name
@@ -51,10 +57,11 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
         from vitrine.training.distributed import train_distributed
 
         run = train_distributed(data, config.training, towers, folder, config.training.nproc, image_top=image_top,
-                                resume=resume, progress=progress)
+                                text_top=text_top, resume=resume, progress=progress)
         result, temperature = run.result, run.temperature
     else:
-        trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, progress=progress)
+        trainer = ContrastiveTrainer(data, config.training, towers, folder, image_top=image_top, text_top=text_top,
+                                     progress=progress)
         result = trainer.fit(resume=resume)
         trainer.model.save(folder)
         temperature = float(trainer.loss.temperature.detach())

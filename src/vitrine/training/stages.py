@@ -193,7 +193,7 @@ def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -
                                               torch.from_numpy(data.product_has_image[s:s + chunk]),
                                               ngram_rows(data.product_ngrams, slice(s, s + chunk))).numpy()
                                for s in range(0, len(data.product_ids), chunk)])
-    examples = np.concatenate([model.queries(torch.from_numpy(data.query_text[s:s + chunk]),
+    examples = np.concatenate([model.queries(torch.from_numpy(data.query_text_of(np.arange(s, min(s + chunk, len(data))))),
                                              torch.from_numpy(data.query_image[s:s + chunk]),
                                              torch.from_numpy(data.query_has_text[s:s + chunk]),
                                              torch.from_numpy(data.query_has_image[s:s + chunk]),

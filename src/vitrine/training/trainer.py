@@ -47,28 +47,32 @@ class TrainResult:
 
 
 def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, text_dim: int,
-                 image_dim: int, image_input_dim: int = 0) -> TowerConfig:
+                 image_dim: int, image_input_dim: int = 0, text_input_dim: int = 0) -> TowerConfig:
     dims = [int(d) for d in config.matryoshka.split(",") if d.strip()]
     return TowerConfig(text_encoder=text_encoder, image_encoder=image_encoder, text_dim=text_dim,
                        image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
                        image_dropout=config.image_dropout,
                        modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
-                       temperature=config.temperature, image_input_dim=image_input_dim,
+                       temperature=config.temperature, image_input_dim=image_input_dim, text_input_dim=text_input_dim,
                        ngram_buckets=config.ngram_buckets, ngram_idf=config.ngram_idf)
 
 
 class ContrastiveTrainer:
     def __init__(self, data: TrainingSet, config: TrainingConfig, towers: TowerConfig, folder: Path,
-                 *, image_top: torch.nn.Module | None = None, progress: bool = True) -> None:
+                 *, image_top: torch.nn.Module | None = None, text_top: torch.nn.Module | None = None,
+                 progress: bool = True) -> None:
         torch.manual_seed(config.seed)
         self.data, self.config, self.folder, self.progress = data, config, Path(folder), progress
-        self.model = TwoTowerModel(towers, image_top)
+        self.model = TwoTowerModel(towers, image_top, text_top)
         if data.ngram_idf is not None and self.model.ngrams is not None:
             self.model.ngrams.idf.copy_(torch.from_numpy(data.ngram_idf))
+        products = len(data.product_text)
         self.model.start_from_features(
-            torch.from_numpy(np.concatenate([data.product_text, data.query_text[data.query_has_text]])),
+            torch.from_numpy(np.concatenate([data.product_text, data.query_text])),
             torch.from_numpy(np.concatenate([data.product_image[data.product_has_image],
-                                             data.query_image[data.query_has_image]])))
+                                             data.query_image[data.query_has_image]])),
+            text_rows=np.concatenate([np.arange(products),
+                                      products + data.query_text_index()[data.query_has_text]]))
         base = (SymmetricInfoNCE if config.symmetric else InfoNCE)(config.temperature, config.learn_temperature)
         self.loss = MatryoshkaLoss(base, towers.matryoshka)
         self.visual = visual_task(config.visual_task, self.model, config.mask_ratio)
@@ -89,11 +93,13 @@ class ContrastiveTrainer:
         self._tensors = {name: torch.from_numpy(getattr(data, name)) for name in (
             "product_text", "product_image", "product_has_image", "query_text", "query_image",
             "query_has_text", "query_has_image", "weight")}
+        self._tensors["query_text_rows"] = torch.from_numpy(data.query_text_index())
         self.forward = self.step_loss
         """One step's (loss, keys); a distributed run swaps in the DDP-wrapped step (training.distributed)."""
 
     def _parameter_groups(self) -> list[dict]:
-        backbone = list(self.model.image_top.parameters()) if self.model.image_top is not None else []
+        backbone = [p for top in (self.model.image_top, self.model.text_top) if top is not None
+                    for p in top.parameters()]
         sparse = list(self.model.ngrams.parameters()) if self.model.ngrams is not None else []
         held = {id(p) for p in backbone + sparse}
         rest = [p for p in self.model.parameters() if id(p) not in held] + list(self.loss.parameters())
@@ -219,7 +225,7 @@ class ContrastiveTrainer:
 
     def _queries(self, rows: np.ndarray) -> torch.Tensor:
         t = self._tensors
-        return self.model.queries(t["query_text"][rows], t["query_image"][rows], t["query_has_text"][rows],
+        return self.model.queries(t["query_text"][t["query_text_rows"][rows]], t["query_image"][rows], t["query_has_text"][rows],
                                   t["query_has_image"][rows], ngram_rows(self.data.query_ngrams, rows))
 
     def step_optimizers(self, loss: torch.Tensor) -> None:
