@@ -14,6 +14,8 @@ from test_training import shopper_photos, store  # noqa: F401  (the drawn store 
 from vitrine.engine.prototype_channel import PrototypeChannel
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
+from vitrine.catalog.product import Pair
+from vitrine.encoders import load_text_encoder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.embedding import TwoTowerModel
 from vitrine.training import train_store
@@ -221,3 +223,25 @@ def test_keyword_queries_do_not_name_prototypes():
     assert library.names == ["g-train"]
     assert library.product_prototype.tolist() == [0, -1, 0]
     assert library.example_prototype.tolist() == [0, -1, 0]
+
+
+def test_stage3_can_fine_tune_the_text_model_top(store, tmp_path):  # noqa: F811
+    pairs = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in [
+        ("scarf", "warm winter scarf"), ("scarf", "striped wool neck warmer"), ("apple", "fresh red apple"),
+        ("apple", "crisp fruit for lunch"), ("cone", "traffic cone orange"), ("cone", "road safety marker"),
+        ("mug", "ceramic coffee mug"), ("mug", "cup for tea")]]
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
+                           "prototype.stage3_epochs": 2, "prototype.stage3_unfreeze": 0,
+                           "prototype.stage3_unfreeze_text": 1})
+    result = train_store(store, pairs, config=config, name="proto-text", progress=False)
+    assert result.epochs == 2
+    folder = store.models_dir / "proto-text"
+    stage2, final = TwoTowerModel.load(folder / "stage2"), TwoTowerModel.load(folder)
+    assert stage2.text_top is None and final.config.text_encoder == "minilm/top1"
+    assert final.image_top is None  # no image blocks asked for
+    pretrained = load_text_encoder("minilm/top1").top().state_dict()
+    assert any(not torch.equal(final.text_top.state_dict()[name], value) for name, value in pretrained.items())
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    assert engine.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
+    assert engine.search(text="warm winter scarf", k=1, channel="prototype")[0].product.id == "scarf"

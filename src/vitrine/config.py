@@ -373,6 +373,8 @@ class PrototypeConfig:
     stage3_epochs: int = 4
     stage3_unfreeze: int = 1
     """Top image-backbone blocks trained end to end in stage 3."""
+    stage3_unfreeze_text: int = 0
+    """Top text-model transformer layers trained end to end in stage 3 (for text catalogs such as Shopee)."""
     stage3_matryoshka: bool = False
     """Also apply the margin loss at the Matryoshka prefixes (``training.matryoshka``) in stage 3."""
 

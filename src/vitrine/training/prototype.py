@@ -33,10 +33,11 @@ def negatives_strategy(config: PrototypeConfig, prototypes: int) -> str:
 class PrototypeTrainer(ContrastiveTrainer):
     def __init__(self, data: TrainingSet, config: TrainingConfig, prototype: PrototypeConfig, towers: TowerConfig,
                  folder: Path, library: PrototypeLibrary, head: PrototypeHead, *,
-                 image_top: torch.nn.Module | None = None, start: dict[str, torch.Tensor] | None = None,
-                 matryoshka: bool = False, progress: bool = True) -> None:
-        super().__init__(data, config, towers, folder, image_top=image_top, progress=progress)
-        if start is not None:  # the previous stage's towers (a new image top keeps its pretrained weights)
+                 image_top: torch.nn.Module | None = None, text_top: torch.nn.Module | None = None,
+                 start: dict[str, torch.Tensor] | None = None, matryoshka: bool = False,
+                 progress: bool = True) -> None:
+        super().__init__(data, config, towers, folder, image_top=image_top, text_top=text_top, progress=progress)
+        if start is not None:  # the previous stage's towers (a new backbone top keeps its pretrained weights)
             self.model.load_state_dict(start, strict=False)
         self.prototype, self.library, self.head = prototype, library, head
         self.margin = ArcFace(prototype.margin, prototype.temperature)

@@ -27,7 +27,7 @@ from vitrine.config import Config, write_atomic
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
 from vitrine.embedding.towers import TwoTowerModel
-from vitrine.encoders import load_image_encoder, with_top_blocks
+from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blocks
 from vitrine.encoders.base import TextEncoder
 from vitrine.encoders.cache import FeatureCache
 from vitrine.errors import VitrineError
@@ -66,7 +66,7 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
     config, proto = inputs.config, inputs.config.prototype
     stages = parse_stages(proto.stages)
     report: dict = {"stages": {}}
-    pooled, towers, _ = _training_set(inputs, unfreeze=0)
+    pooled, towers, _, _ = _training_set(inputs, unfreeze=0)
     model, result = _stage1(inputs, pooled, towers, folder / "stage1", run=1 in stages, resume=resume, report=report)
     if stages == [1]:  # contrastive only: no head to offer ID recognition with
         model.save(folder)
@@ -79,30 +79,36 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
                                          resume=resume, report=report)
         weights = model.state_dict()
     if 3 in stages:
-        maps, towers3, image_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze)
+        maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze,
+                                                           unfreeze_text=proto.stage3_unfreeze_text)
         model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
-                                         resume=resume, report=report, image_top=image_top)
+                                         resume=resume, report=report, image_top=image_top, text_top=text_top)
     model.save(folder)
     head.save(folder)
     library.save(folder)
     return result, report
 
 
-def _training_set(inputs: StageInputs, unfreeze: int) -> tuple[TrainingSet, object, torch.nn.Module | None]:
-    """Cached features for a stage (pooled, or the maps entering the top ``unfreeze`` blocks), the
-    tower config, and the trainable backbone top (None when frozen)."""
+def _training_set(inputs: StageInputs, unfreeze: int, unfreeze_text: int = 0):
+    """Cached features for a stage (pooled, or what enters the top ``unfreeze`` image blocks and
+    ``unfreeze_text`` text layers), the tower config, and the trainable tops (None when frozen)."""
     config = inputs.config
     image_name = with_top_blocks(config.encoders.image, unfreeze)
     image_encoder = load_image_encoder(image_name, config.encoders)
     image_top = image_encoder.top() if unfreeze else None
-    training = replace(config.training, unfreeze_blocks=unfreeze)
-    towers = tower_config(training, config.encoders.text, image_name, inputs.text_encoder.dim,
+    text_encoder = (load_text_encoder(with_top_blocks(config.encoders.text, unfreeze_text), config.encoders)
+                    if unfreeze_text else inputs.text_encoder)
+    text_top = text_encoder.top() if unfreeze_text else None
+    training = replace(config.training, unfreeze_blocks=unfreeze, unfreeze_text_layers=unfreeze_text)
+    towers = tower_config(training, text_encoder.name, image_name,
+                          text_top.out_dim if text_top is not None else text_encoder.dim,
                           image_top.out_dim if image_top is not None else image_encoder.dim,
-                          image_input_dim=image_encoder.dim if image_top is not None else 0)
-    data = build_training_set(inputs.products, inputs.pairs, inputs.text_encoder, image_encoder, inputs.cache,
+                          image_input_dim=image_encoder.dim if image_top is not None else 0,
+                          text_input_dim=text_encoder.dim if text_top is not None else 0)
+    data = build_training_set(inputs.products, inputs.pairs, text_encoder, image_encoder, inputs.cache,
                               training, ngrams=towers.ngram_hasher(), ngram_idf=towers.ngram_idf,
                               progress=inputs.progress)
-    return data, towers, image_top
+    return data, towers, image_top, text_top
 
 
 def _finished(folder: Path) -> bool:
@@ -204,7 +210,8 @@ def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -
 
 def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers, folder: Path,
                      library: PrototypeLibrary, head: PrototypeHead, weights: dict, *, resume: bool, report: dict,
-                     image_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
+                     image_top: torch.nn.Module | None = None,
+                     text_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
     if resume and _finished(folder):
         model, result, report["stages"][str(stage)] = _reused(folder)
         head.weight.copy_(PrototypeHead.load(folder).weight)
@@ -212,8 +219,10 @@ def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers,
     config = inputs.config
     proto = config.prototype
     epochs = (proto.stage2_epochs if stage == 2 else proto.stage3_epochs) or config.training.epochs
-    training = replace(config.training, epochs=epochs, unfreeze_blocks=proto.stage3_unfreeze if stage == 3 else 0)
+    training = replace(config.training, epochs=epochs, unfreeze_blocks=proto.stage3_unfreeze if stage == 3 else 0,
+                       unfreeze_text_layers=proto.stage3_unfreeze_text if stage == 3 else 0)
     trainer = PrototypeTrainer(data, training, proto, towers, folder, library, head, image_top=image_top,
+                               text_top=text_top,
                                start=weights, matryoshka=stage == 3 and proto.stage3_matryoshka,
                                progress=inputs.progress)
     start = time.perf_counter()
