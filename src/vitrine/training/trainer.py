@@ -259,10 +259,14 @@ class ContrastiveTrainer:
         return torch.cat(keys), np.concatenate(rows)
 
     @torch.no_grad()
-    def all_product_vectors(self) -> np.ndarray:
+    @torch.no_grad()
+    def all_product_vectors(self, chunk: int = 1024) -> np.ndarray:
+        # In chunks: through a trainable backbone top, all products at once would hold every activation.
         was_training = self.model.training
         self.model.eval()
-        vectors = self._products(np.arange(len(self.data.product_ids))).numpy()
+        rows = np.arange(len(self.data.product_ids))
+        vectors = np.concatenate([self._products(rows[start:start + chunk]).numpy()
+                                  for start in range(0, len(rows), chunk)])
         self.model.train(was_training)
         return vectors
 
