@@ -2,7 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
-        [--ngrams BUCKETS] \
+        [--ngrams BUCKETS] [--shopee-stage3-text LAYERS] \
         [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
@@ -80,8 +80,11 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     splits = load_splits(spec)
     store = build_store(work / "shopee", splits)
     rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
-    text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3"}  # no images: stage 3 has nothing to unfreeze
-    overrides = {"training.epochs": args.shopee_epochs, "training.ngram_buckets": args.ngrams}
+    # No images: stage 3 has only the text model's top layers to unfreeze (--shopee-stage3-text).
+    text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3" or args.shopee_stage3_text}
+    overrides = {"training.epochs": args.shopee_epochs, "training.ngram_buckets": args.ngrams,
+                 "prototype.stage3_unfreeze": 0, "prototype.stage3_unfreeze_text": args.shopee_stage3_text,
+                 "prototype.stage3_epochs": args.stage3_epochs}
     name = "shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
     rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume))
     results["shopee"] = rows
@@ -167,6 +170,8 @@ def main() -> None:
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
     parser.add_argument("--stage3-unfreeze", type=int, default=1, help="image backbone blocks stage 3 fine-tunes")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
+    parser.add_argument("--shopee-stage3-text", type=int, default=0,
+                        help="Shopee: add stage 3, fine-tuning the text model's top N layers (0 = stages 1-2 only)")
     parser.add_argument("--ngrams", type=int, default=0,
                         help="Shopee: train with the hashed n-gram embedding in this many buckets (0 = without)")
     parser.add_argument("--resume", action="store_true",

@@ -176,14 +176,17 @@ class TwoTowerModel(nn.Module):
         return vectors + self.ngrams(ngrams)
 
     @torch.no_grad()
-    def start_from_features(self, text: torch.Tensor, image: torch.Tensor, text_rows=None) -> None:
+    def start_from_features(self, text: torch.Tensor | Sequence[torch.Tensor], image: torch.Tensor,
+                            text_rows=None) -> None:
         """Initialise every projection with the principal directions of the backbone features.
 
         Query and title towers start identical, so before any training a text query is compared with
-        titles exactly as the pretrained text model would compare them. ``text_rows`` repeats rows of
-        ``text`` (a text shared by many examples is stored, and run through a trainable top, once).
+        titles exactly as the pretrained text model would compare them. ``text`` may come in parts
+        (pooled one by one, so token states are never copied into one array); ``text_rows`` repeats rows
+        of it (a text shared by many examples is stored, and run through a trainable top, once).
         """
-        text = self.pooled(self.text_top, text)
+        parts = [text] if isinstance(text, torch.Tensor) else list(text)
+        text = torch.cat([self.pooled(self.text_top, part) for part in parts])
         if text_rows is not None:
             text = text[torch.as_tensor(text_rows)]
         text_basis = principal_basis(text, self.config.dim)

@@ -68,7 +68,7 @@ class ContrastiveTrainer:
             self.model.ngrams.idf.copy_(torch.from_numpy(data.ngram_idf))
         products = len(data.product_text)
         self.model.start_from_features(
-            torch.from_numpy(np.concatenate([data.product_text, data.query_text])),
+            [torch.from_numpy(data.product_text), torch.from_numpy(data.query_text)],
             torch.from_numpy(np.concatenate([data.product_image[data.product_has_image],
                                              data.query_image[data.query_has_image]])),
             text_rows=np.concatenate([np.arange(products),
