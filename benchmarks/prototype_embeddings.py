@@ -2,7 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
-        [--ngrams BUCKETS] [--shopee-stage3-text LAYERS] \
+        [--ngrams BUCKETS] [--shopee-stage3-text LAYERS [--shopee-stage3-only]] \
         [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
@@ -82,6 +82,8 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
     # No images: stage 3 has only the text model's top layers to unfreeze (--shopee-stage3-text).
     text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3" or args.shopee_stage3_text}
+    if args.shopee_stage3_only:  # stages 1-2 finished and measured in an earlier run: reuse, do not re-measure
+        text_stages = {k: v for k, v in text_stages.items() if v == "1,2,3"}
     overrides = {"training.epochs": args.shopee_epochs, "training.ngram_buckets": args.ngrams,
                  "prototype.stage3_unfreeze": 0, "prototype.stage3_unfreeze_text": args.shopee_stage3_text,
                  "prototype.stage3_epochs": args.stage3_epochs}
@@ -172,6 +174,8 @@ def main() -> None:
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
     parser.add_argument("--shopee-stage3-text", type=int, default=0,
                         help="Shopee: add stage 3, fine-tuning the text model's top N layers (0 = stages 1-2 only)")
+    parser.add_argument("--shopee-stage3-only", action="store_true",
+                        help="Shopee: measure only the stage-3 row (stages 1-2 must be finished in --work; reused)")
     parser.add_argument("--ngrams", type=int, default=0,
                         help="Shopee: train with the hashed n-gram embedding in this many buckets (0 = without)")
     parser.add_argument("--resume", action="store_true",
