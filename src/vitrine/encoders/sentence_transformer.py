@@ -128,9 +128,11 @@ class SplitSentenceEncoder(TextEncoder):
         for start in progress_bar(starts, enabled=progress, desc="encode texts", unit="batch"):
             batch = tokenizer(list(texts[start:start + batch_size]), padding="max_length", truncation=True,
                               max_length=self.max_tokens, return_tensors="pt")
-            states = self.bert(**batch, output_hidden_states=True).hidden_states[cut]
-            mask = batch["attention_mask"].float().unsqueeze(-1)
-            out[start:start + len(states)] = torch.cat([states, mask], dim=-1).flatten(1).numpy()
+            # Only the layers below the cut run: the top ones are the trainable part's job.
+            mask = batch["attention_mask"].float()
+            states = self.bert.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+            states = run_layers(self.bert.encoder.layer[:cut], states, mask)
+            out[start:start + len(states)] = torch.cat([states, mask.unsqueeze(-1)], dim=-1).flatten(1).numpy()
         return out
 
     def top(self) -> "TransformerTop":
@@ -155,13 +157,19 @@ class TransformerTop(torch.nn.Module):
         # Padding is at the end: cut the batch to its longest text (most batches are far shorter than the cap).
         length = max(1, int(mask.sum(dim=1).max()))
         states, mask = tokens[:, :length, :-1], mask[:, :length]
-        # An additive mask (0 or a large negative per key) works with the eager and the SDPA attention alike.
-        additive = (1.0 - mask)[:, None, None, :] * torch.finfo(states.dtype).min
-        for layer in self.layers:
-            output = layer(states, attention_mask=additive)
-            states = output[0] if isinstance(output, tuple) else output
+        states = run_layers(self.layers, states, mask)
         pooled = (states * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def run_layers(layers, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token ``states`` through BERT ``layers``, padding (``mask`` 0) hidden from attention."""
+    # An additive mask (0 or a large negative per key) works with the eager and the SDPA attention alike.
+    additive = (1.0 - mask)[:, None, None, :] * torch.finfo(states.dtype).min
+    for layer in layers:
+        output = layer(states, attention_mask=additive)
+        states = output[0] if isinstance(output, tuple) else output
+    return states
 
 
 def _bert(model: torch.nn.Module) -> torch.nn.Module:
