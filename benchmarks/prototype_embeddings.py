@@ -2,8 +2,8 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
-        [--ngrams BUCKETS] [--shopee-stage3-text LAYERS [--shopee-stage3-only]] \
-        [--resume] [--json out.json]
+        [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \
+        [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
 ``vitrine.training.train_store`` with ``training.objective = prototype``, a stage at a time: stages
@@ -85,9 +85,12 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     if args.shopee_stage3_only:  # stages 1-2 finished and measured in an earlier run: reuse, do not re-measure
         text_stages = {k: v for k, v in text_stages.items() if v == "1,2,3"}
     overrides = {"training.epochs": args.shopee_epochs, "training.ngram_buckets": args.ngrams,
+                 "training.unfreeze_text_layers": args.shopee_text,
+                 "prototype.stage1_epochs": args.shopee_stage1_epochs,
                  "prototype.stage3_unfreeze": 0, "prototype.stage3_unfreeze_text": args.shopee_stage3_text,
                  "prototype.stage3_epochs": args.stage3_epochs}
-    name = "shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
+    name = ("shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
+            + (f"-text{args.shopee_text}" if args.shopee_text else ""))
     rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume))
     results["shopee"] = rows
     print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
@@ -172,6 +175,11 @@ def main() -> None:
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
     parser.add_argument("--stage3-unfreeze", type=int, default=1, help="image backbone blocks stage 3 fine-tunes")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
+    parser.add_argument("--shopee-text", type=int, default=0,
+                        help="Shopee: stage 1 fine-tunes the text model's top N layers too (stage 2 keeps them "
+                             "frozen as stage 1 left them; stage 3 trains them on)")
+    parser.add_argument("--shopee-stage1-epochs", type=int, default=0,
+                        help="Shopee: cap on stage 1's epochs alone (0 = --shopee-epochs)")
     parser.add_argument("--shopee-stage3-text", type=int, default=0,
                         help="Shopee: add stage 3, fine-tuning the text model's top N layers (0 = stages 1-2 only)")
     parser.add_argument("--shopee-stage3-only", action="store_true",

@@ -245,3 +245,38 @@ def test_stage3_can_fine_tune_the_text_model_top(store, tmp_path):  # noqa: F811
     engine.sync(rebuild=True, progress=False)
     assert engine.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
     assert engine.search(text="warm winter scarf", k=1, channel="prototype")[0].product.id == "scarf"
+
+
+TEXT_PAIRS = [("scarf", "warm winter scarf"), ("scarf", "striped wool neck warmer"), ("apple", "fresh red apple"),
+              ("apple", "crisp fruit for lunch"), ("cone", "traffic cone orange"), ("cone", "road safety marker"),
+              ("mug", "ceramic coffee mug"), ("mug", "cup for tea")]
+
+
+def test_stage1_fine_tunes_the_text_top_stage2_keeps_it_stage3_trains_on(store):  # noqa: F811
+    pairs = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in TEXT_PAIRS]
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
+                           "training.unfreeze_text_layers": 1, "prototype.stage1_epochs": 2,
+                           "prototype.stage2_epochs": 3, "prototype.stage3_unfreeze": 0})
+    train_store(store, pairs, config=config, name="proto-text1", progress=False)
+    folder = store.models_dir / "proto-text1"
+    stage1, stage2, final = (TwoTowerModel.load(folder / "stage1"), TwoTowerModel.load(folder / "stage2"),
+                             TwoTowerModel.load(folder))
+    pretrained = load_text_encoder("minilm/top1").top().state_dict()
+    layer = lambda model: model.text_top.state_dict()  # noqa: E731
+    assert stage1.config.text_encoder == stage2.config.text_encoder == final.config.text_encoder == "minilm/top1"
+    assert any(not torch.equal(layer(stage1)[name], value) for name, value in pretrained.items())  # stage 1 moved it
+    assert all(torch.equal(layer(stage2)[name], value) for name, value in layer(stage1).items())  # stage 2 froze it
+    assert not torch.equal(stage2.product_text.linear.weight, stage1.product_text.linear.weight)  # towers trained
+    assert any(not torch.equal(layer(final)[name], value) for name, value in layer(stage2).items())  # stage 3 on
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    assert engine.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
+    assert engine.search(text="warm winter scarf", k=1, channel="prototype")[0].product.id == "scarf"
+
+
+def test_stage3_cannot_fine_tune_other_text_layers_than_stage1(store):  # noqa: F811
+    pairs = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in TEXT_PAIRS]
+    config = store.config({**STAGES, "training.objective": "prototype", "training.unfreeze_text_layers": 1,
+                           "prototype.stage3_unfreeze_text": 2})
+    with pytest.raises(VitrineError, match="stage3_unfreeze_text must be 0 or 1"):
+        train_store(store, pairs, config=config, name="proto-mismatch", progress=False)

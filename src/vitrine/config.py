@@ -97,8 +97,9 @@ class TrainingConfig:
     """Fine-tune the image backbone's top N blocks with the towers (0 = frozen backbone). Their
     input maps are cached like any feature, so an epoch costs only the top's forward and backward."""
     unfreeze_text_layers: int = 0
-    """Fine-tune the text model's top N transformer layers with the towers (0 = frozen; contrastive objective).
-    The token states entering them are cached (48 tokens a text), so an epoch costs only those layers."""
+    """Fine-tune the text model's top N transformer layers with the towers (0 = frozen). The token states
+    entering them are cached (48 tokens a text), so an epoch costs only those layers. With the prototype
+    objective this is stage 1; stage 2 keeps the layers as stage 1 left them and stage 3 trains them on."""
     backbone_lr_scale: float = 0.1
     """Learning rate of the unfrozen backbone blocks and layers, relative to ``lr`` (pretrained weights move slowly)."""
     visual_task: str = "none"
@@ -374,7 +375,8 @@ class PrototypeConfig:
     stage3_unfreeze: int = 1
     """Top image-backbone blocks trained end to end in stage 3."""
     stage3_unfreeze_text: int = 0
-    """Top text-model transformer layers trained end to end in stage 3 (for text catalogs such as Shopee)."""
+    """Top text-model transformer layers trained end to end in stage 3 (for text catalogs such as Shopee);
+    where stage 1 already fine-tuned some (``training.unfreeze_text_layers``), stage 3 trains those on."""
     stage3_matryoshka: bool = False
     """Also apply the margin loss at the Matryoshka prefixes (``training.matryoshka``) in stage 3."""
 

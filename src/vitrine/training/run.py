@@ -31,16 +31,15 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]
-    if config.training.unfreeze_text_layers and config.training.objective != "contrastive":
-        raise VitrineError("training.unfreeze_text_layers trains with the contrastive objective only")
+    if config.training.ngram_buckets and config.training.nproc != 1:
+        raise VitrineError("training.ngram_buckets trains in one process (training.nproc = 1)")
+    if config.training.objective == "prototype":  # its stages load the split text encoders they need
+        text_encoder = load_text_encoder(config.encoders.text, config.encoders)
+        return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
     # With unfrozen top layers/blocks the cached features are what enters them (token states, maps).
     text_encoder = load_text_encoder(with_top_blocks(config.encoders.text, config.training.unfreeze_text_layers),
                                      config.encoders)
     text_top = text_encoder.top() if config.training.unfreeze_text_layers else None
-    if config.training.ngram_buckets and config.training.nproc != 1:
-        raise VitrineError("training.ngram_buckets trains in one process (training.nproc = 1)")
-    if config.training.objective == "prototype":
-        return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
     image_name = with_top_blocks(config.encoders.image, config.training.unfreeze_blocks)
     image_encoder = load_image_encoder(image_name, config.encoders)
     image_top = image_encoder.top() if config.training.unfreeze_blocks else None

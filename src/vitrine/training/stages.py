@@ -26,7 +26,7 @@ from vitrine.catalog.product import Product
 from vitrine.config import Config, write_atomic
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
-from vitrine.embedding.towers import TwoTowerModel
+from vitrine.embedding.towers import TowerConfig, TwoTowerModel
 from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blocks
 from vitrine.encoders.base import TextEncoder
 from vitrine.encoders.cache import FeatureCache
@@ -66,21 +66,33 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
     config, proto = inputs.config, inputs.config.prototype
     stages = parse_stages(proto.stages)
     report: dict = {"stages": {}}
-    pooled, towers, _, _ = _training_set(inputs, unfreeze=0)
-    model, result = _stage1(inputs, pooled, towers, folder / "stage1", run=1 in stages, resume=resume, report=report)
+    stage1_text = config.training.unfreeze_text_layers
+    stage3_text = proto.stage3_unfreeze_text or stage1_text
+    if stage1_text and stage3_text != stage1_text:
+        raise VitrineError(f"stage 1 fine-tunes the text model's top {stage1_text} layer(s), so stage 3 goes on "
+                           f"with those: prototype.stage3_unfreeze_text must be 0 or {stage1_text}, "
+                           f"not {proto.stage3_unfreeze_text}")
+    data, towers1, _, text_top = _training_set(inputs, unfreeze=0, unfreeze_text=stage1_text)
+    model, result = _stage1(inputs, data, towers1, folder / "stage1", run=1 in stages, resume=resume, report=report,
+                            text_top=text_top)
     if stages == [1]:  # contrastive only: no head to offer ID recognition with
         model.save(folder)
         (folder / "head.safetensors").unlink(missing_ok=True)
         return result, report
-    library, head = _library_and_head(inputs, pooled, model, folder, resume=resume, report=report)
+    library, head = _library_and_head(inputs, data, model, folder, resume=resume, report=report)
     weights = model.state_dict()
     if 2 in stages:
+        # Stage 2 trains on frozen backbone features; stage 1's fine-tuned text layers are part of that
+        # backbone now, so they run once over every text rather than at every step.
+        pooled, towers = (data, towers1) if model.text_top is None else _through_frozen_text_top(data, towers1, model)
         model, result = _prototype_stage(2, inputs, pooled, towers, folder / "stage2", library, head, weights,
-                                         resume=resume, report=report)
+                                         resume=resume, report=report, frozen_text_top=model.text_top,
+                                         full_towers=towers1)
         weights = model.state_dict()
+        del pooled
     if 3 in stages:
         maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze,
-                                                           unfreeze_text=proto.stage3_unfreeze_text)
+                                                           unfreeze_text=stage3_text)
         model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
                                          resume=resume, report=report, image_top=image_top, text_top=text_top)
     model.save(folder)
@@ -128,14 +140,16 @@ def _reused(folder: Path) -> tuple[TwoTowerModel, TrainResult, dict]:
 
 
 def _stage1(inputs: StageInputs, data: TrainingSet, towers, folder: Path, *, run: bool, resume: bool,
-            report: dict) -> tuple[TwoTowerModel, TrainResult]:
-    """Contrastive warm-up; without stage 1 (and none saved) later stages start from the towers' PCA start."""
+            report: dict, text_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
+    """Contrastive warm-up (with ``text_top``: the text model's top layers fine-tuned too, as
+    ``training.unfreeze_text_layers`` asks); without stage 1 (and none saved) later stages start from
+    the towers' PCA start."""
     if resume and _finished(folder):
         model, result, report["stages"]["1"] = _reused(folder)
         return model, result
     config = inputs.config
     training = replace(config.training, epochs=config.prototype.stage1_epochs or config.training.epochs)
-    trainer = ContrastiveTrainer(data, training, towers, folder, progress=inputs.progress)
+    trainer = ContrastiveTrainer(data, training, towers, folder, text_top=text_top, progress=inputs.progress)
     if not run:
         if _finished(folder):
             model, result, report["stages"]["1"] = _reused(folder)
@@ -210,8 +224,11 @@ def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -
 
 def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers, folder: Path,
                      library: PrototypeLibrary, head: PrototypeHead, weights: dict, *, resume: bool, report: dict,
-                     image_top: torch.nn.Module | None = None,
-                     text_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
+                     image_top: torch.nn.Module | None = None, text_top: torch.nn.Module | None = None,
+                     frozen_text_top: torch.nn.Module | None = None,
+                     full_towers=None) -> tuple[TwoTowerModel, TrainResult]:
+    """One margin-loss stage. With ``frozen_text_top`` the stage trained on text features already run
+    through it, and the saved model (``full_towers``) puts it back in front of the towers."""
     if resume and _finished(folder):
         model, result, report["stages"][str(stage)] = _reused(folder)
         head.weight.copy_(PrototypeHead.load(folder).weight)
@@ -227,7 +244,35 @@ def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers,
                                progress=inputs.progress)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
-    trainer.model.save(folder)
+    model = trainer.model if frozen_text_top is None else _with_text_top(trainer.model, frozen_text_top, full_towers)
+    model.save(folder)
     head.save(folder)
     report["stages"][str(stage)] = _mark_finished(folder, result, time.perf_counter() - start)
-    return trainer.model, result
+    return model, result
+
+
+@torch.no_grad()
+def _through_frozen_text_top(data: TrainingSet, towers: TowerConfig,
+                             model: TwoTowerModel) -> tuple[TrainingSet, TowerConfig]:
+    """``data`` with its text token states replaced by the sentence vectors ``model.text_top`` makes of
+    them, and the tower config for such pooled inputs."""
+    model.eval()
+
+    def pooled(states: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(states), towers.text_dim), dtype=np.float32)
+        for s in range(0, len(states), 256):
+            chunk = torch.from_numpy(np.ascontiguousarray(states[s:s + 256], dtype=np.float32))
+            out[s:s + 256] = model.text_features(chunk, chunk.abs().sum(dim=1) > 0).numpy()  # zero rows: no text
+        return out
+
+    return (replace(data, product_text=pooled(data.product_text), query_text=pooled(data.query_text)),
+            replace(towers, text_input_dim=0))
+
+
+def _with_text_top(model: TwoTowerModel, text_top: torch.nn.Module, towers: TowerConfig) -> TwoTowerModel:
+    """Towers trained on pooled features behind the text top that pooled them: the model serving loads."""
+    full = TwoTowerModel(towers, text_top=text_top)
+    missing, unexpected = full.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("text_top.") for name in missing):
+        raise RuntimeError(f"towers do not fit the text top's model: missing {missing}, unexpected {unexpected}")
+    return full.eval()
