@@ -344,6 +344,8 @@ def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path)
     assert scalars.items.shape == (3, len(SCALARS)) and scalars.query.tolist() == [0.0, 1.0]
     np.testing.assert_array_equal(scalars.items, full.items[:, 2 * DIM:])
     assert scalars.spec.column("retrieval_z") == SCALARS.index("retrieval_z")
+    fused = vectors[0][[2, 0, 1]]  # the candidates' fused vectors, in the list's order
+    np.testing.assert_allclose(scalars.similarity, fused @ fused.T, rtol=1e-5)
 
     # A scalar-only reranker saves, loads and binds as one, and refuses a builder with vector inputs.
     model = ChunkListwiseModel(model_config(scalars.spec, small_config())).eval()
@@ -397,3 +399,99 @@ def test_unknown_strategy_is_a_user_error(trained: Reranker):
 
     with pytest.raises(VitrineError, match="unknown rerank strategy 'best'"):
         trained.rank_lists(drawn_lists(1, 5), "best")
+
+
+# --- relational attention --------------------------------------------------------------------
+
+def with_similarity(lists: list[CandidateList], seed: int) -> list[CandidateList]:
+    """The lists with random symmetric candidate-candidate cosines (1 on the diagonal)."""
+    rng = np.random.default_rng(seed)
+    for found in lists:
+        vectors = rng.normal(size=(len(found), 4))
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        found.similarity = (vectors @ vectors.T).astype(np.float32)
+    return lists
+
+
+def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
+    from vitrine.rerank.reranker import stack_chunks
+
+    found = with_similarity(drawn_lists(1, 23), seed=5)[0]
+    parts = chunk_slices(23, 10)
+    _, _, mask, similarity = stack_chunks([(found, part) for part in parts], 10)
+    for row, part in enumerate(parts):
+        width = part.stop - part.start
+        np.testing.assert_array_equal(similarity[row, :width, :width].numpy(), found.similarity[part, part])
+    assert similarity[2, 3:].abs().sum() == 0 and similarity[2, :, 3:].abs().sum() == 0  # padding relates to nothing
+    assert mask[2].tolist() == [True] * 3 + [False] * 7
+
+
+def relational_pair(seed: int = 0) -> tuple[ChunkListwiseModel, ChunkListwiseModel]:
+    """A relational chunk model and a plain one with the same weights."""
+    spec = FeatureSpec(DIM)
+    torch.manual_seed(seed)
+    relational = ChunkListwiseModel(model_config(spec, small_config(relational=True, retrieval_prior=False))).eval()
+    plain = ChunkListwiseModel(model_config(spec, small_config(retrieval_prior=False))).eval()
+    plain.load_state_dict({k: v for k, v in relational.state_dict().items() if k != "relation"})
+    return relational, plain
+
+
+def test_relational_attention_starts_plain_and_then_reads_how_candidates_relate():
+    from vitrine.rerank.reranker import stack_chunks
+
+    relational, plain = relational_pair()
+    lists = with_similarity(drawn_lists(3, 23, seed=6), seed=7)
+    inputs = stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10)
+    with torch.no_grad():
+        # The relation weights start at zero: the model is the plain one until training moves them.
+        torch.testing.assert_close(relational(*inputs).local, plain(*inputs).local)
+        relational.relation.fill_(0.4)
+        moved = relational(*inputs).local
+        other = relational(*inputs[:3], torch.flip(inputs[3], dims=[1, 2])).local
+        assert not torch.allclose(moved, plain(*inputs).local)
+        assert not torch.allclose(moved, other)  # another similarity, other scores
+        torch.testing.assert_close(plain(*inputs).local, plain(*inputs[:3], torch.flip(inputs[3], dims=[1, 2])).local)
+        # Shuffling the candidates of a chunk (with their rows and columns of the similarity) shuffles the scores.
+        query, items, mask, similarity = (t[:1] for t in inputs)
+        order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
+        shuffled = relational(query, items[:, order], mask[:, order], similarity[:, order][:, :, order]).local
+        torch.testing.assert_close(shuffled, relational(query, items, mask, similarity).local[:, order])
+
+
+def test_relational_training_learns_from_look_alike_candidates():
+    """Lists whose per-candidate features are noise: the relevant candidates are the ones that look
+    alike (a tight cluster), so only a model that reads the similarity can find them."""
+    rng = np.random.default_rng(8)
+
+    def lists(count: int) -> list[CandidateList]:
+        made = drawn_lists(count, 20, seed=int(rng.integers(1 << 30)))
+        for found in made:
+            found.items[:, 2 * DIM + 3] = rng.normal(size=len(found))  # the level no longer shows in a feature
+            relevant = found.levels < 2
+            vectors = rng.normal(size=(len(found), 6))
+            vectors[relevant] = rng.normal(size=6) + 0.15 * rng.normal(size=(int(relevant.sum()), 6))
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            found.similarity = (vectors @ vectors.T).astype(np.float32)
+        return made
+
+    train, dev = lists(200), lists(30)
+    scores = {}
+    for relational in (False, True):
+        config = small_config(epochs=15, relational=relational, retrieval_prior=False, dim=32, layers=2, heads=4)
+        model, _ = fit_listwise(train, dev, FeatureSpec(DIM), config)
+        scores[relational] = evaluate_lists(Reranker(FeatureSpec(DIM), model), dev, "listwise")["ndcg@10"]
+    assert scores[True] > scores[False] + 0.15, scores
+
+
+def test_onnx_runtime_runs_a_relational_model_as_pytorch_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VITRINE_CACHE_DIR", str(tmp_path))
+    relational, _ = relational_pair(seed=2)
+    with torch.no_grad():
+        relational.relation.copy_(torch.randn(relational.relation.shape) * 0.3)
+    reranker = Reranker(FeatureSpec(DIM), relational)
+    served = Reranker(FeatureSpec(DIM), relational).serve_with("onnx", threads=1)
+    assert type(served.runners["listwise"]).__name__ == "OnnxChunkModel"
+    lists = with_similarity(drawn_lists(4, 23, seed=13), seed=14)
+    for strategy in ("local", "listwise", "hybrid", "sliding"):
+        for a, b in zip(reranker.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
+            np.testing.assert_array_equal(a.order, b.order)

@@ -306,6 +306,9 @@ class RerankConfig:
     """Feed the raw vectors to the models too (the query vector; per candidate its product vector and the
     element-wise product with the query), not only the scalars comparing them. Off by default: with them,
     the Grocery reranker learned the training photos themselves and lost to retrieval on val photos."""
+    relational: bool = False
+    """Chunk model: bias the attention between two candidates by the cosine of their product vectors
+    (a learned multiple per block and head), so it can compare how candidates relate to each other."""
     history: bool = True
     """Keep the training queries' vectors with the reranker (``models/<model>/history.npz``) and give it,
     per candidate, the best cosine with the product's past queries (``vitrine.rerank.history``)."""

@@ -3,13 +3,16 @@ already computes, so reranking costs no backbone pass.
 
 - query: the fused query vector, and which modalities the query has (text, photo);
 - candidate: the fused product vector, its element-wise product with the query vector (where the two
-  agree, dimension by dimension, which lets the model compare candidates with each other), and scalars:
+  agree, dimension by dimension), and scalars:
   the retrieval score (raw, standardised within the list, gap to the top), the cosine with the query,
   the retrieval rank, the cosines of the query with the product's *text* and *image* vectors alone,
   whether the product has an image, BM25 (log and relative to the list's best), keyword overlap
   (share of the product's TF-IDF keywords found in the query, see ``vitrine.training.keywords``),
   title overlap (share of query words in the title) and, where the reranker has a ``QueryHistory``, the
-  best cosine with the product's past queries (raw and as a gap to the list's best) and their number.
+  best cosine with the product's past queries (raw and as a gap to the list's best) and their number;
+- between candidates: the cosines of their fused vectors, which a relational chunk model adds to its
+  attention (candidates that look alike attend to each other: the listwise evidence a model scoring one
+  candidate at a time cannot have).
 
 Product vectors come from a ``ProductTable``: every catalog product's fused/text/image vectors and
 keywords, computed once per embedder and kept in ``STORE/cache/rerank-products.npz`` (products added or
@@ -92,6 +95,9 @@ class CandidateList:
     """Which candidates the labels actually judge (the others are taken as irrelevant)."""
     spec: FeatureSpec | None = None
     """The layout of ``query`` and ``items`` (set by ``FeatureBuilder``)."""
+    similarity: np.ndarray | None = None
+    """``(K, K)`` cosines between the candidates' fused product vectors: what a relational chunk model
+    (``ModelConfig.relational``) biases its attention with. ``None`` reads as all zeros."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -246,7 +252,8 @@ class FeatureBuilder:
             query = np.concatenate([q, modalities]).astype(np.float32)
         else:
             items, query = scalars, modalities
-        return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec)
+        return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
+                             similarity=(fused @ fused.T).astype(np.float32))
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

@@ -31,6 +31,9 @@ class ModelConfig:
     dropout: float = 0.1
     prior_column: int | None = None
     """Item feature column holding the standardised retrieval score; ``None``: no retrieval prior."""
+    relational: bool = False
+    """Chunk model: add a learned multiple (per block and head) of the cosine between two candidates'
+    product vectors to the attention logit between them."""
 
 
 @dataclass
@@ -74,6 +77,8 @@ class RetrievalPrior(nn.Module):
         return items[..., self.column, None] * self.weight
 
 
+RELATION_RANGE = 10.0
+
 # Where a prior is on, the level heads start as "P(instance match) rises with the retrieval score".
 LEVEL_PRIOR_INIT = [1.0] + [0.0] * (LEVELS - 1)
 
@@ -98,11 +103,15 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``x (B, T, d)``; ``keep (B, T)`` True for tokens that may be attended to."""
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, T, d)``; ``keep (B, T)`` True for tokens that may be attended to; ``bias (B, heads, T, T)``
+        added to the attention logits."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :],
+        mask = keep[:, None, None, :]
+        if bias is not None:
+            mask = bias.masked_fill(~mask, float("-inf"))
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                   dropout_p=self.dropout.p if self.training else 0.0)
         x = x + self.dropout(self.out(attended.transpose(1, 2).reshape(b, t, d)))
         return x + self.dropout(self.mlp(self.norm2(x)))
@@ -116,6 +125,11 @@ class ChunkListwiseModel(nn.Module):
     absolute scorer, an MLP on ``[z_query ‖ z_candidate]`` → 4 level logits, from the same forward pass.
     No position embedding: the order of candidates in a chunk carries no meaning beyond the retrieval
     rank, which is one of the features.
+
+    *Relational* (``ModelConfig.relational``): the attention logit between two candidates gets a learned
+    multiple (per block and head, starting at zero) of the cosine between their product vectors, so a
+    candidate can gather evidence from the candidates that look like it, as k-reciprocal re-ranking
+    does in re-identification; the scalar inputs alone say nothing about how candidates relate.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -129,6 +143,7 @@ class ChunkListwiseModel(nn.Module):
         self.null = nn.Parameter(torch.randn(d) * 0.02)
         self.kind = nn.Embedding(3, d)  # NULL, query, candidate
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.layers))
+        self.relation = nn.Parameter(torch.zeros(config.layers, config.heads)) if config.relational else None
         self.out_norm = nn.LayerNorm(d)
         self.local_head = nn.Linear(d, 1)
         self.absolute_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout),
@@ -140,16 +155,21 @@ class ChunkListwiseModel(nn.Module):
             _start_at_zero(self.local_head)
             _start_at_zero(self.absolute_head[-1])
 
-    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> ChunkOutput:
-        """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates."""
+    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
+                similarity: torch.Tensor | None = None) -> ChunkOutput:
+        """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates; ``similarity
+        (B, M, M)`` the cosines between candidates (read by a relational model only)."""
         batch, m = mask.shape
         null = (self.null + self.kind.weight[0]).expand(batch, 1, -1)
         q = (self.query_in(self.query_norm(query)) + self.kind.weight[1]).unsqueeze(1)
         c = self.item_in(self.item_norm(items)) + self.kind.weight[2]
         z = torch.cat([null, q, c], dim=1)
         keep = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
-        for block in self.blocks:
-            z = block(z, keep)
+        # Candidate-candidate entries only: NULL and the query relate to nothing by product similarity.
+        pairs = F.pad(similarity, (2, 0, 2, 0))[:, None] if self.relation is not None and similarity is not None \
+            else None
+        for layer, block in enumerate(self.blocks):
+            z = block(z, keep, None if pairs is None else pairs * self.relation_scale(layer))
         z = self.out_norm(z)
         z_null, z_query, z_items = z[:, 0], z[:, 1], z[:, 2:]
         local = self.local_head(z_items).squeeze(-1)
@@ -160,6 +180,12 @@ class ChunkListwiseModel(nn.Module):
             local = local + self.local_prior(items).squeeze(-1)
             levels = levels + self.level_prior(items)
         return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, levels)
+
+    def relation_scale(self, layer: int) -> torch.Tensor:
+        """``(1, heads, 1, 1)`` multiples of the cosine added to a block's attention logits. Stored a tenth
+        of their size: cosines lie in [-1, 1] and matter as logits only in the tens, which a weight
+        starting at zero would take thousands of steps to reach at the models' learning rate."""
+        return RELATION_RANGE * self.relation[layer][None, :, None, None]
 
 
 class PointwiseScorer(nn.Module):

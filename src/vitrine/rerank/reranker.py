@@ -186,8 +186,7 @@ class Reranker(BaseReranker):
                 "logits": np.zeros((len(found), 4), dtype=np.float32), "chunks": chunk_slices(len(found), size)}
                for found in lists]
         if plan:
-            query, items, mask = stack_chunks([(lists[i], part) for i, part in plan], size)
-            result = model(query, items, mask)
+            result = model(*stack_chunks([(lists[i], part) for i, part in plan], size))
             local, null, logits = result.local.numpy(), result.null.numpy(), result.level_logits.numpy()
             nulls: dict[int, list[float]] = {i: [] for i in range(len(lists))}
             for row, (i, part) in enumerate(plan):
@@ -218,9 +217,10 @@ class Reranker(BaseReranker):
     def window_scores(self, found: CandidateList, positions: np.ndarray) -> np.ndarray:
         """Local scores of the candidates at ``positions`` compared as one window."""
         model = self._model("listwise")
-        sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions])
-        query, items, mask = stack_chunks([(sub, slice(0, len(positions)))], len(positions))
-        return model(query, items, mask).local[0].numpy()
+        similarity = None if found.similarity is None else found.similarity[np.ix_(positions, positions)]
+        sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions],
+                            similarity=similarity)
+        return model(*stack_chunks([(sub, slice(0, len(positions)))], len(positions))).local[0].numpy()
 
     # --- saving ------------------------------------------------------------------------------
 
@@ -267,17 +267,21 @@ class Reranker(BaseReranker):
 
 
 def stack_chunks(chunks: Sequence[tuple[CandidateList, slice]], size: int):
-    """``(query (C, Fq), items (C, M, Fi), mask (C, M))`` tensors for chunks given as (list, slice)."""
+    """``(query (C, Fq), items (C, M, Fi), mask (C, M), similarity (C, M, M))`` tensors for chunks given
+    as (list, slice); padding slots are masked out and relate to nothing."""
     count = len(chunks)
     item_dim = chunks[0][0].items.shape[1]
     items = np.zeros((count, size, item_dim), dtype=np.float32)
     mask = np.zeros((count, size), dtype=bool)
+    similarity = np.zeros((count, size, size), dtype=np.float32)
     query = np.stack([found.query for found, _ in chunks])
     for row, (found, part) in enumerate(chunks):
         width = part.stop - part.start
         items[row, :width] = found.items[part]
         mask[row, :width] = True
-    return torch.from_numpy(query), torch.from_numpy(items), torch.from_numpy(mask)
+        if found.similarity is not None:
+            similarity[row, :width, :width] = found.similarity[part, part]
+    return torch.from_numpy(query), torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(similarity)
 
 
 # --- strategies ------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ class _PackedChunks(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(query, items, mask)
+    def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
+                similarity: torch.Tensor) -> torch.Tensor:
+        out = self.model(query, items, mask, similarity)
         chunks, m = mask.shape
         return torch.cat([out.local.unsqueeze(-1), out.null[:, None, None].expand(chunks, m, 1), out.level_logits], -1)
 
@@ -36,8 +37,13 @@ class OnnxChunkModel:
     def __init__(self, session: OnnxModel) -> None:
         self.session = session
 
-    def __call__(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor) -> ChunkOutput:
-        packed = torch.from_numpy(self.session(query=query.numpy(), items=items.numpy(), mask=mask.numpy()))
+    def __call__(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
+                 similarity: torch.Tensor | None = None) -> ChunkOutput:
+        if similarity is None:
+            similarity = torch.zeros(*mask.shape, mask.shape[1])
+        # A model that is not relational has no similarity input in its graph; the session skips it.
+        packed = torch.from_numpy(self.session(query=query.numpy(), items=items.numpy(), mask=mask.numpy(),
+                                               similarity=similarity.numpy()))
         return ChunkOutput(packed[..., 0], packed[:, 0, 1], packed[..., 2:])
 
 
@@ -56,16 +62,17 @@ def _example(model: nn.Module, chunks: int = 2, width: int = 3) -> dict[str, tor
     return {"query": torch.zeros(chunks, config.query_dim), "items": torch.zeros(chunks, width, config.item_dim)}
 
 
-_DYNAMIC = {"query": {0: "chunks"}, "items": {0: "chunks", 1: "width"}, "mask": {0: "chunks", 1: "width"}}
+_DYNAMIC = {"query": {0: "chunks"}, "items": {0: "chunks", 1: "width"}, "mask": {0: "chunks", 1: "width"},
+            "similarity": {0: "chunks", 1: "width", 2: "width"}}
 
 
 def onnx_chunk_model(model: ChunkListwiseModel, threads: int = 0) -> OnnxChunkModel | None:
-    example = {**_example(model), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    example = {**_example(model), "mask": torch.ones(2, 3, dtype=torch.bool), "similarity": torch.zeros(2, 3, 3)}
     session = try_onnx(_PackedChunks(model).eval(), example, _DYNAMIC, "rerank-listwise", threads)
     return OnnxChunkModel(session) if session is not None else None
 
 
 def onnx_pointwise(model: PointwiseScorer, threads: int = 0) -> OnnxPointwise | None:
-    dynamic = {key: axes for key, axes in _DYNAMIC.items() if key != "mask"}
+    dynamic = {key: axes for key, axes in _DYNAMIC.items() if key in ("query", "items")}
     session = try_onnx(model.eval(), _example(model), dynamic, "rerank-pointwise", threads)
     return OnnxPointwise(session) if session is not None else None

@@ -202,11 +202,11 @@ def split_dev(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[in
 
 def _chunk_tensors(lists: Sequence[CandidateList], size: int):
     chunks = [(found, part) for found in lists for part in chunk_slices(len(found), size)]
-    query, items, mask = stack_chunks(chunks, size)
+    query, items, mask, similarity = stack_chunks(chunks, size)
     levels = np.full(mask.shape, IRRELEVANT, dtype=np.int64)
     for row, (found, part) in enumerate(chunks):
         levels[row, :part.stop - part.start] = found.levels[part]
-    return query, items, mask, torch.from_numpy(levels)
+    return query, items, mask, similarity, torch.from_numpy(levels)
 
 
 def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy: str, k: int | None = None) -> dict[str, float]:
@@ -222,7 +222,8 @@ def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy:
 
 def model_config(spec: FeatureSpec, config: RerankConfig) -> ModelConfig:
     prior = spec.column("retrieval_z") if config.retrieval_prior else None
-    return ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads, config.dropout, prior)
+    return ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads, config.dropout, prior,
+                       config.relational)
 
 
 def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
@@ -235,13 +236,13 @@ def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], s
         raise VitrineError(f"unknown reranker losses {sorted(unknown)} (choose from {', '.join(ALL_LOSSES)})")
     torch.manual_seed(config.seed)
     model = ChunkListwiseModel(model_config(spec, config))
-    query, items, mask, levels = _chunk_tensors(train, config.chunk_size)
+    query, items, mask, similarity, levels = _chunk_tensors(train, config.chunk_size)
     model.query_norm.fit(query)
     model.item_norm.fit(items[mask])
     strategy = dev_strategy or ("hybrid" if "absolute" in losses else "listwise" if "null" in losses else "local")
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
-        out = model(query[batch], items[batch], mask[batch])
+        out = model(query[batch], items[batch], mask[batch], similarity[batch])
         m, lv = mask[batch], levels[batch]
         local = out.local.masked_fill(~m, 0.0)  # padded slots must not turn a weight of 0 into 0·inf
         total = local.sum() * 0.0
