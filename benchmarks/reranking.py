@@ -18,8 +18,9 @@ Variants (cumulative, as in the paper's ablation): retrieval only; pointwise; ch
 loss, local scores sorted across chunks); + NULL (pairwise + NULL losses, local − NULL); + absolute
 scorer (all three losses, sorted by r); + hybrid merge (same model, local order within chunks, K-way
 merge by r). Every model uses the defaults: a retrieval prior on its heads, scalar inputs only (no raw
-vectors) and the query-history features (past queries = the training queries the list's retriever was
-trained on). A second table switches those three on and off for the hybrid (``PARTS``). Held-back
+vectors), the query-history features (past queries = the training queries the list's retriever was
+trained on) and relational attention in the chunk model (candidate-candidate cosines bias it). A second
+table switches those four on and off for the hybrid (``PARTS``). Held-back
 training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
 Latency: one query at a time, 2 and 1 threads, feature building + model + merge, with the models in
 ONNX Runtime (as served) and in eager PyTorch.
@@ -165,7 +166,7 @@ def without_history(lists):
         items = found.items.copy()
         items[:, found.spec.column("history_cos")] = NO_HISTORY
         items[:, found.spec.column("history_gap")] = 0.0
-        items[:, found.spec.column("history_count")] = 0.0
+        items[:, found.spec.column("history_count_rel")] = 0.0
         blank.append(replace(found, items=items))
     return blank
 
@@ -243,24 +244,27 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}
     print_quality(name, rows, len(val_lists))
-    print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history)", parts, len(val_lists))
+    print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history, relational attention)", parts,
+                  len(val_lists))
     print(f"\n{name} calibration of r on val: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in calibration.items()))
     print_latency(name, latency)
 
 
-PARTS = [  # label, retrieval prior, raw vector inputs, query history
-    ("hybrid as the paper trains it (random start, vector inputs, no history)", False, True, False),
-    ("+ retrieval prior", True, True, False),
-    ("+ retrieval prior, scalars only", True, False, False),
-    ("+ retrieval prior, scalars only, + query history", True, False, True),
-    ("+ retrieval prior, vector inputs, + query history", True, True, True),
+PARTS = [  # label, retrieval prior, raw vector inputs, query history, relational attention
+    ("hybrid as the paper trains it (random start, vector inputs, no history)", False, True, False, False),
+    ("+ retrieval prior", True, True, False, False),
+    ("+ retrieval prior, scalars only", True, False, False, False),
+    ("+ retrieval prior, scalars only, + query history", True, False, True, False),
+    ("+ retrieval prior, scalars only, + query history, + relational attention", True, False, True, True),
+    ("+ retrieval prior, vector inputs, + query history, + relational attention", True, True, True, True),
 ]
 
 
 def ablate_parts(groups, config, rows: dict) -> dict[str, dict[str, float]]:
-    """Hybrid with this project's three departures from the paper's heads switched on and off in turn:
-    the retrieval prior, reading the scalars only (not the raw vectors), the query-history features.
+    """Hybrid with this project's four departures from the paper's heads switched on and off in turn:
+    the retrieval prior, reading the scalars only (not the raw vectors), the query-history features,
+    relational attention.
     ``groups``: (train, dev, val) lists built with every input; the default configuration's row is
     the ablation table's "+ hybrid merge" and is not trained again."""
     from dataclasses import replace
@@ -268,13 +272,15 @@ def ablate_parts(groups, config, rows: dict) -> dict[str, dict[str, float]]:
     from vitrine.rerank.train import evaluate_lists, train_reranker
 
     parts = {"retrieval only": rows["retrieval only"]}
-    for label, prior, vectors, history in PARTS:
-        if (prior, vectors, history) == (config.retrieval_prior, config.vector_inputs, config.history):
+    for label, prior, vectors, history, relational in PARTS:
+        if (prior, vectors, history, relational) == (config.retrieval_prior, config.vector_inputs, config.history,
+                                                     config.relational):
             parts[label + " (the default)"] = rows["+ hybrid merge"]
             continue
         lists = groups if vectors else [without_vectors(group) for group in groups]
         lists = lists if history else [without_history(group) for group in lists]
-        model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior), pointwise=False)
+        model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior, relational=relational),
+                                       pointwise=False)
         parts[label] = evaluate_lists(model, lists[2], "hybrid", K)
         print(f"  {label}: listwise best epoch {report['listwise']['best_epoch']}", flush=True)
     return parts

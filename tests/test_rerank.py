@@ -160,6 +160,27 @@ def test_query_history_evidence_by_hand(tmp_path: Path):
     assert QueryHistory.load(tmp_path / "none") is None
 
 
+def test_history_count_feature_does_not_grow_with_the_history():
+    """Fold lists are built with part of the training queries as history, served lists with all of them:
+    a product searched for twice as often as the average must read the same either way."""
+    from vitrine.rerank.features import FeatureBuilder
+    from vitrine.rerank.history import QueryHistory
+
+    rng = np.random.default_rng(5)
+    table = ProductTable(np.arange(3), np.zeros(3), *rng.normal(size=(3, 3, DIM)).astype(np.float32),
+                         np.ones(3, bool), ["a", "b", "c"], ["a", "b", "c"], [[], [], []])
+    keys = np.array([0, 0, 0, 0, 1, 1] * 3)  # product 0 found by twice as many past queries as product 1
+    vectors = rng.normal(size=(len(keys), DIM)).astype(np.float32)
+    full = QueryHistory(vectors, keys, [f"q{i}" for i in range(len(keys))])
+    third = QueryHistory(vectors[:6], keys[:6], full.sources[:6])
+    column = FeatureSpec(DIM).column("history_count_rel")
+    query = rng.normal(size=DIM).astype(np.float32)
+    read = [FeatureBuilder(table, history=h).build(query, None, True, [0, 1, 2], [0.9, 0.5, 0.1]).items[:, column]
+            for h in (full, third)]
+    np.testing.assert_allclose(read[0], read[1])
+    assert read[0][0] > read[0][1] > read[0][2] == 0.0
+
+
 def test_cross_fit_folds_keep_look_alike_queries_of_a_product_together():
     from vitrine.embedding import Query
     from vitrine.rerank.train import LabelledList, cross_fit_folds
@@ -431,7 +452,7 @@ def relational_pair(seed: int = 0) -> tuple[ChunkListwiseModel, ChunkListwiseMod
     spec = FeatureSpec(DIM)
     torch.manual_seed(seed)
     relational = ChunkListwiseModel(model_config(spec, small_config(relational=True, retrieval_prior=False))).eval()
-    plain = ChunkListwiseModel(model_config(spec, small_config(retrieval_prior=False))).eval()
+    plain = ChunkListwiseModel(model_config(spec, small_config(retrieval_prior=False, relational=False))).eval()
     plain.load_state_dict({k: v for k, v in relational.state_dict().items() if k != "relation"})
     return relational, plain
 

@@ -9,7 +9,8 @@ already computes, so reranking costs no backbone pass.
   whether the product has an image, BM25 (log and relative to the list's best), keyword overlap
   (share of the product's TF-IDF keywords found in the query, see ``vitrine.training.keywords``),
   title overlap (share of query words in the title) and, where the reranker has a ``QueryHistory``, the
-  best cosine with the product's past queries (raw and as a gap to the list's best) and their number;
+  best cosine with the product's past queries (raw and as a gap to the list's best) and their number
+  (relative to the history's mean per product, so it means the same with a part of the history);
 - between candidates: the cosines of their fused vectors, which a relational chunk model adds to its
   attention (candidates that look alike attend to each other: the listwise evidence a model scoring one
   candidate at a time cannot have).
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vitrine.catalog.product import Product
 from vitrine.config import write_atomic
@@ -42,7 +44,7 @@ from vitrine.training.keywords import extract_keywords
 log = logging.getLogger(__name__)
 
 SCALARS = ("retrieval", "retrieval_z", "gap_to_top", "cosine", "rank", "cos_text", "cos_image", "has_image",
-           "bm25_log", "bm25_share", "keyword_overlap", "title_overlap", "history_cos", "history_gap", "history_count")
+           "bm25_log", "bm25_share", "keyword_overlap", "title_overlap", "history_cos", "history_gap", "history_count_rel")
 TABLE_FILE = "rerank-products.npz"
 _WORD = re.compile(r"[^\W_]+")
 
@@ -244,7 +246,9 @@ class FeatureBuilder:
             title_overlap,
             history_cos,
             history_cos - (history_cos.max() if k else 0.0),
-            np.log1p(history_count),
+            # Against the history's own scale: a reranker learns from lists whose history is a part of the
+            # training queries (the other cross-fitting folds), and serves with all of them.
+            np.log1p(history_count / max(self.history.mean_count, 1.0)),
         ], axis=1).astype(np.float32) if k else np.zeros((0, len(SCALARS)), dtype=np.float32)
         modalities = np.array([float(bool(query_text)), float(query_has_image)], dtype=np.float32)
         if self.spec.vectors:
@@ -252,8 +256,10 @@ class FeatureBuilder:
             query = np.concatenate([q, modalities]).astype(np.float32)
         else:
             items, query = scalars, modalities
+        # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
+        similarity = torch.from_numpy(fused) @ torch.from_numpy(fused).T
         return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
-                             similarity=(fused @ fused.T).astype(np.float32))
+                             similarity=similarity.numpy())
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

@@ -56,6 +56,11 @@ class QueryHistory:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def mean_count(self) -> float:
+        """Past queries per product that has any: the scale ``evidence`` counts are read against."""
+        return len(self.keys) / len(self._rows_of_key) if self._rows_of_key else 0.0
+
     def evidence(self, query: np.ndarray, keys: Sequence[int],
                  exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
