@@ -119,3 +119,29 @@ def test_reranker_follows_catalog_changes(trained_store: Path):
     with pytest.raises(Exception, match="unknown rerank strategy"):
         engine.search(text="mug", rerank="best")
     assert np.isfinite([h.score for h in hits]).all()
+
+
+def test_train_reranker_cross_fits_over_trained_towers(built_store: Path, tmp_path: Path):
+    """With trained towers, each fold's lists come from a retriever trained without that fold's queries;
+    the store keeps serving its own towers."""
+    store = tmp_path / "store"
+    shutil.copytree(built_store, store)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query_text": text, "product_id": pid, "grade": 3}
+                                                   for pid, texts in QUERIES.items() for text in texts])
+    tiny = ["--set", "training.hidden=32", "--set", "training.dim=16", "--set", "training.matryoshka=",
+            "--set", "training.batch_size=4"]
+    result = run("train", store, "--data", pairs, "--name", "towers", "--epochs", "2", *tiny)
+    assert result.exit_code == 0, result.output
+    assert run("index", store, "--reembed").exit_code == 0
+    result = run("train-reranker", store, "--data", pairs, "--epochs", "2", "--set", "rerank.dim=16",
+                 "--set", "rerank.cross_fit=2", *tiny)
+    assert result.exit_code == 0, result.output
+    assert "cross-fitted, 2 folds" in result.output
+    report = json.loads((store / "models" / "rerank" / "training.json").read_text())
+    assert report["cross_fit_folds"] == 2 and report["train_lists"] + report["dev_lists"] == 12
+    folds = [json.loads((store / "models" / f"rerank-fold{f}" / "training.json").read_text()) for f in (0, 1)]
+    # Each fold retriever saw only the other fold's share of the 12 training queries: together, each once.
+    assert sum(fold["examples"] - fold["keyword_examples"] for fold in folds) == 12
+    engine = vitrine.open(store)
+    assert engine.store.config().embedding.model == "towers"  # not switched to a fold retriever
+    assert len(engine.search(text="a warm winter scarf", k=3, rerank="hybrid")) == 3

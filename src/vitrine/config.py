@@ -306,6 +306,11 @@ class RerankConfig:
     """Feed the raw vectors to the models too (the query vector; per candidate its product vector and the
     element-wise product with the query), not only the scalars comparing them. Off by default: with them,
     the Grocery reranker learned the training photos themselves and lost to retrieval on val photos."""
+    cross_fit: int = 3
+    """When the store's embedder is trained towers: train this many fold retrievers (``models/<model>-fold<i>``,
+    each on the other folds' training queries, with the store's ``[training]`` settings) and build each
+    fold's training lists with its own retriever, so the reranker learns from mistakes on queries the
+    retriever has not seen, as at search time. 0 or 1: lists from the store's own towers."""
     relational: bool = True
     """Chunk model: bias the attention between two candidates by the cosine of their product vectors
     (a learned multiple per block and head), so it can compare how candidates relate to each other.

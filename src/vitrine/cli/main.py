@@ -245,11 +245,16 @@ def train_reranker(
     lists of the store's top-K for each training query, then use it: vitrine search STORE --rerank hybrid.
 
     Lists come from the store's current embedder and index settings (train and index the towers first
-    for the best candidates); its mistakes on training queries are the hard negatives.
+    for the best candidates); its mistakes on training queries are the hard negatives. With trained
+    towers, rerank.cross_fit (3) fold retrievers are trained first, each without one fold of the training
+    queries, and each fold's lists come from the retriever that never saw them.
     """
     from vitrine.catalog.datasets import load_splits
+    from vitrine.encoders import FeatureCache
+    from vitrine.engine.factory import build_embedder
     from vitrine.rerank import product_table
-    from vitrine.rerank.train import train_store_reranker
+    from vitrine.rerank.train import query_key, train_store_reranker
+    from vitrine.training import train_store
 
     target = _store_with_settings(store, None, set_, must_exist=True)
     overrides = {**({"rerank.epochs": epochs} if epochs else {}), **({"rerank.candidates": candidates} if candidates else {})}
@@ -260,13 +265,27 @@ def train_reranker(
     engine = _open(target)
     engine.sync(progress=True)
     table = product_table(target, engine.embedder, progress=True)
+
+    def fold_retriever(fold: int, keys: set[str]):
+        """Towers like the store's, trained on the training queries in ``keys`` only (kept, not switched to)."""
+        fold_name = f"{config.rerank.model}-fold{fold}"
+        out.print(f"cross-fitting: training retriever {fold_name} on {len(keys)} of the training queries")
+        train_store(target, [pair for pair in splits.train if query_key(pair) in keys], config=config, name=fold_name,
+                    held_out=splits.held_out, activate=False)
+        return build_embedder(config.with_overrides({"embedding.model": fold_name}), target.models_dir, None,
+                              FeatureCache(target.root / "cache" / "features.sqlite"))
+
+    trained = config.embedding.kind == "trained"
     reranker, report = train_store_reranker(target, splits, engine.embedder, table, config.rerank,
                                             lexical=engine.lexical, fuse_lexical=config.search.lexical,
-                                            rrf_k=config.search.rrf_k, progress=True)
+                                            rrf_k=config.search.rrf_k, fold_retriever=fold_retriever if trained else None,
+                                            progress=True)
     if name:
         target.config({"rerank.model": name}).save(target.config_path)
     listwise = report["listwise"]
-    out.print(f"trained reranker {config.rerank.model} on {report['train_lists']} lists ({report['dev_lists']} held back): "
+    lists = f"{report['train_lists']} lists" + (f" (cross-fitted, {report['cross_fit_folds']} folds)"
+                                                  if report["cross_fit_folds"] else "")
+    out.print(f"trained reranker {config.rerank.model} on {lists}, {report['dev_lists']} held back: "
               f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']} (0: the retriever's own order), "
               f"dev ECE of r {report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
               f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")

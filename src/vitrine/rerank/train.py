@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,8 @@ from vitrine.errors import VitrineError
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
 from vitrine.rerank.calibration import Calibrator, expected_calibration_error, softmax
-from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec, ProductTable, retrieve
+from vitrine.rerank.features import (CandidateList, FeatureBuilder, FeatureSpec, ProductTable, catalog_entries,
+                                     retrieve)
 from vitrine.rerank.history import QueryHistory
 from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
@@ -65,12 +66,17 @@ class FitReport:
 
 # --- queries and lists -----------------------------------------------------------------------
 
+def query_key(pair) -> str:
+    """The query a training pair belongs to."""
+    return pair.query_key or f"{pair.query_text}|{pair.query_image}"
+
+
 def training_queries(splits: Splits, products: Mapping[str, Product]) -> list[LabelledList]:
     """The training pairs grouped into queries (one per ``query_key``), with levels for every product."""
     grouped: dict[str, dict[str, int]] = defaultdict(dict)
     first: dict[str, Any] = {}
     for pair in splits.train:
-        key = pair.query_key or f"{pair.query_text}|{pair.query_image}"
+        key = query_key(pair)
         grouped[key][pair.product_id] = max(pair.grade, grouped[key].get(pair.product_id, 0))
         first.setdefault(key, pair)
     queries = []
@@ -367,11 +373,40 @@ def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList],
     return reranker, report
 
 
+FoldRetriever = Callable[[int, set[str]], Embedder]
+"""``(fold, query keys)`` → an embedder trained on those training queries only."""
+
+
+def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, entries, retriever: FoldRetriever,
+                       config: RerankConfig, *, lexical: LexicalIndex | None = None, fuse_lexical: bool = False,
+                       rrf_k: int = 60, progress: bool = False) -> list[CandidateList]:
+    """Each query's list from a retriever trained without its fold (``cross_fit_folds`` on ``vectors``), with
+    the other folds' queries as its history: what a val query meets, a retriever and a history that have
+    never seen it. ``entries``: the catalog's ``(key, version, product)`` for the fold retrievers' tables."""
+    folds = cross_fit_folds(queries, vectors, config.cross_fit, config.seed)
+    lists: list[CandidateList | None] = [None] * len(queries)
+    for fold in range(config.cross_fit):
+        inside = np.flatnonzero(folds == fold)
+        past = [q for q, f in zip(queries, folds) if f != fold]
+        embedder = retriever(fold, {q.key for q in past})
+        table = ProductTable.build(entries, embedder, progress=progress)
+        history = (query_history(past, embedder.encode_queries([q.query for q in past]), table)
+                   if config.history else None)
+        built = build_lists([queries[i] for i in inside], embedder, table, k=config.candidates, lexical=lexical,
+                            fuse_lexical=fuse_lexical, rrf_k=rrf_k, history=history,
+                            vector_inputs=config.vector_inputs, progress=progress)
+        for i, found in zip(inside.tolist(), built):
+            lists[i] = found
+    return lists  # type: ignore[return-value]
+
+
 def train_store_reranker(store, splits: Splits, embedder: Embedder, table: ProductTable, config: RerankConfig, *,
                          lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60,
-                         name: str | None = None, progress: bool = True) -> tuple[Reranker, dict[str, Any]]:
-    """``vitrine train-reranker``: lists from ``embedder``'s top-K on the training split, both models,
-    calibration; saved as ``STORE/models/NAME`` (safetensors + config.json + training.json)."""
+                         name: str | None = None, fold_retriever: FoldRetriever | None = None,
+                         progress: bool = True) -> tuple[Reranker, dict[str, Any]]:
+    """``vitrine train-reranker``: lists from ``embedder``'s top-K on the training split (cross-fitted with
+    ``fold_retriever`` when given and ``config.cross_fit`` > 1), both models, calibration; saved as
+    ``STORE/models/NAME`` (safetensors + config.json + training.json)."""
     products = {p.id: p for p in store.catalog}
     # Held-out products (Grocery's new-products protocol) have no training pairs, so no list is about
     # them; they still appear among the candidates of other queries, as they will at search time.
@@ -380,13 +415,19 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
     train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed)
     history = query_history(queries, vectors, table) if config.history else None
-    lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                        rrf_k=rrf_k, history=history, vector_inputs=config.vector_inputs, query_vectors=vectors,
-                        progress=progress)
+    cross_fit = config.cross_fit if fold_retriever is not None and config.cross_fit > 1 else 0
+    if cross_fit:
+        lists = cross_fitted_lists(queries, vectors, catalog_entries(store), fold_retriever, config, lexical=lexical,
+                                   fuse_lexical=fuse_lexical, rrf_k=rrf_k, progress=progress)
+    else:
+        lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
+                            rrf_k=rrf_k, history=history, vector_inputs=config.vector_inputs, query_vectors=vectors,
+                            progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
+                   "cross_fit_folds": cross_fit,
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())

@@ -21,9 +21,9 @@ OBJECTIVES = ("contrastive", "prototype")
 
 def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
                 held_out: set[str] | frozenset[str] = frozenset(), resume: bool = False,
-                progress: bool = True) -> TrainResult:
+                progress: bool = True, activate: bool = True) -> TrainResult:
     """Train towers on ``pairs`` against the store's catalog (minus ``held_out`` products), save them
-    as ``models/<name>``, and switch the store's config to use them (re-index afterwards)."""
+    as ``models/<name>``, and (``activate``) switch the store's config to use them (re-index afterwards)."""
     config = config or store.config()
     if config.training.objective not in OBJECTIVES:
         raise VitrineError(f"unknown training objective {config.training.objective!r} "
@@ -35,7 +35,10 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
         raise VitrineError("training.ngram_buckets trains in one process (training.nproc = 1)")
     if config.training.objective == "prototype":  # its stages load the split text encoders they need
         text_encoder = load_text_encoder(config.encoders.text, config.encoders)
-        return _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
+        result = _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
+        if activate:
+            store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
+        return result
     # With unfrozen top layers/blocks the cached features are what enters them (token states, maps).
     text_encoder = load_text_encoder(with_top_blocks(config.encoders.text, config.training.unfreeze_text_layers),
                                      config.encoders)
@@ -69,7 +72,8 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
               "temperature": temperature}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
-    store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
+    if activate:
+        store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
 
 
@@ -86,5 +90,4 @@ def _train_prototype(store: Store, products, pairs, text_encoder, config: Config
               "training": asdict(config.training), "prototype": asdict(config.prototype), "result": asdict(result),
               **stages}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
-    store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
