@@ -415,7 +415,8 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
     train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed)
     history = query_history(queries, vectors, table) if config.history else None
-    cross_fit = config.cross_fit if fold_retriever is not None and config.cross_fit > 1 else 0
+    # Every fold needs queries of its own and a retriever trained on the others'.
+    cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
     if cross_fit:
         lists = cross_fitted_lists(queries, vectors, catalog_entries(store), fold_retriever, config, lexical=lexical,
                                    fuse_lexical=fuse_lexical, rrf_k=rrf_k, progress=progress)
