@@ -11,9 +11,9 @@ already computes, so reranking costs no backbone pass.
   title overlap (share of query words in the title) and, where the reranker has a ``QueryHistory``, the
   best cosine with the product's past queries (raw and as a gap to the list's best) and their number
   (relative to the history's mean per product, so it means the same with a part of the history);
-- between candidates: the cosines of their fused vectors, which a relational chunk model adds to its
-  attention (candidates that look alike attend to each other: the listwise evidence a model scoring one
-  candidate at a time cannot have).
+- between candidates: the cosines of their fused vectors, by which a relational chunk model biases its
+  attention (how alike two candidates are: listwise evidence that a model scoring one candidate at a time
+  cannot have).
 
 Product vectors come from a ``ProductTable``: every catalog product's fused/text/image vectors and
 keywords, computed once per embedder and kept in ``STORE/cache/rerank-products.npz`` (products added or
