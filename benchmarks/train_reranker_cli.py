@@ -3,7 +3,8 @@
     python benchmarks/train_reranker_cli.py [--data ../shared/data] [--store .vitrine/bench-rerank/grocery]
 
 ``--store`` must hold trained towers (``benchmarks/reranking.py`` leaves one, model ``full``). The store is
-copied (catalog, index, feature cache, its towers) into a temporary folder, and the CLI trains two
+copied (catalog, index, feature cache, its towers; ``[rerank]`` reset to the defaults) into a temporary
+folder, and the CLI trains two
 rerankers there: ``rerank.cross_fit = 3`` (the default: fold retrievers build the training lists) and
 ``0`` (lists from the store's own towers, which were trained on those very queries). Val lists come
 from the store's towers and each reranker's own history; the table gives instance hit@1 and NDCG@10.
@@ -28,6 +29,7 @@ STRATEGIES = ("retrieval", "pointwise", "listwise", "hybrid")
 def copy_store(source: Path, target: Path) -> None:
     """What a reranker needs: catalog, index, caches and the active towers (not the other models)."""
     from vitrine.catalog.store import Store
+    from vitrine.config import RerankConfig
 
     target.mkdir(parents=True)
     for name in ("catalog.sqlite", "index", "images", "cache", "config.toml", "manifest.json"):
@@ -36,8 +38,12 @@ def copy_store(source: Path, target: Path) -> None:
             shutil.copytree(path, target / name)
         elif path.is_file():
             shutil.copy2(path, target / name)
-    model = Store.open(target).config().embedding.model
-    shutil.copytree(source / "models" / model, target / "models" / model)
+    store = Store.open(target)
+    config = store.config()
+    shutil.copytree(source / "models" / config.embedding.model, target / "models" / config.embedding.model)
+    # A store's config keeps every setting as it was when last saved: train with this version's defaults.
+    config.rerank = RerankConfig()
+    config.save(store.config_path)
 
 
 def main() -> None:
