@@ -251,13 +251,14 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     print_latency(name, latency)
 
 
-PARTS = [  # label, retrieval prior, raw vector inputs, query history, relational attention
-    ("hybrid as the paper trains it (random start, vector inputs, no history)", False, True, False, False),
-    ("+ retrieval prior", True, True, False, False),
-    ("+ retrieval prior, scalars only", True, False, False, False),
-    ("+ retrieval prior, scalars only, + query history", True, False, True, False),
-    ("+ retrieval prior, scalars only, + query history, + relational attention", True, False, True, True),
-    ("+ retrieval prior, vector inputs, + query history, + relational attention", True, True, True, True),
+PARTS = [  # label, retrieval prior, raw vector inputs, query history, relational attention, absolute prior
+    ("hybrid as the paper trains it (random start, vector inputs, no history)", False, True, False, False, "retrieval"),
+    ("+ retrieval prior", True, True, False, False, "retrieval"),
+    ("+ retrieval prior, scalars only", True, False, False, False, "retrieval"),
+    ("+ retrieval prior, scalars only, + query history", True, False, True, False, "retrieval"),
+    ("+ retrieval prior, scalars only, + query history, + relational attention", True, False, True, True, "retrieval"),
+    ("+ retrieval prior, vector inputs, + query history, + relational attention", True, True, True, True, "retrieval"),
+    ("the default, but r starts from the local score (rerank.absolute_prior = local)", True, False, True, True, "local"),
 ]
 
 
@@ -272,17 +273,18 @@ def ablate_parts(groups, config, rows: dict) -> dict[str, dict[str, float]]:
     from vitrine.rerank.train import evaluate_lists, train_reranker
 
     parts = {"retrieval only": rows["retrieval only"]}
-    for label, prior, vectors, history, relational in PARTS:
-        if (prior, vectors, history, relational) == (config.retrieval_prior, config.vector_inputs, config.history,
-                                                     config.relational):
+    for label, prior, vectors, history, relational, absolute_prior in PARTS:
+        if (prior, vectors, history, relational, absolute_prior) == (
+                config.retrieval_prior, config.vector_inputs, config.history, config.relational, config.absolute_prior):
             parts[label + " (the default)"] = rows["+ hybrid merge"]
             continue
         lists = groups if vectors else [without_vectors(group) for group in groups]
         lists = lists if history else [without_history(group) for group in lists]
-        model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior, relational=relational),
-                                       pointwise=False)
+        model, report = train_reranker(lists[0], lists[1], replace(config, retrieval_prior=prior, relational=relational,
+                                                                   absolute_prior=absolute_prior), pointwise=False)
         parts[label] = evaluate_lists(model, lists[2], "hybrid", K)
-        print(f"  {label}: listwise best epoch {report['listwise']['best_epoch']}", flush=True)
+        print(f"  {label}: listwise best epoch {report['listwise']['best_epoch']}, held-back NDCG@10 of the hybrid "
+              f"{report['dev_ndcg@10']['hybrid']:.4f}", flush=True)
     return parts
 
 

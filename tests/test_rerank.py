@@ -516,3 +516,27 @@ def test_onnx_runtime_runs_a_relational_model_as_pytorch_does(tmp_path: Path, mo
     for strategy in ("local", "listwise", "hybrid", "sliding"):
         for a, b in zip(reranker.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
             np.testing.assert_array_equal(a.order, b.order)
+
+
+def test_absolute_scores_can_start_from_the_local_scores():
+    """``absolute_prior = local``: before its correction trains, r ranks every list as the local scores do,
+    across chunks too (which is what the hybrid merge compares)."""
+    from vitrine.rerank.reranker import stack_chunks
+
+    spec = FeatureSpec(DIM)
+    torch.manual_seed(4)
+    model = ChunkListwiseModel(model_config(spec, small_config(absolute_prior="local"))).eval()
+    with torch.no_grad():  # a local head that has learned something other than the retrieval order
+        model.local_head.weight.normal_()
+    lists = drawn_lists(3, 23, seed=15)
+    out = model(*stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10))
+    real = torch.isfinite(out.local)
+    r = out.level_logits.softmax(dim=-1)[..., 0]
+    order = lambda scores: torch.argsort(scores[real], descending=True)  # noqa: E731
+    assert torch.equal(order(r), order(out.local))
+    retrieval_start = ChunkListwiseModel(model_config(spec, small_config())).eval()
+    retrieval_start.load_state_dict(model.state_dict())
+    other = retrieval_start(*stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10))
+    assert not torch.equal(order(other.level_logits.softmax(dim=-1)[..., 0]), order(other.local))
+    with pytest.raises(Exception, match="unknown rerank.absolute_prior 'best'"):
+        model_config(spec, small_config(absolute_prior="best"))

@@ -300,6 +300,12 @@ class RerankConfig:
     """Start every score from the retriever's order (a learned multiple of the standardised retrieval
     score plus a correction whose last layer starts at zero) and learn corrections to it; ``false``:
     heads start at random, as in the paper, and must learn the retriever's order too."""
+    absolute_prior: str = "retrieval"
+    """With the retrieval prior, where the absolute scorer's level logits start: ``retrieval`` (the
+    retriever's order) or ``local`` (the chunk model's own local score from the same pass, detached), so
+    that r, which the hybrid merges chunks by, agrees with the order inside each chunk until trained
+    otherwise. ``retrieval`` stays the default: the held-back training queries preferred it on both
+    datasets, although val did not (BENCHMARKS.md)."""
     runtime: str = "onnx"
     """What runs a served reranker's models: ``onnx`` (ONNX Runtime, exported on first use) or ``torch``."""
     vector_inputs: bool = False

@@ -34,6 +34,9 @@ class ModelConfig:
     relational: bool = False
     """Chunk model: add a learned multiple (per block and head) of the cosine between two candidates'
     product vectors to the attention logit between them."""
+    absolute_from_local: bool = False
+    """Chunk model with a prior: the level logits start from the same pass's local score (not followed by
+    gradients) instead of the retrieval score, so r ranks as the local scores do until trained otherwise."""
 
 
 @dataclass
@@ -178,7 +181,8 @@ class ChunkListwiseModel(nn.Module):
         levels = self.absolute_head(pair)
         if self.local_prior is not None:
             local = local + self.local_prior(items).squeeze(-1)
-            levels = levels + self.level_prior(items)
+            start = local.masked_fill(~mask, 0.0).detach()[..., None] if self.config.absolute_from_local else None
+            levels = levels + (self.level_prior(items) if start is None else start * self.level_prior.weight)
         return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, levels)
 
     def relation_scale(self, layer: int) -> torch.Tensor:

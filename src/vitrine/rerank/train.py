@@ -228,8 +228,10 @@ def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy:
 
 def model_config(spec: FeatureSpec, config: RerankConfig) -> ModelConfig:
     prior = spec.column("retrieval_z") if config.retrieval_prior else None
+    if config.absolute_prior not in ("retrieval", "local"):
+        raise VitrineError(f"unknown rerank.absolute_prior {config.absolute_prior!r} (retrieval or local)")
     return ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads, config.dropout, prior,
-                       config.relational)
+                       config.relational, config.absolute_prior == "local")
 
 
 def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
