@@ -265,7 +265,7 @@ PARTS = [  # label, retrieval prior, raw vector inputs, query history, relationa
 def ablate_parts(groups, config, rows: dict) -> dict[str, dict[str, float]]:
     """Hybrid with this project's four departures from the paper's heads switched on and off in turn:
     the retrieval prior, reading the scalars only (not the raw vectors), the query-history features,
-    relational attention.
+    relational attention; and the option of starting r from the local score (``absolute_prior``).
     ``groups``: (train, dev, val) lists built with every input; the default configuration's row is
     the ablation table's "+ hybrid merge" and is not trained again."""
     from dataclasses import replace

@@ -77,7 +77,11 @@ class RetrievalPrior(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """``items (..., Fi)`` → ``(..., len(init))``."""
-        return items[..., self.column, None] * self.weight
+        return self.of(items[..., self.column])
+
+    def of(self, scores: torch.Tensor) -> torch.Tensor:
+        """The same learned multiples of other scores ``(...)`` → ``(..., len(init))``."""
+        return scores[..., None] * self.weight
 
 
 RELATION_RANGE = 10.0
@@ -181,8 +185,8 @@ class ChunkListwiseModel(nn.Module):
         levels = self.absolute_head(pair)
         if self.local_prior is not None:
             local = local + self.local_prior(items).squeeze(-1)
-            start = local.masked_fill(~mask, 0.0).detach()[..., None] if self.config.absolute_from_local else None
-            levels = levels + (self.level_prior(items) if start is None else start * self.level_prior.weight)
+            levels = levels + (self.level_prior.of(local.masked_fill(~mask, 0.0).detach())
+                               if self.config.absolute_from_local else self.level_prior(items))
         return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, levels)
 
     def relation_scale(self, layer: int) -> torch.Tensor:

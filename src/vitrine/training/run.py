@@ -36,9 +36,16 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     if config.training.objective == "prototype":  # its stages load the split text encoders they need
         text_encoder = load_text_encoder(config.encoders.text, config.encoders)
         result = _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
-        if activate:
-            store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
-        return result
+    else:
+        result = _train_contrastive(store, products, pairs, config, name, held_out, resume, progress)
+    if activate:
+        store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
+    return result
+
+
+def _train_contrastive(store: Store, products, pairs, config: Config, name: str, held_out, resume: bool,
+                       progress: bool) -> TrainResult:
+    """The contrastive objective, in one process or ``training.nproc`` DDP workers; saved with its report."""
     # With unfrozen top layers/blocks the cached features are what enters them (token states, maps).
     text_encoder = load_text_encoder(with_top_blocks(config.encoders.text, config.training.unfreeze_text_layers),
                                      config.encoders)
@@ -72,8 +79,6 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
               "held_out_products": sorted(held_out), "training": asdict(config.training), "result": asdict(result),
               "temperature": temperature}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
-    if activate:
-        store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
 
 
