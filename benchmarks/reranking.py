@@ -2,7 +2,7 @@
 calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
-        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100]
+        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by RRF as in the trained-embeddings benchmark) gives K = 50 candidates per query.
@@ -17,7 +17,10 @@ retriever trained on the whole training split. Retrievers are trained once and r
 Variants (cumulative, as in the paper's ablation): retrieval only; pointwise; chunk listwise (pairwise
 loss, local scores sorted across chunks); + NULL (pairwise + NULL losses, local − NULL); + absolute
 scorer (all three losses, sorted by r); + hybrid merge (same model, local order within chunks, K-way
-merge by r). Every model uses the defaults: a retrieval prior on its heads, scalar inputs only (no raw
+merge by r). Each is trained with ``--seeds`` seeds; the table gives the mean (± the SD over seeds), and
+the hybrid is compared with pointwise and retrieval query by query (paired differences with a bootstrap
+95% interval), since a val split of a few hundred queries, let alone CrowdFlower's 35, cannot separate
+rankers a point apart. Every model uses the defaults: a retrieval prior on its heads, scalar inputs only (no raw
 vectors), the query-history features (past queries = the training queries the list's retriever was
 trained on) and relational attention in the chunk model (candidate-candidate cosines bias it). A second
 table switches those four on and off for the hybrid (``PARTS``). Held-back
@@ -181,10 +184,13 @@ def without_vectors(lists):
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
                 latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None,
-                folds_scheme: str = "dissimilar", fold_count: int = 3) -> None:
+                folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3) -> None:
+    from dataclasses import replace
+
     from vitrine.config import RerankConfig
     from vitrine.rerank.calibration import expected_calibration_error, reliability_diagram, softmax
-    from vitrine.rerank.train import calibrate, evaluate_lists, fit_listwise, train_reranker
+    from vitrine.rerank.metrics import mean_metrics, paired_difference
+    from vitrine.rerank.train import calibrate, evaluate_queries, fit_listwise, train_reranker
 
     print(f"\n== {name} ==", flush=True)
     store, *groups, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical, folds_scheme,
@@ -197,21 +203,38 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     groups = groups if config.vector_inputs else [without_vectors(group) for group in groups]
     train, dev, val_lists = groups if config.history else [without_history(group) for group in groups]
     start = time.perf_counter()
-    full, report = train_reranker(train, dev, config, history=history if config.history else None)
-    models = {"full": full}
-    for key, losses in (("pairwise", ("pairwise",)), ("pairwise+null", ("pairwise", "null"))):
-        model, _ = fit_listwise(train, dev, full.spec, config, losses)
-        variant = type(full)(full.spec, model, None, settings=full.settings)
-        models[key] = variant
+    # Every model is trained once per seed: on val splits of a few hundred queries, the seed moves a
+    # chunk model's hit-rate by about as much as the differences the targets ask about.
+    per_seed: list[dict[str, dict[str, np.ndarray]]] = []
+    for seed in range(seeds):
+        seeded = replace(config, seed=seed)
+        trained, trained_report = train_reranker(train, dev, seeded, history=history if config.history else None)
+        models = {"full": trained}
+        for key, losses in (("pairwise", ("pairwise",)), ("pairwise+null", ("pairwise", "null"))):
+            model, _ = fit_listwise(train, dev, trained.spec, seeded, losses)
+            models[key] = type(trained)(trained.spec, model, None, settings=trained.settings)
+        per_seed.append({label: evaluate_queries(models[key or "full"], val_lists, strategy, K)
+                         for label, key, strategy in VARIANTS})
+        print(f"  seed {seed}: listwise best epoch {trained_report['listwise']['best_epoch']}, pointwise best epoch "
+              f"{trained_report['pointwise']['best_epoch']} (0 = the retriever's order); held-back training queries, "
+              "NDCG@10: " + ", ".join(f"{key} {value:.4f}" for key, value in trained_report["dev_ndcg@10"].items()),
+              flush=True)
+        if seed == 0:
+            full, report = trained, trained_report
     train_s = time.perf_counter() - start
-    rows: dict[str, dict[str, float]] = {}
-    for label, key, strategy in VARIANTS:
-        rows[label] = evaluate_lists(models.get(key or "full"), val_lists, strategy, K)
-    print(f"  reranker training {train_s:.0f} s (listwise best epoch {report['listwise']['best_epoch']}, "
-          f"pointwise best epoch {report['pointwise']['best_epoch']}; 0 = the retriever's order)", flush=True)
-    print("  held-back training queries, NDCG@10: " + ", ".join(f"{key} {value:.4f}" for key, value in
-                                                            report["dev_ndcg@10"].items()), flush=True)
-    parts = ablate_parts(with_vectors, config, rows)
+    print(f"  reranker training {train_s:.0f} s for {seeds} seed(s)", flush=True)
+    # Per query, the mean over seeds: the table's figures, and what the paired comparisons resample.
+    per_query = {label: {metric: np.mean([figures[label][metric] for figures in per_seed], axis=0)
+                         for metric in per_seed[0][label]} for label, _, _ in VARIANTS}
+    rows = {label: mean_metrics(values) for label, values in per_query.items()}
+    spread = {label: {metric: float(np.std([mean_metrics(figures[label])[metric] for figures in per_seed]))
+                      for metric in rows[label]} for label in rows}
+    comparisons = {f"hybrid - {other}": {metric: paired_difference(per_query["+ hybrid merge"][metric],
+                                                                   per_query[other][metric])
+                                         for metric in ("instance_hit_rate", "ndcg@10")}
+                   for other in ("pointwise", "retrieval only")}
+    seed0_rows = {label: mean_metrics(values) for label, values in per_seed[0].items()}
+    parts = ablate_parts(with_vectors, config, seed0_rows)
 
     # calibration of r on val: raw softmax vs calibrated on the dev split
     entries = full.chunk_scores(val_lists)
@@ -238,17 +261,19 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         calibration["judged_candidates"] = int(judged.sum())
 
     # Rebuilt from the query vectors, which lists with vector inputs carry.
-    latency = measure_latency(models["full"], table, lexical, with_vectors[2][:latency_queries])
-    results[name] = {"quality": rows, "parts": parts, "calibration": calibration, "latency_ms": latency,
+    latency = measure_latency(full, table, lexical, with_vectors[2][:latency_queries], config.threads)
+    results[name] = {"quality": rows, "quality_sd_over_seeds": spread, "seeds": seeds,
+                     "paired_differences": comparisons, "parts": parts, "calibration": calibration, "latency_ms": latency,
                      "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}
-    print_quality(name, rows, len(val_lists))
+    print_quality(f"{name} (mean over {seeds} seed(s) ± their SD)", rows, len(val_lists), spread)
+    print_comparisons(name, comparisons)
     print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history, relational attention)", parts,
                   len(val_lists))
     print(f"\n{name} calibration of r on val: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                                           for k, v in calibration.items()))
-    print_latency(name, latency)
+    print_latency(name, latency, config.threads)
 
 
 PARTS = [  # label, retrieval prior, raw vector inputs, query history, relational attention, absolute prior
@@ -295,9 +320,10 @@ def _calibrated_levels(reranker, logits: np.ndarray) -> np.ndarray:
     return softmax(logits / t).argmax(axis=1)
 
 
-def measure_latency(reranker, table, lexical, lists) -> dict[str, float]:
+def measure_latency(reranker, table, lexical, lists, model_threads: int) -> dict[str, float]:
     """Per query, one at a time: features (from the query vector and retrieved keys) + model + merge,
-    with the models in ONNX Runtime (as served, ``rerank.runtime``) and in eager PyTorch."""
+    with the models in ONNX Runtime (as served, ``rerank.runtime``) and in eager PyTorch. "Threads" are the
+    process's (PyTorch's); the ONNX sessions get at most ``model_threads`` of them (``rerank.threads``)."""
     import torch
 
     builder = reranker.builder(table, lexical)
@@ -310,7 +336,7 @@ def measure_latency(reranker, table, lexical, lists) -> dict[str, float]:
     for runtime in ("onnx", "torch"):
         for threads in (2, 1):
             torch.set_num_threads(threads)
-            reranker.serve_with(runtime, threads)
+            reranker.serve_with(runtime, min(threads, model_threads) if model_threads else threads)
             for strategy in STRATEGY_LATENCY:
                 rerank(lists[0], strategy)  # warm up
                 times = []
@@ -333,17 +359,30 @@ def measure_latency(reranker, table, lexical, lists) -> dict[str, float]:
 STRATEGY_LATENCY = ("pointwise", "hybrid", "sliding")
 
 
-def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int) -> None:
+def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int,
+                  spread: dict[str, dict[str, float]] | None = None) -> None:
     columns = ["instance_hit_rate", "concept_hit_rate@1", "ndcg@10"]
     print(f"\n{name} val, K = {K} candidates ({queries} queries)")
     print("| method | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, row in rows.items():
-        print(f"| {label} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |", flush=True)
+        # Rows that cannot vary with the seed (retrieval) show no spread.
+        varies = bool(spread) and any(spread[label].values())
+        cells = [f"{row[c]:.4f}" + (f" ± {spread[label][c]:.4f}" if varies else "") for c in columns]
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
-def print_latency(name: str, latency: dict[str, float]) -> None:
-    print(f"\n{name} rerank latency per query, K = {K} (ms)")
+def print_comparisons(name: str, comparisons: dict[str, dict[str, tuple[float, float, float]]]) -> None:
+    print(f"\n{name} paired differences on val queries (per-query figures averaged over seeds; "
+          "mean [95% bootstrap interval]; an interval across 0 is a tie the split cannot break)")
+    for label, metrics in comparisons.items():
+        print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+                                         for metric, (mean, low, high) in metrics.items()), flush=True)
+
+
+def print_latency(name: str, latency: dict[str, float], model_threads: int) -> None:
+    print(f"\n{name} rerank latency per query, K = {K} (ms; ONNX Runtime sessions on "
+          f"{model_threads or 'as many'} intra-op thread(s) at most, rerank.threads)")
     print("| runtime | strategy | p50, 2 threads | p99, 2 threads | p50, 1 thread | p99, 1 thread |")
     print("|---|---|---|---|---|---|")
     for runtime in ("onnx", "torch"):
@@ -370,6 +409,9 @@ def main() -> None:
     parser.add_argument("--fold-count", type=int, default=3,
                         help="cross-fitting folds, one retriever each (3: a training query's nearest same-product "
                              "photo in the other folds is then as far as a val photo's in the training split)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="train the ablation's models with this many seeds and report their mean (the SD over "
+                             "seeds beside it); calibration, latency and the parts table use seed 0")
     args = parser.parse_args()
     data = args.data or data_dir()
     import torch
@@ -386,7 +428,7 @@ def main() -> None:
     for name in args.only.split(","):
         spec, overrides, fuse = datasets[name.strip()]
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    args.epochs, args.folds, args.fold_count)
+                    args.epochs, args.folds, args.fold_count, args.seeds)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -16,7 +16,7 @@ from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable
                             sliding_window)
 from vitrine.rerank.calibration import reliability_diagram, softmax
 from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
-from vitrine.rerank.metrics import instance_hit_rate, ndcg_at_k
+from vitrine.rerank.metrics import instance_hit_rate, list_metrics, ndcg_at_k, paired_difference, query_metrics
 from vitrine.rerank.reranker import STRATEGIES
 from vitrine.rerank.models import ChunkListwiseModel, PointwiseScorer
 from vitrine.rerank.train import evaluate_lists, fit_listwise, model_config, train_reranker
@@ -227,6 +227,29 @@ def test_level_metrics():
     assert instance_hit_rate([3, 3], 0, 50) is None
     assert ndcg_at_k([0, 1], [3, 2]) == pytest.approx(1.0)
     assert ndcg_at_k([1, 0], [3, 2]) < 1.0
+
+
+def test_per_query_level_metrics_mark_what_does_not_apply():
+    per_query = query_metrics([[3, 0], [1, 3], [3, 3]], [np.array([3.0]), np.array([2.0]), np.array([])], 50)
+    assert per_query["instance_hit_rate"][0] == 0.0 and np.isnan(per_query["instance_hit_rate"][1:]).all()
+    assert per_query["concept_hit_rate@1"][:2].tolist() == [0.0, 1.0] and np.isnan(per_query["concept_hit_rate@1"][2])
+    assert per_query["ndcg@10"][1] == pytest.approx(1.0) and per_query["ndcg@10"][2] == 0.0
+    means = list_metrics([[3, 0], [1, 3], [3, 3]], [np.array([3.0]), np.array([2.0]), np.array([])], 50)
+    assert means["instance_hit_rate"] == 0.0 and means["concept_hit_rate@1"] == 0.5
+    assert means["ndcg@10"] == pytest.approx(per_query["ndcg@10"].mean())
+
+
+def test_paired_difference_interval_separates_a_real_gain_from_a_tie():
+    rng = np.random.default_rng(3)
+    base = rng.random(400)
+    better = base + 0.05 + rng.normal(0, 0.05, 400)
+    mean, low, high = paired_difference(better, base)
+    assert mean == pytest.approx(np.mean(better - base)) and 0 < low < mean < high
+    tie = base + rng.normal(0, 0.05, 400)
+    _, low, high = paired_difference(tie, base)
+    assert low < 0 < high
+    # Queries a metric does not apply to (NaN) are left out; identical rankers differ by exactly 0.
+    assert paired_difference(np.array([1.0, np.nan, 0.0]), np.array([1.0, 0.0, 0.0])) == (0.0, 0.0, 0.0)
 
 
 # --- models on drawn lists -------------------------------------------------------------------

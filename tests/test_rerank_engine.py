@@ -61,6 +61,16 @@ def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     assert len(json.loads(result.output)) == 2
 
 
+def test_served_reranker_models_run_on_the_configured_threads(trained_store: Path):
+    def session_threads(engine) -> dict[str, int]:
+        return {kind: runner.session.session.get_session_options().intra_op_num_threads
+                for kind, runner in engine.reranker().runners.items()}
+
+    assert session_threads(vitrine.open(trained_store)) == {"listwise": 1, "pointwise": 1}
+    assert session_threads(vitrine.open(trained_store, config_overrides={"rerank.threads": 2})) == {
+        "listwise": 2, "pointwise": 2}
+
+
 def test_the_reranker_keeps_every_training_query_as_history(trained_store: Path):
     engine = vitrine.open(trained_store)
     history = engine.reranker().history

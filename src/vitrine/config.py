@@ -308,6 +308,11 @@ class RerankConfig:
     datasets, although val did not (BENCHMARKS.md)."""
     runtime: str = "onnx"
     """What runs a served reranker's models: ``onnx`` (ONNX Runtime, exported on first use) or ``torch``."""
+    threads: int = 1
+    """ONNX Runtime intra-op threads of the reranker's models (0: one per core). One by default: the
+    models are a few small matrix products, which a second thread only slows down by handing them over
+    (hybrid p50 0.56 ms on one thread, 0.76 ms on two; BENCHMARKS.md); concurrent requests still use
+    every core."""
     vector_inputs: bool = False
     """Feed the raw vectors to the models too (the query vector; per candidate its product vector and the
     element-wise product with the query), not only the scalars comparing them. Off by default: with them,

@@ -250,7 +250,7 @@ class SearchEngine:
             if reranker.embedding and reranker.embedding != self.embedder.describe():
                 raise StoreError(f"the reranker in {folder} was trained on {_name(reranker.embedding)} embeddings but "
                                  f"the store uses {_name(self.embedder.describe())}; run 'vitrine train-reranker' again")
-            reranker.serve_with(self.config.rerank.runtime)
+            reranker.serve_with(self.config.rerank.runtime, self.config.rerank.threads)
             self._reranker = reranker.bind(reranker.builder(product_table(self.store, self.embedder), self.lexical))
         return self._reranker
 

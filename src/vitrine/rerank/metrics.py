@@ -35,17 +35,44 @@ def ndcg_at_k(ranked: Sequence[int], ideal: Sequence[float], k: int = 10) -> flo
     return dcg([3 - int(level) for level in ranked]) / best if best > 0 else 0.0
 
 
-def list_metrics(rankings: Sequence[Sequence[int]], ideals: Sequence[np.ndarray], k: int) -> dict[str, float]:
-    """Means over queries: instance hit-rate (queries with an instance match), concept hit-rate@1
-    (queries with a concept-or-better match), NDCG@10."""
+def query_metrics(rankings: Sequence[Sequence[int]], ideals: Sequence[np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """Per query: instance hit-rate (NaN for a query without an instance match), concept hit-rate@1 (NaN
+    without a concept-or-better match), NDCG@10; what paired comparisons of two rankers are made of."""
     instance, concept, ndcg = [], [], []
     for ranked, ideal in zip(rankings, ideals):
         ideal = np.asarray(ideal)
         hit = instance_hit_rate(ranked, int((ideal == 3).sum()), k)
-        if hit is not None:
-            instance.append(hit)
-        if (ideal >= 2).any():
-            concept.append(concept_hit_rate(ranked))
+        instance.append(math.nan if hit is None else hit)
+        concept.append(concept_hit_rate(ranked) if (ideal >= 2).any() else math.nan)
         ndcg.append(ndcg_at_k(ranked, ideal, 10))
-    mean = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
-    return {"instance_hit_rate": mean(instance), "concept_hit_rate@1": mean(concept), "ndcg@10": mean(ndcg)}
+    return {"instance_hit_rate": np.array(instance, dtype=np.float64),
+            "concept_hit_rate@1": np.array(concept, dtype=np.float64), "ndcg@10": np.array(ndcg, dtype=np.float64)}
+
+
+def mean_metrics(per_query: dict[str, np.ndarray]) -> dict[str, float]:
+    """Means over the queries each metric applies to (0.0 where none does)."""
+    return {name: float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+            for name, values in per_query.items()}
+
+
+def list_metrics(rankings: Sequence[Sequence[int]], ideals: Sequence[np.ndarray], k: int) -> dict[str, float]:
+    """Means over queries: instance hit-rate (queries with an instance match), concept hit-rate@1
+    (queries with a concept-or-better match), NDCG@10."""
+    return mean_metrics(query_metrics(rankings, ideals, k))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, resamples: int = 10_000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a − b`` over the queries both score (per-query figures of two rankers on the same
+    queries) and its bootstrap confidence interval (queries resampled, BCa): ``(mean, low, high)``.
+    An interval that straddles 0 says the val split cannot tell the two apart."""
+    from scipy.stats import bootstrap
+
+    difference = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    difference = difference[np.isfinite(difference)]
+    if len(difference) < 2 or np.ptp(difference) == 0:
+        mean = float(difference.mean()) if len(difference) else 0.0
+        return mean, mean, mean
+    interval = bootstrap((difference,), np.mean, confidence_level=confidence, n_resamples=resamples,
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return float(difference.mean()), float(interval.low), float(interval.high)

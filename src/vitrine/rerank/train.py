@@ -35,7 +35,7 @@ from vitrine.rerank.history import QueryHistory
 from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
 from vitrine.rerank.merge import chunk_slices
-from vitrine.rerank.metrics import list_metrics
+from vitrine.rerank.metrics import mean_metrics, query_metrics
 from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer
 from vitrine.rerank.reranker import Reranker, RerankSettings, stack_chunks
 
@@ -215,15 +215,26 @@ def _chunk_tensors(lists: Sequence[CandidateList], size: int):
     return query, items, mask, similarity, torch.from_numpy(levels)
 
 
-def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy: str, k: int | None = None) -> dict[str, float]:
-    """Level metrics of ``strategy`` (or retrieval order for ``retrieval``) on labelled lists."""
+def ranked_levels(reranker: Reranker, lists: Sequence[CandidateList], strategy: str) -> list[list[int]]:
+    """Each list's levels in the order ``strategy`` (or ``retrieval``: the retriever's order) ranks it."""
     if strategy == "retrieval":
         orders = [np.arange(len(found)) for found in lists]
     else:
         orders = [ordering.order for ordering in reranker.rank_lists(lists, strategy)]
+    return [found.levels[order].tolist() for found, order in zip(lists, orders)]
+
+
+def evaluate_queries(reranker: Reranker, lists: Sequence[CandidateList], strategy: str,
+                     k: int | None = None) -> dict[str, np.ndarray]:
+    """Per-query level metrics of ``strategy`` on labelled lists (``query_metrics``)."""
     k = k or max((len(found) for found in lists), default=1)
-    return list_metrics([found.levels[order].tolist() for found, order in zip(lists, orders)],
-                        [found.ideal if found.ideal is not None else np.zeros(0) for found in lists], k)
+    return query_metrics(ranked_levels(reranker, lists, strategy),
+                         [found.ideal if found.ideal is not None else np.zeros(0) for found in lists], k)
+
+
+def evaluate_lists(reranker: Reranker, lists: Sequence[CandidateList], strategy: str, k: int | None = None) -> dict[str, float]:
+    """Level metrics of ``strategy`` (or retrieval order for ``retrieval``) on labelled lists."""
+    return mean_metrics(evaluate_queries(reranker, lists, strategy, k))
 
 
 def model_config(spec: FeatureSpec, config: RerankConfig) -> ModelConfig:
