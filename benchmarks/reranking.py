@@ -206,6 +206,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     # Every model is trained once per seed: on val splits of a few hundred queries, the seed moves a
     # chunk model's hit-rate by about as much as the differences the targets ask about.
     per_seed: list[dict[str, dict[str, np.ndarray]]] = []
+    seed_ece: list[float] = []  # of the calibrated r on val, per seed
+    val_levels = np.concatenate([found.levels for found in val_lists])
     for seed in range(seeds):
         seeded = replace(config, seed=seed)
         trained, trained_report = train_reranker(train, dev, seeded, history=history if config.history else None)
@@ -215,6 +217,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
             models[key] = type(trained)(trained.spec, model, None, settings=trained.settings)
         per_seed.append({label: evaluate_queries(models[key or "full"], val_lists, strategy, K)
                          for label, key, strategy in VARIANTS})
+        seed_ece.append(expected_calibration_error(np.concatenate([e["r"] for e in trained.chunk_scores(val_lists)]),
+                                                   val_levels == 0))
         print(f"  seed {seed}: listwise best epoch {trained_report['listwise']['best_epoch']}, pointwise best epoch "
               f"{trained_report['pointwise']['best_epoch']} (0 = the retriever's order); held-back training queries, "
               "NDCG@10: " + ", ".join(f"{key} {value:.4f}" for key, value in trained_report["dev_ndcg@10"].items()),
@@ -239,7 +243,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     # calibration of r on val: raw softmax vs calibrated on the dev split
     entries = full.chunk_scores(val_lists)
     logits = np.concatenate([e["logits"] for e in entries])
-    levels = np.concatenate([found.levels for found in val_lists])
+    levels = val_levels
     raw, calibrated = softmax(logits)[:, 0], np.concatenate([e["r"] for e in entries])
     isotonic = type(full)(full.spec, full.listwise, None)
     calibrate(isotonic, dev, "isotonic")
@@ -247,7 +251,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     calibration = {"ece_raw": expected_calibration_error(raw, levels == 0),
                    f"ece_{full.calibrator.kind}": expected_calibration_error(calibrated, levels == 0),
                    "ece_isotonic": expected_calibration_error(iso, levels == 0),
-                   "temperature": full.calibrator.temperature, **report["calibration"]}
+                   "temperature": full.calibrator.temperature, **report["calibration"],
+                   f"ece_{full.calibrator.kind}_per_seed": seed_ece}
     png = reliability_diagram({"raw": (raw, levels == 0), full.calibrator.kind: (calibrated, levels == 0),
                                "isotonic": (iso, levels == 0)}, out_dir / f"reliability-{name}.png",
                               title=f"{name} val: r = P(instance match)")
@@ -271,8 +276,9 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     print_comparisons(name, comparisons)
     print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history, relational attention)", parts,
                   len(val_lists))
-    print(f"\n{name} calibration of r on val: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                                          for k, v in calibration.items()))
+    print(f"\n{name} calibration of r on val (seed 0; the last figure per seed): " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {' '.join(f'{x:.4f}' for x in v)}" if isinstance(v, list)
+        else f"{k} {v}" for k, v in calibration.items()))
     print_latency(name, latency, config.threads)
 
 

@@ -68,7 +68,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, confidence: float = 0.95, re
     An interval that straddles 0 says the val split cannot tell the two apart."""
     from scipy.stats import bootstrap
 
-    difference = (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     difference = difference[np.isfinite(difference)]
     if len(difference) < 2 or np.ptp(difference) == 0:
         mean = float(difference.mean()) if len(difference) else 0.0
