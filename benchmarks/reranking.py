@@ -243,18 +243,18 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     # calibration of r on val: raw softmax vs calibrated on the dev split
     entries = full.chunk_scores(val_lists)
     logits = np.concatenate([e["logits"] for e in entries])
-    levels = val_levels
     raw, calibrated = softmax(logits)[:, 0], np.concatenate([e["r"] for e in entries])
     isotonic = type(full)(full.spec, full.listwise, None)
     calibrate(isotonic, dev, "isotonic")
     iso = isotonic.calibrator(logits)
-    calibration = {"ece_raw": expected_calibration_error(raw, levels == 0),
-                   f"ece_{full.calibrator.kind}": expected_calibration_error(calibrated, levels == 0),
-                   "ece_isotonic": expected_calibration_error(iso, levels == 0),
+    matches = val_levels == 0
+    calibration = {"ece_raw": expected_calibration_error(raw, matches),
+                   f"ece_{full.calibrator.kind}": expected_calibration_error(calibrated, matches),
+                   "ece_isotonic": expected_calibration_error(iso, matches),
                    "temperature": full.calibrator.temperature, **report["calibration"],
                    f"ece_{full.calibrator.kind}_per_seed": seed_ece}
-    png = reliability_diagram({"raw": (raw, levels == 0), full.calibrator.kind: (calibrated, levels == 0),
-                               "isotonic": (iso, levels == 0)}, out_dir / f"reliability-{name}.png",
+    png = reliability_diagram({"raw": (raw, matches), full.calibrator.kind: (calibrated, matches),
+                               "isotonic": (iso, matches)}, out_dir / f"reliability-{name}.png",
                               title=f"{name} val: r = P(instance match)")
     calibration["diagram"] = str(png)
     if name == "crowdflower":
@@ -262,7 +262,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
 
         judged = np.concatenate([found.labelled for found in val_lists])
         predicted = _calibrated_levels(full, logits)
-        calibration["qwk_judged"] = float(cohen_kappa_score(levels[judged], predicted[judged], weights="quadratic"))
+        calibration["qwk_judged"] = float(cohen_kappa_score(val_levels[judged], predicted[judged], weights="quadratic"))
         calibration["judged_candidates"] = int(judged.sum())
 
     # Rebuilt from the query vectors, which lists with vector inputs carry.
