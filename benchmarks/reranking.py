@@ -22,7 +22,8 @@ the hybrid is compared with pointwise and retrieval query by query (paired diffe
 95% interval), since a val split of a few hundred queries, let alone CrowdFlower's 35, cannot separate
 rankers a point apart. Every model uses the defaults: a retrieval prior on its heads, scalar inputs only (no raw
 vectors), the query-history features (past queries = the training queries the list's retriever was
-trained on) and relational attention in the chunk model (candidate-candidate cosines bias it). A second
+trained on) and relational attention in the chunk model (candidate-candidate cosines of the fused, text
+and image vectors bias it). A second
 table switches those four on and off for the hybrid (``PARTS``). Held-back
 training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
 Latency: one query at a time, 2 and 1 threads, feature building + model + merge, with the models in
@@ -268,7 +269,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     # Rebuilt from the query vectors, which lists with vector inputs carry.
     latency = measure_latency(full, table, lexical, with_vectors[2][:latency_queries], config.threads)
     results[name] = {"quality": rows, "quality_sd_over_seeds": spread, "seeds": seeds,
-                     "paired_differences": comparisons, "parts": parts, "calibration": calibration, "latency_ms": latency,
+                     "paired_differences": comparisons, "parts": parts, "calibration": calibration,
+                     "latency_ms": latency,
                      "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
                      "training": report}

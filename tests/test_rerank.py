@@ -15,6 +15,8 @@ from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable
                             expected_calibration_error, hybrid_merge, null_loss, pairwise_discordant_loss,
                             sliding_window)
 from vitrine.rerank.calibration import reliability_diagram, softmax
+from vitrine.errors import StoreError
+from vitrine.rerank.features import RELATIONS
 from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
 from vitrine.rerank.metrics import instance_hit_rate, list_metrics, ndcg_at_k, paired_difference, query_metrics
 from vitrine.rerank.reranker import STRATEGIES
@@ -388,8 +390,10 @@ def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path)
     assert scalars.items.shape == (3, len(SCALARS)) and scalars.query.tolist() == [0.0, 1.0]
     np.testing.assert_array_equal(scalars.items, full.items[:, 2 * DIM:])
     assert scalars.spec.column("retrieval_z") == SCALARS.index("retrieval_z")
-    fused = vectors[0][[2, 0, 1]]  # the candidates' fused vectors, in the list's order
-    np.testing.assert_allclose(scalars.similarity, fused @ fused.T, rtol=1e-5)
+    assert scalars.similarity.shape == (3, 3, len(RELATIONS))
+    for channel, kind in enumerate(vectors):  # fused, text, image: the candidates' vectors in the list's order
+        listed = kind[[2, 0, 1]]
+        np.testing.assert_allclose(scalars.similarity[..., channel], listed @ listed.T, rtol=1e-5)
 
     # A scalar-only reranker saves, loads and binds as one, and refuses a builder with vector inputs.
     model = ChunkListwiseModel(model_config(scalars.spec, small_config())).eval()
@@ -447,13 +451,18 @@ def test_unknown_strategy_is_a_user_error(trained: Reranker):
 
 # --- relational attention --------------------------------------------------------------------
 
+def random_cosines(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``(count, count)`` cosines of random unit vectors (symmetric, 1 on the diagonal)."""
+    vectors = rng.normal(size=(count, 4))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors @ vectors.T).astype(np.float32)
+
+
 def with_similarity(lists: list[CandidateList], seed: int) -> list[CandidateList]:
-    """The lists with random symmetric candidate-candidate cosines (1 on the diagonal)."""
+    """The lists with random candidate-candidate cosines, another draw for each kind of vector."""
     rng = np.random.default_rng(seed)
     for found in lists:
-        vectors = rng.normal(size=(len(found), 4))
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        found.similarity = (vectors @ vectors.T).astype(np.float32)
+        found.similarity = np.stack([random_cosines(rng, len(found)) for _ in RELATIONS], axis=-1)
     return lists
 
 
@@ -500,11 +509,21 @@ def test_relational_attention_starts_plain_and_then_reads_how_candidates_relate(
         order = torch.randperm(10, generator=torch.Generator().manual_seed(1))
         shuffled = relational(query, items[:, order], mask[:, order], similarity[:, order][:, :, order]).local
         torch.testing.assert_close(shuffled, relational(query, items, mask, similarity).local[:, order])
+        # Each kind of cosine has its own multiples: a model that weighs only the text cosines ignores the others.
+        relational.relation.zero_()
+        relational.relation[..., RELATIONS.index("text")] = 0.4
+        text_only = relational(*inputs).local
+        others = inputs[3].clone()
+        others[..., RELATIONS.index("image")] = torch.flip(others[..., RELATIONS.index("image")], dims=[1, 2])
+        torch.testing.assert_close(relational(*inputs[:3], others).local, text_only)
+        others[..., RELATIONS.index("text")] = torch.flip(others[..., RELATIONS.index("text")], dims=[1, 2])
+        assert not torch.allclose(relational(*inputs[:3], others).local, text_only)
 
 
 def test_relational_training_learns_from_look_alike_candidates():
-    """Lists whose per-candidate features are noise: the relevant candidates are the ones that look
-    alike (a tight cluster), so only a model that reads the similarity can find them."""
+    """Lists whose per-candidate features are noise: the relevant candidates are the ones whose images
+    look alike (a tight cluster; the other kinds of cosine are noise), so only a model that reads that
+    kind of similarity can find them."""
     rng = np.random.default_rng(8)
 
     def lists(count: int) -> list[CandidateList]:
@@ -515,7 +534,8 @@ def test_relational_training_learns_from_look_alike_candidates():
             vectors = rng.normal(size=(len(found), 6))
             vectors[relevant] = rng.normal(size=6) + 0.15 * rng.normal(size=(int(relevant.sum()), 6))
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            found.similarity = (vectors @ vectors.T).astype(np.float32)
+            found.similarity = np.stack([random_cosines(rng, len(found)) for _ in RELATIONS], axis=-1)
+            found.similarity[..., RELATIONS.index("image")] = vectors @ vectors.T
         return made
 
     train, dev = lists(200), lists(30)
@@ -525,6 +545,19 @@ def test_relational_training_learns_from_look_alike_candidates():
         model, _ = fit_listwise(train, dev, FeatureSpec(DIM), config)
         scores[relational] = evaluate_lists(Reranker(FeatureSpec(DIM), model), dev, "listwise")["ndcg@10"]
     assert scores[True] > scores[False] + 0.15, scores
+
+
+def test_a_reranker_saved_with_one_kind_of_cosine_asks_to_be_trained_again(tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    relational, _ = relational_pair(seed=3)
+    Reranker(FeatureSpec(DIM), relational).save(tmp_path / "old")
+    weights = load_file(str(tmp_path / "old" / "listwise.safetensors"))
+    weights["relation"] = weights["relation"][..., 0].contiguous()  # the layout before RELATIONS: (layers, heads)
+    save_file(weights, str(tmp_path / "old" / "listwise.safetensors"))
+    with pytest.raises(StoreError, match="cannot load the reranker.*train one") as caught:
+        Reranker.load(tmp_path / "old")
+    assert "\n" not in str(caught.value)
 
 
 def test_onnx_runtime_runs_a_relational_model_as_pytorch_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

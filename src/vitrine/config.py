@@ -323,10 +323,11 @@ class RerankConfig:
     fold's training lists with its own retriever, so the reranker learns from mistakes on queries the
     retriever has not seen, as at search time. 0 or 1: lists from the store's own towers."""
     relational: bool = True
-    """Chunk model: bias the attention between two candidates by the cosine of their product vectors
-    (a learned multiple per block and head), so it can compare how candidates relate to each other.
-    On by default: it raised the hybrid's NDCG@10 on Grocery's held-back training queries (0.840 → 0.847)
-    and on Grocery val (0.812 → 0.832), and left CrowdFlower level (BENCHMARKS.md)."""
+    """Chunk model: bias the attention between two candidates by the cosines of their fused, text and
+    image vectors (learned multiples per block, head and kind), so it can compare how candidates relate
+    to each other. On by default: the fused cosine alone raised the hybrid's NDCG@10 on Grocery's held-back
+    training queries (0.840 → 0.847) and on Grocery val (0.812 → 0.832); the three kinds raised it again
+    (BENCHMARKS.md); CrowdFlower, whose products have no images, stayed level."""
     history: bool = True
     """Keep the training queries' vectors with the reranker (``models/<model>/history.npz``) and give it,
     per candidate, the best cosine with the product's past queries (``vitrine.rerank.history``)."""

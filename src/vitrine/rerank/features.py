@@ -11,9 +11,9 @@ already computes, so reranking costs no backbone pass.
   title overlap (share of query words in the title) and, where the reranker has a ``QueryHistory``, the
   best cosine with the product's past queries (raw and as a gap to the list's best) and their number
   (relative to the history's mean per product, so it means the same with a part of the history);
-- between candidates: the cosines of their fused vectors, by which a relational chunk model biases its
-  attention (how alike two candidates are: listwise evidence that a model scoring one candidate at a time
-  cannot have).
+- between candidates: the cosines of their fused, text-only and image-only vectors (``RELATIONS``), by
+  which a relational chunk model biases its attention (how alike two candidates are, and in what:
+  listwise evidence that a model scoring one candidate at a time cannot have).
 
 Product vectors come from a ``ProductTable``: every catalog product's fused/text/image vectors and
 keywords, computed once per embedder and kept in ``STORE/cache/rerank-products.npz`` (products added or
@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 SCALARS = ("retrieval", "retrieval_z", "gap_to_top", "cosine", "rank", "cos_text", "cos_image", "has_image",
            "bm25_log", "bm25_share", "keyword_overlap", "title_overlap", "history_cos", "history_gap", "history_count_rel")
+RELATIONS = ("fused", "text", "image")
+"""The channels of ``CandidateList.similarity``: cosines between two candidates' vectors of each kind."""
 TABLE_FILE = "rerank-products.npz"
 _WORD = re.compile(r"[^\W_]+")
 
@@ -98,8 +100,8 @@ class CandidateList:
     spec: FeatureSpec | None = None
     """The layout of ``query`` and ``items`` (set by ``FeatureBuilder``)."""
     similarity: np.ndarray | None = None
-    """``(K, K)`` cosines between the candidates' fused product vectors: what a relational chunk model
-    (``ModelConfig.relational``) biases its attention with. ``None`` reads as all zeros."""
+    """``(K, K, len(RELATIONS))`` cosines between the candidates' fused, text and image vectors: what a
+    relational chunk model (``ModelConfig.relational``) biases its attention with. ``None`` reads as zeros."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -256,10 +258,14 @@ class FeatureBuilder:
             query = np.concatenate([q, modalities]).astype(np.float32)
         else:
             items, query = scalars, modalities
-        # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
-        similarity = torch.from_numpy(fused) @ torch.from_numpy(fused).T
         return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
-                             similarity=similarity.numpy())
+                             similarity=self.relations(rows))
+
+    def relations(self, rows: np.ndarray) -> np.ndarray:
+        """``(K, K, len(RELATIONS))``: the cosines between the candidates at table ``rows``, per vector kind."""
+        # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
+        kinds = torch.stack([torch.from_numpy(getattr(self.table, kind)[rows]) for kind in RELATIONS])
+        return (kinds @ kinds.transpose(1, 2)).permute(1, 2, 0).contiguous().numpy()
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

@@ -32,8 +32,10 @@ class ModelConfig:
     prior_column: int | None = None
     """Item feature column holding the standardised retrieval score; ``None``: no retrieval prior."""
     relational: bool = False
-    """Chunk model: add a learned multiple (per block and head) of the cosine between two candidates'
-    product vectors to the attention logit between them."""
+    """Chunk model: add learned multiples (per block, head and kind of vector) of the cosines between two
+    candidates' product vectors to the attention logit between them."""
+    relations: int = 3
+    """How many kinds of candidate-candidate cosine the similarity input carries (``features.RELATIONS``)."""
     absolute_from_local: bool = False
     """Chunk model with a prior: the level logits start from the same pass's local score (not followed by
     gradients) instead of the retrieval score, so r ranks as the local scores do until trained otherwise."""
@@ -133,10 +135,11 @@ class ChunkListwiseModel(nn.Module):
     No position embedding: the order of candidates in a chunk carries no meaning beyond the retrieval
     rank, which is one of the features.
 
-    *Relational* (``ModelConfig.relational``): the attention logit between two candidates gets a learned
-    multiple (per block and head, starting at zero) of the cosine between their product vectors, so a
-    candidate can gather evidence from the candidates that look like it, as k-reciprocal re-ranking
-    does in re-identification; the scalar inputs alone say nothing about how candidates relate.
+    *Relational* (``ModelConfig.relational``): the attention logit between two candidates gets learned
+    multiples (per block and head, starting at zero) of the cosines between their fused, text and image
+    vectors, so a candidate can gather evidence from the candidates that look like it, and a head can
+    tell "same picture" from "same description", as k-reciprocal re-ranking does in re-identification;
+    the scalar inputs alone say nothing about how candidates relate.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -150,7 +153,8 @@ class ChunkListwiseModel(nn.Module):
         self.null = nn.Parameter(torch.randn(d) * 0.02)
         self.kind = nn.Embedding(3, d)  # NULL, query, candidate
         self.blocks = nn.ModuleList(Block(d, config.heads, config.dropout) for _ in range(config.layers))
-        self.relation = nn.Parameter(torch.zeros(config.layers, config.heads)) if config.relational else None
+        self.relation = (nn.Parameter(torch.zeros(config.layers, config.heads, config.relations))
+                         if config.relational else None)
         self.out_norm = nn.LayerNorm(d)
         self.local_head = nn.Linear(d, 1)
         self.absolute_head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout),
@@ -165,7 +169,7 @@ class ChunkListwiseModel(nn.Module):
     def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
                 similarity: torch.Tensor | None = None) -> ChunkOutput:
         """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates; ``similarity
-        (B, M, M)`` the cosines between candidates (read by a relational model only)."""
+        (B, M, M, relations)`` the cosines between candidates (read by a relational model only)."""
         batch, m = mask.shape
         null = (self.null + self.kind.weight[0]).expand(batch, 1, -1)
         q = (self.query_in(self.query_norm(query)) + self.kind.weight[1]).unsqueeze(1)
@@ -173,10 +177,10 @@ class ChunkListwiseModel(nn.Module):
         z = torch.cat([null, q, c], dim=1)
         keep = torch.cat([torch.ones(batch, 2, dtype=torch.bool, device=mask.device), mask], dim=1)
         # Candidate-candidate entries only: NULL and the query relate to nothing by product similarity.
-        pairs = F.pad(similarity, (2, 0, 2, 0))[:, None] if self.relation is not None and similarity is not None \
+        pairs = F.pad(similarity, (0, 0, 2, 0, 2, 0)) if self.relation is not None and similarity is not None \
             else None
         for layer, block in enumerate(self.blocks):
-            z = block(z, keep, None if pairs is None else pairs * self.relation_scale(layer))
+            z = block(z, keep, None if pairs is None else self.relation_bias(pairs, layer))
         z = self.out_norm(z)
         z_null, z_query, z_items = z[:, 0], z[:, 1], z[:, 2:]
         local = self.local_head(z_items).squeeze(-1)
@@ -189,11 +193,12 @@ class ChunkListwiseModel(nn.Module):
                                if self.config.absolute_from_local else self.level_prior(items))
         return ChunkOutput(local.masked_fill(~mask, float("-inf")), null_score, levels)
 
-    def relation_scale(self, layer: int) -> torch.Tensor:
-        """``(1, heads, 1, 1)`` multiples of the cosine added to a block's attention logits. Stored a tenth
-        of their size: cosines lie in [-1, 1] and matter as logits only in the tens, which a weight
-        starting at zero would take thousands of steps to reach at the models' learning rate."""
-        return RELATION_RANGE * self.relation[layer][None, :, None, None]
+    def relation_bias(self, pairs: torch.Tensor, layer: int) -> torch.Tensor:
+        """``pairs (B, T, T, relations)`` → ``(B, heads, T, T)`` attention-logit bias of one block. The
+        multiples are stored a tenth of their size: cosines lie in [-1, 1] and matter as logits only in the
+        tens, which a weight starting at zero would take thousands of steps to reach at the models' learning
+        rate."""
+        return (pairs @ (RELATION_RANGE * self.relation[layer]).T).permute(0, 3, 1, 2)
 
 
 class PointwiseScorer(nn.Module):

@@ -33,7 +33,7 @@ from vitrine.catalog.product import Product
 from vitrine.config import write_atomic
 from vitrine.errors import StoreError, VitrineError
 from vitrine.rerank.calibration import Calibrator
-from vitrine.rerank.features import CandidateList, FeatureBuilder, FeatureSpec
+from vitrine.rerank.features import RELATIONS, CandidateList, FeatureBuilder, FeatureSpec
 from vitrine.rerank.history import HISTORY_FILE, QueryHistory
 from vitrine.rerank.merge import chunk_slices, hybrid_merge, sliding_window
 from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer, expected_gain
@@ -263,17 +263,19 @@ class Reranker(BaseReranker):
                        RerankSettings(**config["settings"]), config.get("embedding", {}),
                        history=QueryHistory.load(folder))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
-            raise StoreError(f"{folder}: cannot load the reranker ({exc}); train one with 'vitrine train-reranker'") from None
+            reason = " ".join(str(exc).split())  # torch's messages span lines; a user error is one line
+            raise StoreError(f"{folder}: cannot load the reranker ({reason}); "
+                             "train one with 'vitrine train-reranker'") from None
 
 
 def stack_chunks(chunks: Sequence[tuple[CandidateList, slice]], size: int):
-    """``(query (C, Fq), items (C, M, Fi), mask (C, M), similarity (C, M, M))`` tensors for chunks given
-    as (list, slice); padding slots are masked out and relate to nothing."""
+    """``(query (C, Fq), items (C, M, Fi), mask (C, M), similarity (C, M, M, R))`` tensors for chunks given
+    as (list, slice), R = ``len(RELATIONS)``; padding slots are masked out and relate to nothing."""
     count = len(chunks)
     item_dim = chunks[0][0].items.shape[1]
     items = np.zeros((count, size, item_dim), dtype=np.float32)
     mask = np.zeros((count, size), dtype=bool)
-    similarity = np.zeros((count, size, size), dtype=np.float32)
+    similarity = np.zeros((count, size, size, len(RELATIONS)), dtype=np.float32)
     query = np.stack([found.query for found, _ in chunks])
     for row, (found, part) in enumerate(chunks):
         width = part.stop - part.start

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from vitrine.encoders.onnx_runtime import OnnxModel, try_onnx
+from vitrine.rerank.features import RELATIONS
 from vitrine.rerank.models import ChunkListwiseModel, ChunkOutput, PointwiseScorer
 
 
@@ -40,7 +41,7 @@ class OnnxChunkModel:
     def __call__(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
                  similarity: torch.Tensor | None = None) -> ChunkOutput:
         if similarity is None:
-            similarity = torch.zeros(*mask.shape, mask.shape[1])
+            similarity = torch.zeros(*mask.shape, mask.shape[1], len(RELATIONS))
         # A model that is not relational has no similarity input in its graph; the session skips it.
         packed = torch.from_numpy(self.session(query=query.numpy(), items=items.numpy(), mask=mask.numpy(),
                                                similarity=similarity.numpy()))
@@ -67,7 +68,8 @@ _DYNAMIC = {"query": {0: "chunks"}, "items": {0: "chunks", 1: "width"}, "mask": 
 
 
 def onnx_chunk_model(model: ChunkListwiseModel, threads: int = 0) -> OnnxChunkModel | None:
-    example = {**_example(model), "mask": torch.ones(2, 3, dtype=torch.bool), "similarity": torch.zeros(2, 3, 3)}
+    example = {**_example(model), "mask": torch.ones(2, 3, dtype=torch.bool),
+               "similarity": torch.zeros(2, 3, 3, model.config.relations)}
     session = try_onnx(_PackedChunks(model).eval(), example, _DYNAMIC, "rerank-listwise", threads)
     return OnnxChunkModel(session) if session is not None else None
 

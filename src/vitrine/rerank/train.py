@@ -29,8 +29,8 @@ from vitrine.errors import VitrineError
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
 from vitrine.rerank.calibration import Calibrator, expected_calibration_error, softmax
-from vitrine.rerank.features import (CandidateList, FeatureBuilder, FeatureSpec, ProductTable, catalog_entries,
-                                     retrieve)
+from vitrine.rerank.features import (RELATIONS, CandidateList, FeatureBuilder, FeatureSpec, ProductTable,
+                                     catalog_entries, retrieve)
 from vitrine.rerank.history import QueryHistory
 from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
@@ -242,7 +242,7 @@ def model_config(spec: FeatureSpec, config: RerankConfig) -> ModelConfig:
     if config.absolute_prior not in ("retrieval", "local"):
         raise VitrineError(f"unknown rerank.absolute_prior {config.absolute_prior!r} (retrieval or local)")
     return ModelConfig(spec.query_dim, spec.item_dim, config.dim, config.layers, config.heads, config.dropout, prior,
-                       config.relational, config.absolute_prior == "local")
+                       config.relational, len(RELATIONS), config.absolute_prior == "local")
 
 
 def fit_listwise(train: Sequence[CandidateList], dev: Sequence[CandidateList], spec: FeatureSpec,
