@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitrine.rerank.features import RELATIONS
 from vitrine.rerank.levels import LEVELS
 
 
@@ -34,8 +35,8 @@ class ModelConfig:
     relational: bool = False
     """Chunk model: add learned multiples (per block, head and kind of vector) of the cosines between two
     candidates' product vectors to the attention logit between them."""
-    relations: int = 3
-    """How many kinds of candidate-candidate cosine the similarity input carries (``features.RELATIONS``)."""
+    relations: int = len(RELATIONS)
+    """How many kinds of candidate-candidate cosine the similarity input carries."""
     absolute_from_local: bool = False
     """Chunk model with a prior: the level logits start from the same pass's local score (not followed by
     gradients) instead of the retrieval score, so r ranks as the local scores do until trained otherwise."""
