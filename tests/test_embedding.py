@@ -1,10 +1,10 @@
-"""The zero-shot fusion's arithmetic, with stand-in backbones whose outputs we choose."""
+"""The zero-shot fusion's and the ensemble's arithmetic, with stand-in backbones whose outputs we choose."""
 
 import numpy as np
 import pytest
 
 from vitrine.catalog import Product
-from vitrine.embedding import Query, ZeroShotEmbedder
+from vitrine.embedding import EnsembleEmbedder, Query, ZeroShotEmbedder
 from vitrine.encoders import ImageEncoder, TextEncoder, l2_normalize
 from vitrine.errors import VitrineError
 
@@ -73,3 +73,32 @@ def test_empty_query_and_bad_weight():
         Query(text="   ")
     with pytest.raises(ValueError):
         embedder(weight=1.5)
+
+
+PRODUCTS = [Product("1", "Apple", "Red.", images=("b.png",)), Product("2", "Mug", images=("a.png",)),
+            Product("3", "Mug")]
+
+
+def test_an_ensemble_scores_by_the_weighted_sum_of_its_members_scores():
+    first, second = embedder(0.9), embedder(0.2)  # two members that disagree on how much images count
+    ensemble = EnsembleEmbedder([(first, 0.3), (second, 0.7)])
+    queries = [Query(text="cup"), Query(image="q.png"), Query(text="apple", image="a.png")]
+    scores = ensemble.encode_queries(queries) @ ensemble.encode_products(PRODUCTS).T
+    expected = sum(weight * member.encode_queries(queries) @ member.encode_products(PRODUCTS).T
+                   for member, weight in ((first, 0.3), (second, 0.7)))
+    assert ensemble.dim == first.dim + second.dim == 10
+    assert np.allclose(scores, expected, atol=1e-6)
+    assert np.allclose(np.linalg.norm(ensemble.encode_products(PRODUCTS[:2]), axis=1), 1.0)
+    assert [member["weight"] for member in ensemble.describe()["members"]] == [0.3, 0.7]
+
+
+def test_an_ensembles_modality_parts_are_unit_rows_and_zero_where_the_modality_is_missing():
+    parts = EnsembleEmbedder([(embedder(0.9), 0.5), (embedder(0.2), 0.5)]).encode_product_parts(PRODUCTS)
+    assert np.allclose(np.linalg.norm(parts["text"], axis=1), 1.0)
+    assert np.allclose(np.linalg.norm(parts["image"][:2], axis=1), 1.0) and not parts["image"][2].any()
+
+
+@pytest.mark.parametrize("weights", [(1.0,), (0.5, 0.6), (1.2, -0.2)])
+def test_an_ensemble_needs_two_members_with_positive_weights_summing_to_one(weights):
+    with pytest.raises(VitrineError, match="positive weights summing to 1"):
+        EnsembleEmbedder([(embedder(), weight) for weight in weights])

@@ -17,7 +17,7 @@ from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, libra
 from vitrine.catalog.product import Pair
 from vitrine.encoders import load_text_encoder
 from vitrine.errors import StoreError, VitrineError
-from vitrine.embedding import TwoTowerModel
+from vitrine.embedding import Query, TwoTowerModel
 from vitrine.training import train_store
 from vitrine.training.losses import ArcFace, arcface_logits
 from vitrine.training.prototype_negatives import PrototypeNeighbours, sample_columns
@@ -184,6 +184,52 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
     assert sorted(h.product.id for h in id_hits) == sorted(h.product.id for h in vector_hits)
     with pytest.raises(VitrineError, match="unknown search channel"):
         engine.search(image=photo, channel="telepathy")
+
+    # Served beside the zero-shot vectors, both channels score on one scale: half the towers' cosine (to the
+    # product, or to its prototype's row) plus half the zero-shot cosine.
+    store.config({"embedding.zero_shot_weight": 0.5}).save(store.config_path)
+    ensemble = vitrine.open(store)
+    assert "built with trained proto embeddings but the store now uses trained proto x0.5 + zeroshot x0.5" in (
+        ensemble.stale or "")
+    ensemble.sync(rebuild=True, progress=False)
+    towers, zero_shot = ensemble.embedder.members
+    assert ensemble.embedder.dim == towers.dim + zero_shot.dim and zero_shot.kind == "zeroshot"
+    query = [Query(image=photo)]
+    q_towers, q_zero = towers.encode_queries(query)[0], zero_shot.encode_queries(query)[0]
+    products = {h.product.id: ensemble._resolved(h.product) for h in vector_hits}
+    p_towers = dict(zip(products, towers.encode_products(list(products.values()))))
+    p_zero = dict(zip(products, zero_shot.encode_products(list(products.values()))))
+    for hit in ensemble.search(image=photo, k=4):
+        expected = 0.5 * p_towers[hit.product.id] @ q_towers + 0.5 * p_zero[hit.product.id] @ q_zero
+        assert hit.score == pytest.approx(float(expected), abs=1e-4)
+    rows = PrototypeHead.load(folder).unit_rows()
+    prototype_of = {pid: row for row, ids in enumerate(PrototypeLibrary.load(folder).members()) for pid in ids}
+    id_hits = ensemble.search(image=photo, k=4, channel="prototype")
+    assert id_hits[0].product.id == "scarf"
+    for hit in id_hits:  # a product found both ways keeps its better score
+        pid = hit.product.id
+        zero = 0.5 * p_zero[pid] @ q_zero
+        expected = max(0.5 * rows[prototype_of[pid]] @ q_towers + zero, 0.5 * p_towers[pid] @ q_towers + zero)
+        assert hit.score == pytest.approx(float(expected), abs=1e-4)
+    store.config({"embedding.zero_shot_weight": 1.0}).save(store.config_path)
+    with pytest.raises(StoreError, match=r"zero_shot_weight must be in \[0, 1\), got 1.0"):
+        vitrine.open(store)
+
+
+def test_id_recognition_scores_a_prototype_in_the_towers_block_and_keeps_the_other_blocks():
+    head = PrototypeHead.from_centroids(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    served = {10: np.array([0.6, 0.8, 1.0, 0.0]), 11: np.array([0.8, 0.6, 0.0, 1.0]),
+              12: np.array([0.0, 1.0, 0.6, 0.8])}
+    channel = PrototypeChannel(head, [np.array([10, 11]), np.array([12])])
+    scale = np.sqrt(0.5)
+    query = np.array([[scale * 0.8, scale * 0.6, scale * 1.0, 0.0]], dtype=np.float32)  # towers (0.8, 0.6), zero-shot (1, 0)
+    no_hits = (np.full((1, 3), -np.inf, dtype=np.float32), np.full((1, 3), -1))
+    scores, keys = channel.search(query, 3, *no_hits, lambda key: scale * served[key], block=2, scale=scale)
+    # prototype 0 (cosine 0.8) holds 10 (zero-shot 1) and 11 (zero-shot 0); prototype 1 (cosine 0.6) holds 12 (0.6)
+    assert keys[0].tolist() == [10, 12, 11]
+    assert np.allclose(scores[0], [0.5 * 0.8 + 0.5 * 1.0, 0.5 * 0.6 + 0.5 * 0.6, 0.5 * 0.8 + 0.0])
+    plain, _ = channel.search(query[:, :2] / scale, 3, *no_hits, lambda key: served[key][:2])
+    assert np.allclose(plain[0], [0.8, 0.8, 0.6])  # without other blocks: the prototype's cosine alone
 
 
 @pytest.mark.parametrize("ngram_buckets", [0, 4096])

@@ -47,6 +47,11 @@ class EmbeddingConfig:
     model: str = "default"
     image_weight: float = 0.5
     """Share of a product vector's squared norm given to its image block (zero-shot fusion)."""
+    zero_shot_weight: float = 0.0
+    """With trained embeddings: weight w of the frozen backbones' zero-shot vectors served beside the
+    towers' (``vitrine.embedding.ensemble``), so every score is (1 - w) * trained + w * zero-shot. Helps
+    products and queries unlike the training data (new products, other groups) at the cost of a wider
+    index (the zero-shot block adds the backbones' widths). 0 = the towers alone."""
 
 
 @dataclass

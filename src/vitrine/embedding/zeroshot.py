@@ -23,7 +23,7 @@ import numpy as np
 
 from vitrine.catalog.product import Product
 from vitrine.embedding.base import Embedder, Query, product_image_features
-from vitrine.encoders.base import ImageEncoder, TextEncoder
+from vitrine.encoders.base import ImageEncoder, TextEncoder, l2_normalize
 
 
 class ZeroShotEmbedder(Embedder):
@@ -79,7 +79,7 @@ class ZeroShotEmbedder(Embedder):
         image, text = fused.copy(), fused.copy()
         image[:, self.image_dim:] = 0.0
         text[:, :self.image_dim] = 0.0
-        return {"fused": fused, "text": _unit_rows(text), "image": _unit_rows(image)}
+        return {"fused": fused, "text": l2_normalize(text), "image": l2_normalize(image)}
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "dim": self.dim, "fusion": "concat[image, text]",
@@ -95,8 +95,3 @@ class ZeroShotEmbedder(Embedder):
         if encoder.dim != dim:
             raise ValueError(f"encoder {encoder.name} gives {encoder.dim}-d vectors, the store expects {dim}-d")
         return encoder
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)

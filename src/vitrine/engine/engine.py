@@ -16,7 +16,7 @@ import numpy as np
 from vitrine.catalog import Filter, ImageInput, Product, Store, filter_document
 from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
-from vitrine.embedding import Embedder, Query
+from vitrine.embedding import Embedder, EnsembleEmbedder, Query
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
@@ -203,7 +203,8 @@ class SearchEngine:
         if prototypes is not None:
             scores, keys = self._vector_search(vectors, k, allowed, where)
             with self._index_lock:
-                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
+                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct,
+                                                 **self._tower_block())
         elif not lexical:
             scores, keys = self._vector_search(vectors, k, allowed, where)
         else:
@@ -228,6 +229,12 @@ class SearchEngine:
             folder = self.store.models_dir / self.config.embedding.model
             self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
         return self._prototypes
+
+    def _tower_block(self) -> dict[str, Any]:
+        """Where the towers' vectors sit in served vectors, when an ensemble serves other blocks beside them."""
+        if isinstance(self.embedder, EnsembleEmbedder):
+            return {"block": self.embedder.primary.dim, "scale": float(self.embedder.scales[0])}
+        return {}
 
     def _juiced(self, queries: Sequence[Query]) -> list[Query]:
         """Photos replaced by their salient crops (``vitrine.governance``); texts untouched."""
@@ -617,6 +624,8 @@ def _documents(entries: Sequence[Entry]) -> list[dict[str, Any]]:
 
 def _name(description: dict[str, Any] | None) -> str:
     description = description or {}
+    if description.get("members"):  # an ensemble: "trained proto x0.5 + zeroshot x0.5"
+        return " + ".join(f"{_name(member)} x{member.get('weight', 0):g}" for member in description["members"])
     return f"{description.get('kind', 'unknown')} {description.get('model', '')}".strip()
 
 

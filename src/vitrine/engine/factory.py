@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vitrine.config import Config
-from vitrine.embedding import Embedder, TrainedEmbedder, ZeroShotEmbedder
+from vitrine.embedding import Embedder, EnsembleEmbedder, TrainedEmbedder, ZeroShotEmbedder
 from vitrine.encoders import (CachedImageEncoder, CachedTextEncoder, FeatureCache, ImageEncoder, TextEncoder,
                               load_image_encoder, load_text_encoder)
 from vitrine.errors import StoreError
@@ -21,20 +21,36 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
     image network. With a ``cache``, image files are encoded once across index builds and evals."""
     kind = config.embedding.kind
 
+    @functools.cache  # an ensemble's members share a backbone they both name
     def image_encoder(name: str) -> ImageEncoder:
         encoder = load_image_encoder(name, config.encoders)
         return CachedImageEncoder(encoder, cache) if cache is not None else encoder
 
+    @functools.cache
     def text_encoder(name: str) -> TextEncoder:
         encoder = load_text_encoder(name, config.encoders)
         return CachedTextEncoder(encoder, cache) if cache is not None and config.encoders.cache_texts else encoder
 
     if kind == "trained":
-        return _trained(config, Path(models_dir) / config.embedding.model, text_encoder, image_encoder)
+        trained = _trained(config, Path(models_dir) / config.embedding.model, text_encoder, image_encoder)
+        weight = config.embedding.zero_shot_weight
+        if not 0.0 <= weight < 1.0:
+            raise StoreError(f"embedding.zero_shot_weight must be in [0, 1), got {weight}")
+        if weight == 0.0:
+            return trained
+        recorded = _member(recorded, "zeroshot")
+        return EnsembleEmbedder([(trained, 1.0 - weight),
+                                 (_zero_shot(config, recorded, text_encoder, image_encoder), weight)])
     if kind == "zeroshot":
         recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
         return _zero_shot(config, recorded, text_encoder, image_encoder)
     raise StoreError(f"unknown embedding kind {kind!r} in this store's config (zeroshot or trained)")
+
+
+def _member(recorded: dict[str, Any] | None, kind: str) -> dict[str, Any] | None:
+    """What the manifest recorded for an ensemble's member of ``kind``, if it recorded an ensemble."""
+    members = (recorded or {}).get("members", []) if (recorded or {}).get("kind") == "ensemble" else []
+    return next((member for member in members if member.get("kind") == kind), None)
 
 
 def _trained(config: Config, folder: Path, text_encoder: Callable[[str], TextEncoder],

@@ -36,17 +36,27 @@ class PrototypeChannel:
         return cls(PrototypeHead.load(folder), members)
 
     def search(self, vectors: np.ndarray, k: int, vector_scores: np.ndarray, vector_keys: np.ndarray,
-               vector_of: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, keys) of the ``k`` best products per query, padded with -1 keys."""
-        proto_scores, proto_ids = self.head.top(vectors, k)
+               vector_of: Callable[[int], np.ndarray], *, block: int | None = None,
+               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, keys) of the ``k`` best products per query, padded with -1 keys.
+
+        Served vectors may hold the towers' vectors as their first ``block`` columns, scaled by ``scale``,
+        beside other blocks (an ensemble's zero-shot block). A product found through a prototype then
+        scores as if that block were its prototype's row: the prototype's cosine, weighted as the block
+        is, plus the product's own score in the other blocks, so both kinds of hit share one scale.
+        """
+        block = vectors.shape[1] if block is None else block
+        proto_scores, proto_ids = self.head.top(vectors[:, :block] / scale, k)
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         keys = np.full((len(vectors), k), -1, dtype=np.int64)
         for row, query in enumerate(vectors):
             ranked: dict[int, tuple[float, float]] = {}  # key -> (score, tie-break by own cosine)
             for score, prototype in zip(proto_scores[row], proto_ids[row]):
                 for key in self.members[prototype]:
-                    own = float(vector_of(int(key)) @ query)
-                    ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (float(score), own))
+                    vector = vector_of(int(key))
+                    own = float(vector @ query)
+                    total = scale * scale * float(score) + float(vector[block:] @ query[block:])
+                    ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (total, own))
             for score, key in zip(vector_scores[row], vector_keys[row]):
                 if key >= 0:
                     ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (float(score), float(score)))
