@@ -3,7 +3,7 @@
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
         [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \
-        [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--resume] [--json out.json]
+        [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--zero-shot-weight W] [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
 ``vitrine.training.train_store`` with ``training.objective = prototype``, a stage at a time: stages
@@ -12,6 +12,10 @@ finished stages are reused, not retrained. After each, the store is re-indexed a
 through the engine with the towers (head dropped) and with ID recognition (``channel="prototype"``).
 Each training runs in a fresh process (its wall time and peak memory are its own). Data preparation,
 stores and feature caches are those of ``benchmarks/trained_embeddings.py``.
+
+With ``--zero-shot-weight W`` (default 0.5), every stage is measured again served beside the frozen
+backbones' zero-shot vectors (``embedding.zero_shot_weight = W``: scores (1 - W) * towers + W * zero-shot),
+rows marked "zero-shot ensemble".
 
 ``head-scale`` is synthetic: U = 10^6 prototypes of D = 256 (float16 matrix), a batch of 128, one
 training step of the margin loss with full softmax vs the nearest 10% vs a random 10% of prototypes,
@@ -31,6 +35,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import bm25_only, build_store, in_process, print_table, zero_shot, zero_shot_row  # noqa: E402
 
@@ -38,8 +44,12 @@ STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ 
 
 
 def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, str], overrides: dict[str, Any],
-                lexical: list[bool], resume: bool = False) -> dict[str, dict[str, float]]:
+                lexical: list[bool], resume: bool = False, zero_shot_weight: float = 0.0,
+                per_query: str | None = None) -> dict[str, dict[str, Any]]:
+    """A row per stage (towers) and per stage with a head (ID recognition); with ``zero_shot_weight``,
+    each again with the towers served beside the backbones' zero-shot vectors."""
     rows: dict[str, dict[str, float]] = {}
+    weights = [0.0, zero_shot_weight] if zero_shot_weight else [0.0]
     for label, stage_list in stages.items():
         print(f"{name}: training {label} ...", flush=True)
         with_head = stage_list != "1"
@@ -47,11 +57,15 @@ def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, st
                               "overrides": {"training.objective": "prototype", "prototype.stages": stage_list,
                                             **overrides},
                               "resume": resume or stage_list != "1", "lexical": lexical,
-                              "channels": ["vector", "prototype"] if with_head else ["vector"]})
-        rows[label] = {k: v for k, v in figures.items() if "@prototype" not in k}
-        if with_head:
-            rows[f"ID recognition after stage {stage_list[-1]}"] = {
-                k.replace("@prototype", ""): v for k, v in figures.items() if "@prototype" in k}
+                              "channels": ["vector", "prototype"] if with_head else ["vector"],
+                              "zero_shot_weights": weights, "per_query": per_query})
+        for weight in weights:
+            tag, note = (f"~zs{weight:g}", f", zero-shot ensemble w={weight:g}") if weight else ("", "")
+            mine = {k.removesuffix(tag): v for k, v in figures.items() if (k.endswith(tag) if weight else "~zs" not in k)}
+            rows[label + note] = {k: v for k, v in mine.items() if "@prototype" not in k}
+            if with_head:
+                rows[f"ID recognition after stage {stage_list[-1]}{note}"] = {
+                    k.replace("@prototype", ""): v for k, v in mine.items() if "@prototype" in k}
     return rows
 
 
@@ -65,7 +79,8 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
         store = build_store(work / "grocery", splits)
         rows = {"zero-shot": zero_shot_row(store, splits)}
         name = f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
-        rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume))
+        rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
+                                args.zero_shot_weight))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
                     ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
@@ -79,7 +94,8 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
     spec = f"shopee:{data / 'shopee-titles'}"
     splits = load_splits(spec)
     store = build_store(work / "shopee", splits)
-    rows = {"zero-shot MiniLM": zero_shot(store, splits.val), "BM25": bm25_only(vitrine.open(store), splits.val)}
+    rows = {"zero-shot MiniLM": zero_shot(store, splits.val),
+            "BM25": bm25_only(vitrine.open(store), splits.val, per_query="map@10")}
     # No images: stage 3 has only the text model's top layers to unfreeze (--shopee-stage3-text).
     text_stages = {k: v for k, v in STAGES.items() if v != "1,2,3" or args.shopee_stage3_text}
     if args.shopee_stage3_only:  # stages 1-2 finished and measured in an earlier run: reuse, do not re-measure
@@ -91,16 +107,37 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
                  "prototype.stage3_epochs": args.stage3_epochs}
     name = ("shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
             + (f"-text{args.shopee_text}" if args.shopee_text else ""))
-    rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume))
+    rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume,
+                            args.zero_shot_weight, per_query="map@10"))
     results["shopee"] = rows
     print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
                 f"{len(splits.products)} listings indexed)", rows,
                 ["map@10", "recall@10", "map@10+lexical", "recall@10+lexical", "epochs", "train_s", "peak_rss_mb"])
+    print_paired_map(rows, args.zero_shot_weight)
+
+
+def print_paired_map(rows: dict[str, dict[str, Any]], zero_shot_weight: float) -> None:
+    """The issue's Shopee claims query by query: prototype-ID towers vs contrastive ones, and vs BM25 (alone and
+    fused with BM25): mean paired difference of mAP@10 with a 95% bootstrap interval (BCa, queries resampled)."""
+    from vitrine.rerank.metrics import paired_difference
+
+    bm25 = rows["BM25"]["per-query map@10"]
+    print("\nShopee val, mAP@10 differences query by query, mean [95% bootstrap interval]")
+    for note in [""] + ([f", zero-shot ensemble w={zero_shot_weight:g}"] if zero_shot_weight else []):
+        prototype, contrastive = rows.get(f"+ prototype head (stage 2){note}"), rows.get(f"contrastive (stage 1){note}")
+        if prototype is None or contrastive is None:
+            continue
+        pairs = [("prototype - contrastive", prototype["per-query map@10"], contrastive["per-query map@10"]),
+                 ("prototype+lexical - contrastive+lexical", prototype["per-query map@10+lexical"],
+                  contrastive["per-query map@10+lexical"]),
+                 ("prototype - BM25", prototype["per-query map@10"], bm25),
+                 ("prototype+lexical - BM25", prototype["per-query map@10+lexical"], bm25)]
+        for label, a, b in pairs:
+            print(f"  {label}{note}: %+.4f [%+.4f, %+.4f]" % paired_difference(np.array(a), np.array(b)))
 
 
 def head_step(job: dict[str, Any]) -> dict[str, float]:
     """One variant of the head-scale benchmark, in its own process: seconds per step and peak RSS."""
-    import numpy as np
     import torch
 
     from vitrine.embedding.prototypes import PrototypeHead
@@ -188,6 +225,9 @@ def main() -> None:
                         help="Shopee: train with the hashed n-gram embedding in this many buckets (0 = without)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the stage-1 runs from their checkpoints too (later stages always resume)")
+    parser.add_argument("--zero-shot-weight", type=float, default=0.5,
+                        help="also measure every stage served beside the backbones' zero-shot vectors with this "
+                             "weight (embedding.zero_shot_weight; 0 = skip those rows)")
     parser.add_argument("--prototypes", type=int, default=1_000_000, help="U for the head-scale section")
     parser.add_argument("--head-steps", type=int, default=5, help="timed steps per head-scale variant")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the head-scale section")

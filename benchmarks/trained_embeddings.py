@@ -82,7 +82,6 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     import vitrine
     from vitrine.catalog import Store
     from vitrine.catalog.datasets import load_splits
-    from vitrine.evaluation import evaluate
     from vitrine.training import train_store
 
     splits = load_splits(job["data"], protocol=job.get("protocol", "seen"))
@@ -95,23 +94,37 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
                          resume=job.get("resume", False), progress=False)
     figures: dict[str, Any] = {"train_s": time.perf_counter() - start, "epochs": result.epochs,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    engine = vitrine.open(store)
-    engine.sync(rebuild=True, progress=False)
+    for weight in job.get("zero_shot_weights", [0.0]):  # > 0: the towers served beside zero-shot vectors
+        store.config({"embedding.zero_shot_weight": weight}).save(store.config_path)
+        engine = vitrine.open(store)
+        engine.sync(rebuild=True, progress=False)
+        figures.update(evaluate_runs(engine, splits, job, f"~zs{weight:g}" if weight else ""))
+    store.config({"embedding.zero_shot_weight": 0.0}).save(store.config_path)
+    if job.get("judged_ndcg"):
+        figures.update(judged_ndcg(engine, splits.val))
+    return figures
+
+
+def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[str, float]:
+    """Val figures of every (channel, lexical, juiced query) run the job asks for, keyed ``metric+suffix``."""
+    from vitrine.evaluation import evaluate
+
+    figures: dict[str, float] = {}
     runs = [(channel, lexical, juice) for channel in job.get("channels", ["vector"])  # "prototype": ID recognition
             for lexical in (job.get("lexical", [False]) if channel == "vector" else [False])
             for juice in job.get("juice_query", [False])]  # juiced: salient crop of query photos (issue 6)
     for channel, lexical, juice_query in runs:
         suffix = (("+lexical" if lexical else "") + (f"@{channel}" if channel != "vector" else "")
-                  + ("+juiced query" if juice_query else ""))
+                  + ("+juiced query" if juice_query else "") + tag)
         engine.config.search.juice_query = juice_query
-        metrics = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel).metrics
-        figures.update({f"{name}{suffix}": value for name, value in metrics.items()})
+        report = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel)
+        figures.update({f"{name}{suffix}": value for name, value in report.metrics.items()})
+        if job.get("per_query"):  # one metric query by query, for paired comparisons
+            figures[f"per-query {job['per_query']}{suffix}"] = [q.metrics[job["per_query"]] for q in report.per_query]
         if splits.held_out:
             held = [q for q in splits.val if set(q.relevant) & splits.held_out]
             new_metrics = evaluate(engine, held, progress=False, lexical=lexical, channel=channel).metrics
             figures.update({f"new-products {name}{suffix}": value for name, value in new_metrics.items()})
-    if job.get("judged_ndcg"):
-        figures.update(judged_ndcg(engine, splits.val))
     return figures
 
 
@@ -144,18 +157,21 @@ def judged_ndcg(engine, queries) -> dict[str, float]:
     return {name: float(np.mean(values)) for name, values in totals.items()}
 
 
-def bm25_only(engine, queries) -> dict[str, float]:
-    """Rank by BM25 alone through the engine's lexical index."""
+def bm25_only(engine, queries, per_query: str | None = None) -> dict[str, Any]:
+    """Rank by BM25 alone through the engine's lexical index (with ``per_query``, that metric query by query too)."""
     from vitrine.evaluation.metrics import mean_metrics, query_metrics
 
     catalog = engine.catalog
     _, keys = engine.lexical.search([q.text for q in queries], 110)
-    per_query = []
+    rows = []
     for query, row in zip(queries, keys):
         products = catalog.by_keys([int(k) for k in row if k >= 0])
         ranked = [products[int(k)].id for k in row if k >= 0 and int(k) in products]
-        per_query.append(query_metrics([pid for pid in ranked if pid not in query.exclude][:100], query.relevant))
-    return mean_metrics(per_query)
+        rows.append(query_metrics([pid for pid in ranked if pid not in query.exclude][:100], query.relevant))
+    figures: dict[str, Any] = mean_metrics(rows)
+    if per_query:
+        figures[f"per-query {per_query}"] = [row[per_query] for row in rows]
+    return figures
 
 
 def grocery(data: Path, work: Path, results: dict) -> None:
