@@ -337,7 +337,8 @@ def measure_latency(reranker, table, lexical, lists, model_threads: int) -> dict
     builder = reranker.builder(table, lexical)
 
     def rerank(found, strategy: str) -> None:
-        rebuilt = builder.build(found.query[:-2], found.text, bool(found.query[-1]), found.keys, found.retrieval)
+        rebuilt = builder.build(found.query[:-2], found.text, bool(found.query[-1]), found.keys, found.retrieval,
+                                relations=reranker.reads_relations(strategy))
         reranker.rank_lists([rebuilt], strategy)
 
     figures = {}

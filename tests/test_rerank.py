@@ -394,6 +394,9 @@ def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path)
     for channel, kind in enumerate(vectors):  # fused, text, image: the candidates' vectors in the list's order
         listed = kind[[2, 0, 1]]
         np.testing.assert_allclose(scalars.similarity[..., channel], listed @ listed.T, rtol=1e-5)
+    unrelated = FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1], relations=False)
+    assert unrelated.similarity is None  # for pointwise serving, which never reads them
+    np.testing.assert_array_equal(unrelated.items, full.items)
 
     # A scalar-only reranker saves, loads and binds as one, and refuses a builder with vector inputs.
     model = ChunkListwiseModel(model_config(scalars.spec, small_config())).eval()

@@ -215,13 +215,14 @@ class FeatureBuilder:
 
     def build(self, query_vector: np.ndarray, query_text: str | None, query_has_image: bool,
               keys: Sequence[int], retrieval: Sequence[float], levels: np.ndarray | None = None,
-              ideal: np.ndarray | None = None, exclude: str | None = None) -> CandidateList:
-        """``exclude``: the key of the query itself, whose rows of the history it must not see."""
+              ideal: np.ndarray | None = None, exclude: str | None = None, relations: bool = True) -> CandidateList:
+        """``exclude``: the key of the query itself, whose rows of the history it must not see;
+        ``relations=False`` skips the candidate-candidate cosines (for strategies that never read them)."""
         keys = np.asarray(keys, dtype=np.int64)
         retrieval = np.asarray(retrieval, dtype=np.float32)
         q = np.asarray(query_vector, dtype=np.float32)
         rows = self.table.rows(keys)
-        fused = self.table.fused[rows]
+        fused, text, image = self.table.fused[rows], self.table.text[rows], self.table.image[rows]
         k = len(keys)
         cosine = fused @ q
         spread = retrieval.std() if k > 1 else 0.0
@@ -239,8 +240,8 @@ class FeatureBuilder:
             retrieval - (retrieval.max() if k else 0.0),
             cosine,
             np.arange(k, dtype=np.float32) / max(k, 1),
-            self.table.text[rows] @ q,
-            self.table.image[rows] @ q,
+            text @ q,
+            image @ q,
             self.table.has_image[rows].astype(np.float32),
             np.log1p(bm25),
             bm25 / bm25.max() if k and bm25.max() > 0 else bm25,
@@ -259,13 +260,16 @@ class FeatureBuilder:
         else:
             items, query = scalars, modalities
         return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
-                             similarity=self.relations(rows))
+                             similarity=relations_of({"fused": fused, "text": text, "image": image})
+                             if relations else None)
 
-    def relations(self, rows: np.ndarray) -> np.ndarray:
-        """``(K, K, len(RELATIONS))``: the cosines between the candidates at table ``rows``, per vector kind."""
-        # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
-        kinds = torch.stack([torch.from_numpy(getattr(self.table, kind)[rows]) for kind in RELATIONS])
-        return (kinds @ kinds.transpose(1, 2)).permute(1, 2, 0).contiguous().numpy()
+
+def relations_of(vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """``(K, K, len(RELATIONS))``: the cosines between K candidates, per vector kind (``vectors[kind]`` is
+    ``(K, D)``, the candidates' unit vectors of that kind)."""
+    # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
+    kinds = torch.from_numpy(np.stack([vectors[kind] for kind in RELATIONS]))
+    return (kinds @ kinds.transpose(1, 2)).permute(1, 2, 0).contiguous().numpy()
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

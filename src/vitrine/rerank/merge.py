@@ -28,20 +28,21 @@ def hybrid_merge(local: Sequence[np.ndarray], absolute: Sequence[np.ndarray]) ->
     """
     if len(local) != len(absolute):
         raise ValueError(f"{len(local)} chunks of local scores, {len(absolute)} of absolute scores")
-    orders = []
+    orders, heads = [], []  # plain lists: the merge runs on every served query, and numpy scalars are slow
     for chunk, (loc, ab) in enumerate(zip(local, absolute)):
         if len(loc) != len(ab):
             raise ValueError(f"chunk {chunk}: {len(loc)} local scores, {len(ab)} absolute scores")
-        orders.append(np.argsort(-np.asarray(loc, dtype=np.float64), kind="stable"))
-    heap = [(-float(absolute[c][order[0]]), c, 0) for c, order in enumerate(orders) if len(order)]
+        order = np.argsort(-np.asarray(loc, dtype=np.float64), kind="stable")
+        orders.append(order.tolist())
+        heads.append((-np.asarray(ab, dtype=np.float64)[order]).tolist())  # negated r, in local order
+    heap = [(keys[0], c, 0) for c, keys in enumerate(heads) if keys]
     heapq.heapify(heap)
     merged = []
     while heap:
         _, chunk, position = heapq.heappop(heap)
-        merged.append((chunk, int(orders[chunk][position])))
+        merged.append((chunk, orders[chunk][position]))
         if position + 1 < len(orders[chunk]):
-            following = orders[chunk][position + 1]
-            heapq.heappush(heap, (-float(absolute[chunk][following]), chunk, position + 1))
+            heapq.heappush(heap, (heads[chunk][position + 1], chunk, position + 1))
     return merged
 
 

@@ -148,16 +148,22 @@ class Reranker(BaseReranker):
         if self.features is None:
             raise VitrineError("this reranker is not bound to a store's features (Reranker.bind)")
         lists = []
+        relations = self.reads_relations(strategy)
         for query, found in zip(queries, candidates):
             if query.vector is None:
                 raise VitrineError("the reranker needs the query's vector")
             lists.append(self.features.build(query.vector, query.text, query.image is not None,
-                                             [c.key for c in found], [c.score for c in found]))
+                                             [c.key for c in found], [c.score for c in found], relations=relations))
         results = []
         for found, ordering in zip(candidates, self.rank_lists(lists, strategy)):
             results.append([Ranked(found[pos], float(score), rank, int(pos))
                             for rank, (pos, score) in enumerate(zip(ordering.order.tolist(), ordering.scores), start=1)])
         return results
+
+    def reads_relations(self, strategy: str | None = None) -> bool:
+        """Whether ``strategy`` reads the cosines between candidates (every chunk strategy does; scoring
+        candidates one at a time does not, so serving it need not compute them)."""
+        return (strategy or self.settings.strategy) != "pointwise"
 
     def rank_lists(self, lists: Sequence[CandidateList], strategy: str | None = None) -> list[Ordering]:
         name = strategy or self.settings.strategy
