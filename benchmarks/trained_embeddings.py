@@ -105,11 +105,11 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     return figures
 
 
-def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[str, float]:
+def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[str, Any]:
     """Val figures of every (channel, lexical, juiced query) run the job asks for, keyed ``metric+suffix``."""
     from vitrine.evaluation import evaluate
 
-    figures: dict[str, float] = {}
+    figures: dict[str, Any] = {}
     runs = [(channel, lexical, juice) for channel in job.get("channels", ["vector"])  # "prototype": ID recognition
             for lexical in (job.get("lexical", [False]) if channel == "vector" else [False])
             for juice in job.get("juice_query", [False])]  # juiced: salient crop of query photos (issue 6)
