@@ -3,6 +3,7 @@ the staged trainer with resume, and ID recognition as a search channel. Fixtures
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -196,7 +197,8 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
     assert ensemble.embedder.dim == towers.dim + zero_shot.dim and zero_shot.kind == "zeroshot"
     query = [Query(image=photo)]
     q_towers, q_zero = towers.encode_queries(query)[0], zero_shot.encode_queries(query)[0]
-    products = {h.product.id: ensemble._resolved(h.product) for h in vector_hits}
+    products = {h.product.id: replace(h.product, images=tuple(str(store.resolve(i)) for i in h.product.images))
+                for h in vector_hits}
     p_towers = dict(zip(products, towers.encode_products(list(products.values()))))
     p_zero = dict(zip(products, zero_shot.encode_products(list(products.values()))))
     for hit in ensemble.search(image=photo, k=4):
