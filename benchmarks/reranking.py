@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import build_store  # noqa: E402  (one way to build benchmark stores)
 
 K = 50
+CALIBRATORS = ("platt", "temperature", "isotonic")
 VARIANTS = [("retrieval only", None, "retrieval"), ("pointwise", "full", "pointwise"),
             ("chunk listwise", "pairwise", "local"), ("+ NULL", "pairwise+null", "listwise"),
             ("+ absolute scorer", "full", "absolute"), ("+ hybrid merge", "full", "hybrid")]
@@ -241,21 +242,20 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     seed0_rows = {label: mean_metrics(values) for label, values in per_seed[0].items()}
     parts = ablate_parts(with_vectors, config, seed0_rows)
 
-    # calibration of r on val: raw softmax vs calibrated on the dev split
+    # calibration of r on val: raw softmax vs each calibrator fitted on the dev split (the default's is the model's)
     entries = full.chunk_scores(val_lists)
     logits = np.concatenate([e["logits"] for e in entries])
-    raw, calibrated = softmax(logits)[:, 0], np.concatenate([e["r"] for e in entries])
-    isotonic = type(full)(full.spec, full.listwise, None)
-    calibrate(isotonic, dev, "isotonic")
-    iso = isotonic.calibrator(logits)
     matches = val_levels == 0
-    calibration = {"ece_raw": expected_calibration_error(raw, matches),
-                   f"ece_{full.calibrator.kind}": expected_calibration_error(calibrated, matches),
-                   "ece_isotonic": expected_calibration_error(iso, matches),
-                   "temperature": full.calibrator.temperature, **report["calibration"],
-                   f"ece_{full.calibrator.kind}_per_seed": seed_ece}
-    png = reliability_diagram({"raw": (raw, matches), full.calibrator.kind: (calibrated, matches),
-                               "isotonic": (iso, matches)}, out_dir / f"reliability-{name}.png",
+    curves = {"raw": softmax(logits)[:, 0]}
+    for kind in CALIBRATORS:
+        fitted = type(full)(full.spec, full.listwise, None)
+        calibrate(fitted, dev, kind)
+        curves[kind] = fitted.calibrator(logits)
+    calibration = {f"ece_{kind}": expected_calibration_error(r, matches) for kind, r in curves.items()}
+    calibration.update({"temperature": full.calibrator.temperature if full.calibrator.kind == "temperature" else None,
+                        **report["calibration"], f"ece_{full.calibrator.kind}_per_seed": seed_ece})
+    calibration = {key: value for key, value in calibration.items() if value is not None}
+    png = reliability_diagram({kind: (r, matches) for kind, r in curves.items()}, out_dir / f"reliability-{name}.png",
                               title=f"{name} val: r = P(instance match)")
     calibration["diagram"] = str(png)
     if name == "crowdflower":

@@ -119,7 +119,7 @@ def overconfident(n: int = 4000, seed: int = 0):
     return true_logits * 4.0, levels
 
 
-@pytest.mark.parametrize("kind", ["temperature", "isotonic"])
+@pytest.mark.parametrize("kind", ["platt", "temperature", "isotonic"])
 def test_calibration_reduces_ece(kind: str, tmp_path: Path):
     logits, levels = overconfident()
     fit_logits, fit_levels = overconfident(seed=1)
@@ -133,6 +133,26 @@ def test_calibration_reduces_ece(kind: str, tmp_path: Path):
         assert calibrator.temperature == pytest.approx(4.0, rel=0.15)
     path = reliability_diagram({"raw": (raw, levels == 0), kind: (calibrated, levels == 0)}, tmp_path / "r.png")
     assert path.stat().st_size > 1000
+
+
+def test_platt_removes_a_bias_temperature_cannot():
+    """A model that under-predicts instance matches (level 0's logit 1.5 too low): one temperature over all
+    four levels cannot move r's mean; Platt scaling of r's log-odds can, and keeps r's order."""
+    rng = np.random.default_rng(5)
+    true_logits = rng.normal(size=(6000, 4)) * 1.5
+    levels = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    logits = true_logits - np.array([1.5, 0.0, 0.0, 0.0])
+    fit, test = slice(0, 3000), slice(3000, None)
+    matches = levels[test] == 0
+    errors = {kind: expected_calibration_error(Calibrator.fit(kind, logits[fit], levels[fit])(logits[test]), matches)
+              for kind in ("none", "temperature", "platt")}
+    assert errors["none"] > 0.1 and errors["temperature"] > 0.05
+    assert errors["platt"] < 0.03 and errors["platt"] < errors["temperature"] / 3
+    platt = Calibrator.fit("platt", logits[fit], levels[fit])
+    assert platt.bias == pytest.approx(1.5, abs=0.25) and platt.slope == pytest.approx(1.0, abs=0.15)
+    raw, calibrated = softmax(logits[test])[:, 0], platt(logits[test])
+    assert np.array_equal(np.argsort(raw, kind="stable"), np.argsort(calibrated, kind="stable"))
+    assert Calibrator(**platt.to_dict())(logits[test]) == pytest.approx(calibrated)
 
 
 def test_ece_of_a_perfect_predictor_is_small():

@@ -1,5 +1,11 @@
-"""Calibrating the absolute score r = P(instance match): temperature scaling or isotonic regression,
-expected calibration error, and a reliability diagram.
+"""Calibrating the absolute score r = P(instance match): Platt scaling, temperature scaling or isotonic
+regression, expected calibration error, and a reliability diagram.
+
+Temperature scaling fits the four-level softmax as a whole; r is one of its four probabilities, and a
+model that under-predicts instance matches on held-back queries stays biased after it (CrowdFlower:
+mean r 0.37 against a 0.43 share of matches). Platt scaling fits r itself, the binary question the
+merge and the ECE ask: ``r = sigmoid(a · z + b)`` on the level-0 log-odds ``z``, two parameters, and
+with ``a > 0`` it keeps the order of the raw r.
 
 r is only worth merging by if it means the same thing in every chunk and every query, so it is fitted
 on held-back queries (the reranker's dev split), never on the lists it was trained on.
@@ -22,10 +28,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Calibrator:
-    """Maps level logits ``(..., 4)`` to a calibrated r. ``kind``: ``none``, ``temperature`` or ``isotonic``."""
+    """Maps level logits ``(..., 4)`` to a calibrated r. ``kind``: ``none``, ``platt``, ``temperature`` or
+    ``isotonic``."""
 
     kind: str = "none"
     temperature: float = 1.0
+    slope: float = 1.0
+    bias: float = 0.0
+    """Platt: r = sigmoid(slope · z + bias), z the level-0 log-odds."""
     knots_x: list[float] = field(default_factory=list)
     knots_y: list[float] = field(default_factory=list)
     """Isotonic: the fitted step function as (raw r, calibrated r) knots, interpolated linearly."""
@@ -34,6 +44,8 @@ class Calibrator:
         logits = np.asarray(logits, dtype=np.float64)
         if self.kind == "temperature":
             return softmax(logits / self.temperature)[..., 0]
+        if self.kind == "platt":
+            return _sigmoid(self.slope * level0_log_odds(logits) + self.bias)
         raw = softmax(logits)[..., 0]
         if self.kind == "isotonic" and self.knots_x:
             return np.interp(raw, self.knots_x, self.knots_y)
@@ -48,16 +60,46 @@ class Calibrator:
             return cls("none")
         if kind == "temperature":
             return cls("temperature", temperature=fit_temperature(logits, levels))
+        if kind == "platt":
+            slope, bias = fit_platt(level0_log_odds(logits), levels == 0)
+            return cls("platt", slope=slope, bias=bias)
         if kind == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
             raw = softmax(logits)[:, 0]
             model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, levels == 0)
             return cls("isotonic", knots_x=model.X_thresholds_.tolist(), knots_y=model.y_thresholds_.tolist())
-        raise ValueError(f"unknown calibration {kind!r} (none, temperature or isotonic)")
+        raise ValueError(f"unknown calibration {kind!r} (none, platt, temperature or isotonic)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "temperature": self.temperature, "knots_x": self.knots_x, "knots_y": self.knots_y}
+        return {"kind": self.kind, "temperature": self.temperature, "slope": self.slope, "bias": self.bias,
+                "knots_x": self.knots_x, "knots_y": self.knots_y}
+
+
+def level0_log_odds(logits: np.ndarray) -> np.ndarray:
+    """``log P(level 0) − log P(any other level)`` from level logits ``(..., 4)``, without forming P."""
+    logits = np.asarray(logits, dtype=np.float64)
+    return logits[..., 0] - np.logaddexp.reduce(logits[..., 1:], axis=-1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # tanh form: no overflow for large |z|
+
+
+def fit_platt(log_odds: np.ndarray, matches: np.ndarray) -> tuple[float, float]:
+    """Slope and bias minimising the binary log-loss of ``sigmoid(slope · z + bias)``; the slope is kept
+    positive, so calibration never reverses the order of r."""
+    from scipy.optimize import minimize
+
+    z, y = np.asarray(log_odds, dtype=np.float64), np.asarray(matches, dtype=np.float64)
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        s = params[0] * z + params[1]
+        gradient = _sigmoid(s) - y  # d loss / d s, per example
+        return float(np.mean(np.logaddexp(0.0, s) - y * s)), np.array([np.mean(gradient * z), np.mean(gradient)])
+
+    found = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, None), (None, None)])
+    return float(found.x[0]), float(found.x[1])
 
 
 def fit_temperature(logits: np.ndarray, levels: np.ndarray) -> float:
