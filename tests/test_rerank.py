@@ -74,16 +74,19 @@ def brute_force_merge(local, absolute):
 
 def test_hybrid_merge_matches_brute_force_on_random_inputs():
     rng = np.random.default_rng(0)
-    for _ in range(200):
+    for trial in range(200):
         sizes = rng.integers(0, 12, size=rng.integers(1, 7))
         local = [rng.normal(size=n) for n in sizes]
         absolute = [rng.random(size=n) for n in sizes]
+        if trial % 2:  # coarse scores: ties in r and in local order, which the merge must break as the heap does
+            local, absolute = [np.round(x) for x in local], [np.round(x * 3) / 3 for x in absolute]
         merged = hybrid_merge(local, absolute)
         assert merged == brute_force_merge(local, absolute)
         assert sorted(merged) == [(c, i) for c, n in enumerate(sizes) for i in range(n)]
         for c, loc in enumerate(local):  # each chunk keeps its local order
             picked = [i for chunk, i in merged if chunk == c]
             assert list(np.asarray(loc)[picked]) == sorted(loc, reverse=True)
+    assert hybrid_merge([], []) == []
 
 
 def test_chunking_when_k_is_not_a_multiple_of_m():
@@ -155,6 +158,23 @@ def test_platt_removes_a_bias_temperature_cannot():
     assert Calibrator(**platt.to_dict())(logits[test]) == pytest.approx(calibrated)
 
 
+def test_query_history_evidence_matches_a_loop_over_candidates():
+    from vitrine.rerank.history import NO_HISTORY, QueryHistory
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(300, 8)).astype(np.float32)
+    keys, sources = rng.integers(0, 40, size=300), [f"q{i}" for i in rng.integers(0, 120, size=300)]
+    history = QueryHistory(vectors, keys, sources)
+    query = rng.normal(size=8).astype(np.float32)
+    candidates = rng.integers(-5, 50, size=60)
+    for exclude in (None, sources[0], "nobody"):
+        best, count = history.evidence(query, candidates, exclude)
+        for key, b, c in zip(candidates, best, count):
+            rows = [i for i in range(300) if keys[i] == key and sources[i] != exclude]
+            assert c == len(rows)
+            assert b == pytest.approx(max(vectors[rows] @ query) if rows else NO_HISTORY, rel=1e-5, abs=1e-5)
+
+
 def test_ece_of_a_perfect_predictor_is_small():
     rng = np.random.default_rng(3)
     p = rng.random(20000)
@@ -175,6 +195,9 @@ def test_query_history_evidence_by_hand(tmp_path: Path):
     best, count = history.evidence(query, [7, 9], exclude="b")  # query b never meets itself
     np.testing.assert_allclose(best, [0.6, 1.4 / np.sqrt(2)], rtol=1e-6)
     np.testing.assert_array_equal(count, [1, 1])
+    best, count = history.evidence(query, [9, 99, 7], exclude="c")  # 9's only past query is the query itself
+    np.testing.assert_allclose(best, [NO_HISTORY, NO_HISTORY, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(count, [0, 0, 2])
     history.save(tmp_path)
     loaded = QueryHistory.load(tmp_path)
     np.testing.assert_allclose(loaded.evidence(query, [7, 9])[0], history.evidence(query, [7, 9])[0], atol=1e-3)

@@ -5,7 +5,6 @@ Pure functions over numpy arrays; positions are indices into the candidate list 
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -25,25 +24,28 @@ def hybrid_merge(local: Sequence[np.ndarray], absolute: Sequence[np.ndarray]) ->
     ``local[c]`` and ``absolute[c]`` score the items of chunk ``c``. Returns ``(chunk, item)`` pairs, best
     first; every item appears exactly once and each chunk's items keep their local order. Ties go to
     the lower chunk (the one retrieved earlier), and within a chunk to the earlier item.
+
+    Computed as one sort rather than a heap loop (it runs on every served query): an item can leave
+    only after the items its chunk ranks above it, and once its predecessor has left, an item with a
+    higher r than it follows at once, so taking heads greedily is the same as sorting every item by the
+    lowest r among itself and the items above it in its chunk (its "effective" r).
     """
     if len(local) != len(absolute):
         raise ValueError(f"{len(local)} chunks of local scores, {len(absolute)} of absolute scores")
-    orders, heads = [], []  # plain lists: the merge runs on every served query, and numpy scalars are slow
+    effective, chunks, items = [], [], []
     for chunk, (loc, ab) in enumerate(zip(local, absolute)):
         if len(loc) != len(ab):
             raise ValueError(f"chunk {chunk}: {len(loc)} local scores, {len(ab)} absolute scores")
         order = np.argsort(-np.asarray(loc, dtype=np.float64), kind="stable")
-        orders.append(order.tolist())
-        heads.append((-np.asarray(ab, dtype=np.float64)[order]).tolist())  # negated r, in local order
-    heap = [(keys[0], c, 0) for c, keys in enumerate(heads) if keys]
-    heapq.heapify(heap)
-    merged = []
-    while heap:
-        _, chunk, position = heapq.heappop(heap)
-        merged.append((chunk, orders[chunk][position]))
-        if position + 1 < len(orders[chunk]):
-            heapq.heappush(heap, (heads[chunk][position + 1], chunk, position + 1))
-    return merged
+        effective.append(np.minimum.accumulate(np.asarray(ab, dtype=np.float64)[order]))
+        chunks.append(np.full(len(order), chunk))
+        items.append(order)
+    if not effective:
+        return []
+    chunk_of, item_of = np.concatenate(chunks), np.concatenate(items)
+    # Positions within a chunk rise along the concatenation, so a stable sort on (-r, chunk) keeps them.
+    best = np.lexsort((chunk_of, -np.concatenate(effective)))
+    return list(zip(chunk_of[best].tolist(), item_of[best].tolist()))
 
 
 def sliding_window(count: int, score: Callable[[np.ndarray], np.ndarray], window: int = 10,
