@@ -164,6 +164,19 @@ def test_onnx_runtime_matches_pytorch_on_photos(tmp_path: Path, image_encoder):
     assert np.allclose(image_encoder.encode(paths), eager.encode(paths), atol=1e-4)
 
 
+def test_maps_below_a_fine_tuned_top_come_from_onnx_runtime_and_match_pytorch(tmp_path: Path):
+    """A served stage-3 model runs the frozen blocks below its fine-tuned top on every photo query."""
+    onnx = load_image_encoder("efficientnet-lite0/top2")
+    eager = load_image_encoder("efficientnet-lite0/top2", EncoderConfig(runtime="torch"))
+    paths = [draw_product(tmp_path / f"{i}.png", shape, colour)
+             for i, (shape, colour) in enumerate([("circle", (220, 20, 20)), ("stripes", (20, 40, 220))])]
+    assert onnx.onnx is not None and eager.onnx is None
+    maps = onnx.encode(paths)
+    assert maps.shape == (2, onnx.dim) and onnx.dim == int(np.prod(onnx.map_shape))
+    assert np.allclose(maps, eager.encode(paths), atol=1e-3, rtol=1e-3)
+    assert not np.allclose(maps[0], maps[1])  # two different photos: the maps carry the picture
+
+
 def test_exported_graphs_are_reused_and_follow_the_weights(tmp_path: Path, monkeypatch):
     import torch
 

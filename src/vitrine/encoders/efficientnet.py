@@ -40,8 +40,8 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
     With ``top_blocks=N`` it stops below the last ``N`` blocks and returns those feature maps,
     flattened and unnormalised, as the input of a trainable ``EfficientNetTop``. With
-    ``runtime="onnx"`` the pooled features (``top_blocks=0``) come from ONNX Runtime, about 4x faster
-    for one photo; feature maps for saliency and training always come from PyTorch.
+    ``runtime="onnx"`` what ``encode`` returns (pooled features, or the maps below the cut) comes from
+    ONNX Runtime, several times faster for one photo; ``feature_maps`` (saliency) always comes from PyTorch.
     """
 
     def __init__(self, model: torch.nn.Module | None = None, name: str = "efficientnet-lite0",
@@ -62,10 +62,13 @@ class EfficientNetLiteEncoder(ImageEncoder):
         self.map_shape = self._map_shape(image_size) if top_blocks else (1280, 1, 1)
         self.dim = int(np.prod(self.map_shape)) if top_blocks else 1280
         self.runtime = check_runtime(runtime)
-        self.onnx = self._export(threads) if runtime == "onnx" and not top_blocks else None
+        self.onnx = self._export(threads) if runtime == "onnx" else None
 
     def _export(self, threads: int) -> OnnxModel | None:
         example = {"pixels": torch.zeros(1, 3, self.preprocess.size, self.preprocess.size)}
+        if self.top_blocks:  # the frozen part below a fine-tuned top: served on every photo query
+            return try_onnx(_BottomMaps(self), example, batch_dynamic(example),
+                            f"{self.name}@{self.preprocess.size}-below{self.cut}", threads)
         return try_onnx(_PooledFeatures(self.model), example, batch_dynamic(example),
                         f"{self.name}@{self.preprocess.size}", threads)
 
@@ -82,11 +85,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
     @torch.inference_mode()
     def bottom_maps(self, pixels: torch.Tensor) -> torch.Tensor:
         """The maps entering block ``cut`` (the input of the trainable top)."""
-        net = self.model
-        x = net._swish(net._bn0(net._conv_stem(pixels.contiguous(memory_format=torch.channels_last))))
-        for idx, block in enumerate(net._blocks[: self.cut]):
-            x = block(x, drop_connect_rate=net._global_params.drop_connect_rate * idx / len(net._blocks))
-        return x
+        return maps_below(self.model, self.cut, pixels.contiguous(memory_format=torch.channels_last))
 
     def top(self) -> "EfficientNetTop":
         """A trainable copy of the blocks above the cut, the head convolution and pooling."""
@@ -103,10 +102,10 @@ class EfficientNetLiteEncoder(ImageEncoder):
         return l2_normalize(stacked) if self.normalized else stacked
 
     def _features(self, pixels: torch.Tensor) -> np.ndarray:
-        if self.top_blocks:
-            return self.bottom_maps(pixels).flatten(1).float().contiguous().numpy()
         if self.onnx is not None:
             return self.onnx(pixels=pixels.numpy())
+        if self.top_blocks:
+            return self.bottom_maps(pixels).flatten(1).float().contiguous().numpy()
         return self.feature_maps(pixels).mean(dim=(2, 3)).float().contiguous().numpy()
 
 
@@ -119,6 +118,26 @@ class _PooledFeatures(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.network.extract_features(pixels).mean(dim=(2, 3))
+
+
+class _BottomMaps(nn.Module):
+    """The flattened maps below the cut (``EfficientNetLiteEncoder.bottom_maps``): the graph exported when
+    a fine-tuned top is served."""
+
+    def __init__(self, encoder: EfficientNetLiteEncoder) -> None:
+        super().__init__()
+        self.network, self.cut = encoder.model, encoder.cut
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return maps_below(self.network, self.cut, pixels).flatten(1)
+
+
+def maps_below(net: nn.Module, cut: int, pixels: torch.Tensor) -> torch.Tensor:
+    """EfficientNet-Lite's stem and its first ``cut`` blocks."""
+    x = net._swish(net._bn0(net._conv_stem(pixels)))
+    for idx, block in enumerate(net._blocks[:cut]):
+        x = block(x, drop_connect_rate=net._global_params.drop_connect_rate * idx / len(net._blocks))
+    return x
 
 
 class EfficientNetTop(nn.Module):
