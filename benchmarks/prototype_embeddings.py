@@ -107,12 +107,13 @@ def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> N
                  "prototype.stage3_epochs": args.stage3_epochs}
     name = ("shopee-prototype" + (f"-ngrams{args.ngrams}" if args.ngrams else "")
             + (f"-text{args.shopee_text}" if args.shopee_text else ""))
-    rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True], args.resume,
+    rows.update(staged_rows(spec, "seen", store, name, text_stages, overrides, [False, True, "convex"], args.resume,
                             args.zero_shot_weight, per_query="map@10"))
     results["shopee"] = rows
     print_table(f"Shopee val, title -> other listings of its group ({len(splits.val)} queries, "
                 f"{len(splits.products)} listings indexed)", rows,
-                ["map@10", "recall@10", "map@10+lexical", "recall@10+lexical", "epochs", "train_s", "peak_rss_mb"])
+                ["map@10", "recall@10", "map@10+lexical", "recall@10+lexical", "map@10+lexical-convex",
+                 "recall@10+lexical-convex", "epochs", "train_s", "peak_rss_mb"])
     print_paired_map(rows, args.zero_shot_weight)
 
 
@@ -132,6 +133,12 @@ def print_paired_map(rows: dict[str, dict[str, Any]], zero_shot_weight: float) -
                   contrastive["per-query map@10+lexical"]),
                  ("prototype - BM25", prototype["per-query map@10"], bm25),
                  ("prototype+lexical - BM25", prototype["per-query map@10+lexical"], bm25)]
+        if "per-query map@10+lexical-convex" in prototype:  # score fusion instead of RRF
+            pairs += [("prototype+lexical (convex) - BM25", prototype["per-query map@10+lexical-convex"], bm25),
+                      ("prototype+lexical (convex) - contrastive+lexical (convex)",
+                       prototype["per-query map@10+lexical-convex"], contrastive["per-query map@10+lexical-convex"]),
+                      ("prototype+lexical (convex) - prototype+lexical (rrf)",
+                       prototype["per-query map@10+lexical-convex"], prototype["per-query map@10+lexical"])]
         for label, a, b in pairs:
             print(f"  {label}{note}: %+.4f [%+.4f, %+.4f]" % paired_difference(np.array(a), np.array(b)))
 

@@ -106,17 +106,23 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[str, Any]:
-    """Val figures of every (channel, lexical, juiced query) run the job asks for, keyed ``metric+suffix``."""
+    """Val figures of every (channel, lexical, juiced query) run the job asks for, keyed ``metric+suffix``.
+    ``job["lexical"]`` lists False (vector only), True (fused with BM25 as the store's ``search.fusion`` says)
+    or a fusion name (``"convex"``: rows suffixed ``+lexical-convex``)."""
     from vitrine.evaluation import evaluate
 
     figures: dict[str, Any] = {}
+    default_fusion = engine.config.search.fusion
     runs = [(channel, lexical, juice) for channel in job.get("channels", ["vector"])  # "prototype": ID recognition
             for lexical in (job.get("lexical", [False]) if channel == "vector" else [False])
             for juice in job.get("juice_query", [False])]  # juiced: salient crop of query photos (issue 6)
     for channel, lexical, juice_query in runs:
-        suffix = (("+lexical" if lexical else "") + (f"@{channel}" if channel != "vector" else "")
-                  + ("+juiced query" if juice_query else "") + tag)
+        fusion = lexical if isinstance(lexical, str) else default_fusion
+        suffix = (("+lexical" if lexical else "") + (f"-{fusion}" if isinstance(lexical, str) else "")
+                  + (f"@{channel}" if channel != "vector" else "") + ("+juiced query" if juice_query else "") + tag)
         engine.config.search.juice_query = juice_query
+        engine.config.search.fusion = fusion
+        lexical = bool(lexical)
         report = evaluate(engine, splits.val, progress=False, lexical=lexical, channel=channel)
         figures.update({f"{name}{suffix}": value for name, value in report.metrics.items()})
         if job.get("per_query"):  # one metric query by query, for paired comparisons
@@ -125,6 +131,7 @@ def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[st
             held = [q for q in splits.val if set(q.relevant) & splits.held_out]
             new_metrics = evaluate(engine, held, progress=False, lexical=lexical, channel=channel).metrics
             figures.update({f"new-products {name}{suffix}": value for name, value in new_metrics.items()})
+    engine.config.search.fusion = default_fusion
     return figures
 
 

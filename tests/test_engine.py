@@ -9,6 +9,8 @@ import pytest
 import vitrine
 from conftest import CATALOG, draw_product
 from vitrine.catalog import Product, Store, ingest, load_products
+from vitrine.embedding import Query
+from vitrine.engine.engine import SearchOptions
 from vitrine.errors import StoreError, VitrineError
 
 
@@ -107,6 +109,27 @@ def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
     store.catalog.delete("cable-7")
     reopened.sync(progress=False)
     assert "cable-7" not in {h.product.id for h in reopened.search(text="QX7007", k=12, lexical=True)}
+
+
+def test_convex_fusion_through_the_engine(tmp_path: Path):
+    store = Store.create(tmp_path / "store")
+    store.catalog.upsert([Product(f"cable-{i}", f"USB cable {i} m", f"Charging cable, part no. QX{7000 + i}")
+                          for i in range(12)])
+    engine = vitrine.open(store)
+    engine.sync(progress=False)
+    engine.config.search.fusion = "convex"
+    hits = engine.search(text="QX7007", k=12, lexical=True)
+    assert hits[0].product.id == "cable-7" and len(hits) == 12
+    scores = [hit.score for hit in hits]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
+    assert scores[0] >= 0.5  # the only BM25 match: its normalised BM25 score alone is 1, weighted 0.5
+    leaning = engine.search_many([Query(text="QX7007")], k=1, lexical=True,
+                                 options=SearchOptions(weights={"lexical": 0.0}))[0]
+    vector_only = engine.search(text="QX7007", k=1)
+    assert leaning[0].product.id == vector_only[0].product.id  # lexical weight 0: the vector order alone
+    engine.config.search.fusion = "average"
+    with pytest.raises(VitrineError, match="unknown search.fusion 'average'"):
+        engine.search(text="QX7007", k=3, lexical=True)
 
 
 def test_lost_lexical_file_is_refilled_without_re_embedding(built_store: Path, tmp_path: Path):

@@ -221,6 +221,26 @@ def test_fuse_batches_shape_padding_and_agreement():
         fuse_batches([dense, lexical[:1]], k_out=2)
 
 
+def test_convex_fusion_matches_hand_computed_scores():
+    from vitrine.index.fusion import convex_fusion, fuse_channels
+
+    # vector cosines 0.9, 0.5, 0.1 -> 1, 0.5, 0; BM25 10, 2 -> 1, 0; equal weights; missing = 0
+    fused = dict(convex_fusion([[0.9, 0.5, 0.1], [10.0, 2.0]], [[1, 2, 3], [3, 4]]))
+    assert fused == pytest.approx({1: 0.5, 2: 0.25, 3: 0.5, 4: 0.0})
+    # RRF reads ranks only, so 3 (last and first) ties 1 (first and absent) at best; convex keeps BM25's lead
+    weighted = dict(convex_fusion([[0.9, 0.5, 0.1], [10.0, 2.0]], [[1, 2, 3], [3, 4]], weights=[1.0, 3.0]))
+    assert weighted[3] == pytest.approx(0.75) and max(weighted, key=weighted.get) == 3
+    # padding is skipped, a repeat keeps its first score, one candidate alone scores 1
+    assert dict(convex_fusion([[5.0, 9.0, 1.0, 3.0], [2.0]], [[-1, 7, 7, 8], [9]])) == pytest.approx({7: 0.5, 8: 0.0, 9: 0.5})
+    scores, ids = fuse_channels("convex", [np.array([[0.9, 0.5, 0.1]]), np.array([[10.0, 2.0]])],
+                                [np.array([[1, 2, 3]]), np.array([[3, 4]])], 5)
+    assert ids.tolist() == [[1, 3, 2, 4, -1]] and scores[0, :4] == pytest.approx([0.5, 0.5, 0.25, 0.0])
+    with pytest.raises(ValueError, match="unknown fusion"):
+        fuse_channels("mean", [np.zeros((1, 1))], [np.zeros((1, 1), dtype=np.int64)], 1)
+    with pytest.raises(ValueError, match="non-negative weight"):
+        convex_fusion([[1.0]], [[1]], weights=[0.0])
+
+
 def test_lexical_and_rrf_together():
     index = build(MILKS)
     lexical_ids = index.search(["oat"], 3)[1]

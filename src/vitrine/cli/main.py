@@ -278,7 +278,8 @@ def train_reranker(
     trained = config.embedding.kind == "trained"
     reranker, report = train_store_reranker(target, splits, engine.embedder, table, config.rerank,
                                             lexical=engine.lexical, fuse_lexical=config.search.lexical,
-                                            rrf_k=config.search.rrf_k, fold_retriever=fold_retriever if trained else None,
+                                            rrf_k=config.search.rrf_k, fusion=config.search.fusion,
+                                            fold_retriever=fold_retriever if trained else None,
                                             progress=True)
     if name:
         target.config({"rerank.model": name}).save(target.config_path)

@@ -25,7 +25,7 @@ from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, 
 from vitrine.engine.entries import Entry, entries_of
 from vitrine.engine.modifiers import checked_modifiers, modifier_bonus
 from vitrine.engine.remote import StoreEmbedderFactory
-from vitrine.index import (LexicalIndex, VectorIndex, create_index, fuse_batches, group_by_product, load_index,
+from vitrine.index import (FUSIONS, LexicalIndex, VectorIndex, create_index, fuse_channels, group_by_product, load_index,
                            product_keys)
 from vitrine.index.entries import SLOT_BITS
 from vitrine.parallel import map_batches
@@ -180,6 +180,8 @@ class SearchEngine:
             raise VitrineError(f"unknown search channel {channel!r} (choose from {', '.join(CHANNELS)})")
         if channel == "prototype" and lexical:
             raise VitrineError("the prototype channel does not combine with lexical fusion; search with lexical=False")
+        if lexical and self.config.search.fusion not in FUSIONS:
+            raise VitrineError(f"unknown search.fusion {self.config.search.fusion!r} (choose from {', '.join(FUSIONS)})")
         prototypes = self.prototype_channel() if channel == "prototype" else None
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:
@@ -209,8 +211,9 @@ class SearchEngine:
             scores, keys = self._vector_search(vectors, k, allowed, where)
         else:
             depth = max(k, self.config.search.fusion_depth)
-            _, vector_keys = self._vector_search(vectors, depth, allowed, where)
-            scores, keys = self._fused(queries, vector_keys, k, depth, allowed, weights.get("lexical", 1.0))
+            vector_scores, vector_keys = self._vector_search(vectors, depth, allowed, where)
+            scores, keys = self._fused(queries, vector_scores, vector_keys, k, depth, allowed,
+                                       weights.get("lexical", 1.0))
         clock.lap("retrieve")
         hits = self._hits(scores, keys)
         clock.lap("fetch")
@@ -332,18 +335,18 @@ class SearchEngine:
                 return scores, keys
             fetch = min(fetch * 4, available)
 
-    def _fused(self, queries: Sequence[Query], vector_keys: np.ndarray, k: int, depth: int,
-               allowed: np.ndarray | None = None, lexical_weight: float = 1.0):
-        """RRF of the vector ranking and BM25 for queries with text; vector order alone for photos.
-        A filter drops BM25 hits outside it (after the BM25 search, so that channel may offer fewer)."""
+    def _fused(self, queries: Sequence[Query], vector_scores: np.ndarray, vector_keys: np.ndarray, k: int,
+               depth: int, allowed: np.ndarray | None = None, lexical_weight: float = 1.0):
+        """The vector ranking fused with BM25 (``search.fusion``) for queries with text; vector order alone
+        for photos. A filter drops BM25 hits outside it (after the BM25 search, so that channel may offer fewer)."""
         texts = [query.text or "" for query in queries]
         with self._index_lock:  # BM25 rebuilds its model lazily on the first search after a change
-            _, lexical_keys = self.lexical.search(texts, depth)
+            lexical_scores, lexical_keys = self.lexical.search(texts, depth)
         lexical_keys[[not text for text in texts]] = -1
         if allowed is not None:
             lexical_keys[~np.isin(lexical_keys, allowed)] = -1
-        return fuse_batches([vector_keys, lexical_keys], k, rrf_k=self.config.search.rrf_k,
-                            weights=[1.0, lexical_weight])
+        return fuse_channels(self.config.search.fusion, [vector_scores, lexical_scores], [vector_keys, lexical_keys],
+                             k, rrf_k=self.config.search.rrf_k, weights=[1.0, lexical_weight])
 
     def _hits(self, scores: np.ndarray, keys: np.ndarray) -> list[list[Hit]]:
         products = self.catalog.by_keys(np.unique(keys[keys >= 0]).tolist())

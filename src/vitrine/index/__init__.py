@@ -6,7 +6,7 @@ from vitrine.config import IndexConfig
 from vitrine.index.base import VectorIndex
 from vitrine.index.entries import entry_ids, group_by_product, product_keys
 from vitrine.index.faiss_index import FaissIndex
-from vitrine.index.fusion import fuse_batches, reciprocal_rank_fusion
+from vitrine.index.fusion import FUSIONS, convex_fusion, fuse_batches, fuse_channels, reciprocal_rank_fusion
 from vitrine.index.lexical import LexicalIndex
 from vitrine.index.milvus_index import POINTER_FILE, MilvusIndex, is_milvus
 
@@ -32,5 +32,6 @@ def load_index(folder: Path, config: IndexConfig | None = None, dim: int | None 
     return FaissIndex.load(folder, config) if FaissIndex.exists(folder) else None
 
 
-__all__ = ["FaissIndex", "LexicalIndex", "MilvusIndex", "VectorIndex", "create_index", "entry_ids", "fuse_batches",
+__all__ = ["FUSIONS", "FaissIndex", "LexicalIndex", "MilvusIndex", "VectorIndex", "convex_fusion", "create_index",
+           "entry_ids", "fuse_batches", "fuse_channels",
            "group_by_product", "load_index", "product_keys", "reciprocal_rank_fusion"]

@@ -273,11 +273,12 @@ def relations_of(vectors: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,
-             lexical: LexicalIndex | None = None, rrf_k: int = 60, depth: int = 100) -> tuple[np.ndarray, np.ndarray]:
+             lexical: LexicalIndex | None = None, rrf_k: int = 60, depth: int = 100,
+             fusion: str = "rrf") -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` over the table (what the engine's index returns, without touching it), fused with
-    BM25 by RRF for queries with text when ``lexical`` is given. Used to build training lists from any
+    BM25 (``fusion``, as ``search.fusion``) for queries with text when ``lexical`` is given. Used to build training lists from any
     embedder, including ones whose vectors are not in the store's index. Returns ``(scores, keys)``."""
-    from vitrine.index import fuse_batches
+    from vitrine.index import fuse_channels
 
     scores = vectors @ table.fused.T
     width = min(max(k, depth if lexical is not None else k), len(table))
@@ -286,10 +287,9 @@ def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequenc
     top_scores = np.take_along_axis(scores, top, axis=1)
     if lexical is None or texts is None:
         return top_scores[:, :k].astype(np.float32), keys[:, :k]
-    _, lexical_keys = lexical.search([t or "" for t in texts], width)
+    lexical_scores, lexical_keys = lexical.search([t or "" for t in texts], width)
     lexical_keys[[not t for t in texts]] = -1
-    fused_scores, fused_keys = fuse_batches([keys, lexical_keys], k, rrf_k=rrf_k)
-    return fused_scores, fused_keys
+    return fuse_channels(fusion, [top_scores, lexical_scores], [keys, lexical_keys], k, rrf_k=rrf_k)
 
 
 def product_table(store, embedder: Embedder, *, progress: bool = False) -> ProductTable:

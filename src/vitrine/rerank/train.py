@@ -111,10 +111,10 @@ def query_history(queries: Sequence[LabelledList], query_vectors: np.ndarray, ta
 
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
-                history: QueryHistory | None = None, vector_inputs: bool = True,
+                fusion: str = "rrf", history: QueryHistory | None = None, vector_inputs: bool = True,
                 query_vectors: np.ndarray | None = None, batch_size: int = 64,
                 progress: bool = False) -> list[CandidateList]:
-    """Each query's top-``k`` from ``embedder`` over the table (RRF with BM25 if ``fuse_lexical``), as
+    """Each query's top-``k`` from ``embedder`` over the table (fused with BM25 if ``fuse_lexical``), as
     feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
     ``vector_inputs``: the raw vectors are model inputs too (``FeatureSpec.vectors``); ``query_vectors``:
     the queries already encoded by ``embedder`` (encoded here if not given)."""
@@ -129,7 +129,8 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
                    else embedder.encode_queries([q.query for q in batch]))
         extra = max((len(q.exclude) for q in batch), default=0)
         scores, keys = retrieve(table, vectors, k + extra, texts=[q.query.text for q in batch],
-                                lexical=lexical if fuse_lexical else None, rrf_k=rrf_k, depth=max(depth, k + extra))
+                                lexical=lexical if fuse_lexical else None, rrf_k=rrf_k, depth=max(depth, k + extra),
+                                fusion=fusion)
         for query, vector, row_scores, row_keys in zip(batch, vectors, scores, keys):
             excluded = {key_of[pid] for pid in query.exclude if pid in key_of}
             keep = [(int(key), float(score)) for key, score in zip(row_keys, row_scores)
@@ -392,7 +393,7 @@ FoldRetriever = Callable[[int, set[str]], Embedder]
 
 def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, entries, retriever: FoldRetriever,
                        config: RerankConfig, *, lexical: LexicalIndex | None = None, fuse_lexical: bool = False,
-                       rrf_k: int = 60, progress: bool = False) -> list[CandidateList]:
+                       rrf_k: int = 60, fusion: str = "rrf", progress: bool = False) -> list[CandidateList]:
     """Each query's list from a retriever trained without its fold (``cross_fit_folds`` on ``vectors``), with
     the other folds' queries as its history: what a val query meets, a retriever and a history that have
     never seen it. ``entries``: the catalog's ``(key, version, product)`` for the fold retrievers' tables."""
@@ -406,7 +407,7 @@ def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, ent
         history = (query_history(past, embedder.encode_queries([q.query for q in past]), table)
                    if config.history else None)
         built = build_lists([queries[i] for i in inside], embedder, table, k=config.candidates, lexical=lexical,
-                            fuse_lexical=fuse_lexical, rrf_k=rrf_k, history=history,
+                            fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, history=history,
                             vector_inputs=config.vector_inputs, progress=progress)
         for i, found in zip(inside.tolist(), built):
             lists[i] = found
@@ -415,7 +416,7 @@ def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, ent
 
 def train_store_reranker(store, splits: Splits, embedder: Embedder, table: ProductTable, config: RerankConfig, *,
                          lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60,
-                         name: str | None = None, fold_retriever: FoldRetriever | None = None,
+                         fusion: str = "rrf", name: str | None = None, fold_retriever: FoldRetriever | None = None,
                          progress: bool = True) -> tuple[Reranker, dict[str, Any]]:
     """``vitrine train-reranker``: lists from ``embedder``'s top-K on the training split (cross-fitted with
     ``fold_retriever`` when given and ``config.cross_fit`` > 1), both models, calibration; saved as
@@ -432,10 +433,11 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
     if cross_fit:
         lists = cross_fitted_lists(queries, vectors, catalog_entries(store), fold_retriever, config, lexical=lexical,
-                                   fuse_lexical=fuse_lexical, rrf_k=rrf_k, progress=progress)
+                                   fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, progress=progress)
     else:
         lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                            rrf_k=rrf_k, history=history, vector_inputs=config.vector_inputs, query_vectors=vectors,
+                            rrf_k=rrf_k, fusion=fusion, history=history, vector_inputs=config.vector_inputs,
+                            query_vectors=vectors,
                             progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
