@@ -231,7 +231,8 @@ def test_convex_fusion_matches_hand_computed_scores():
     weighted = dict(convex_fusion([[0.9, 0.5, 0.1], [10.0, 2.0]], [[1, 2, 3], [3, 4]], weights=[1.0, 3.0]))
     assert weighted[3] == pytest.approx(0.75) and max(weighted, key=weighted.get) == 3
     # padding is skipped, a repeat keeps its first score, one candidate alone scores 1
-    assert dict(convex_fusion([[5.0, 9.0, 1.0, 3.0], [2.0]], [[-1, 7, 7, 8], [9]])) == pytest.approx({7: 0.5, 8: 0.0, 9: 0.5})
+    fused = dict(convex_fusion([[5.0, 9.0, 1.0, 3.0], [2.0]], [[-1, 7, 7, 8], [9]]))
+    assert fused == pytest.approx({7: 0.5, 8: 0.0, 9: 0.5})
     scores, ids = fuse_channels("convex", [np.array([[0.9, 0.5, 0.1]]), np.array([[10.0, 2.0]])],
                                 [np.array([[1, 2, 3]]), np.array([[3, 4]])], 5)
     assert ids.tolist() == [[1, 3, 2, 4, -1]] and scores[0, :4] == pytest.approx([0.5, 0.5, 0.25, 0.0])

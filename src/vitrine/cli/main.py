@@ -104,8 +104,8 @@ def search(
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="A photo to search with.")] = None,
     k: Annotated[int, typer.Option("-k", help="How many products to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical",
-                                                    help="Fuse BM25 with the vectors (default: the store's search.lexical).")] = None,
+    lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help=(
+        "Fuse BM25 with the vectors (default: the store's search.lexical; how: search.fusion, rrf or convex)."))] = None,
     rerank: Annotated[Optional[str], typer.Option(
         help="Rerank with the store's trained reranker: hybrid, listwise, pointwise or sliding.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Candidates retrieved for the reranker (default 50).")] = None,

@@ -25,8 +25,8 @@ from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, 
 from vitrine.engine.entries import Entry, entries_of
 from vitrine.engine.modifiers import checked_modifiers, modifier_bonus
 from vitrine.engine.remote import StoreEmbedderFactory
-from vitrine.index import (FUSIONS, LexicalIndex, VectorIndex, create_index, fuse_channels, group_by_product, load_index,
-                           product_keys)
+from vitrine.index import (FUSIONS, LexicalIndex, VectorIndex, create_index, fuse_channels, group_by_product,
+                           load_index, product_keys)
 from vitrine.index.entries import SLOT_BITS
 from vitrine.parallel import map_batches
 from vitrine.progress import progress_bar
@@ -139,8 +139,9 @@ class SearchEngine:
         ``"prototype"`` is ID recognition with the trained prototype head (query -> nearest prototypes ->
         their products, merged by score with the vector hits); scores are then cosines to prototypes.
 
-        ``lexical`` fuses BM25 over titles and descriptions with the vector results (reciprocal rank
-        fusion; scores are then RRF scores); it defaults to ``search.lexical`` in the store's config.
+        ``lexical`` fuses BM25 over titles and descriptions with the vector results (``search.fusion``:
+        reciprocal rank fusion, or convex fusion of normalised scores; scores are then the fusion's); it
+        defaults to ``search.lexical`` in the store's config.
         ``rerank`` (``"hybrid"``, ``"listwise"``, ``"pointwise"``, ``"sliding"``; None = off) retrieves
         ``candidates`` (default ``rerank.candidates``, 50) and lets the store's trained reranker
         (``models/<rerank.model>``) order them; scores are then the strategy's (r for ``hybrid``).
@@ -181,7 +182,8 @@ class SearchEngine:
         if channel == "prototype" and lexical:
             raise VitrineError("the prototype channel does not combine with lexical fusion; search with lexical=False")
         if lexical and self.config.search.fusion not in FUSIONS:
-            raise VitrineError(f"unknown search.fusion {self.config.search.fusion!r} (choose from {', '.join(FUSIONS)})")
+            raise VitrineError(f"unknown search.fusion {self.config.search.fusion!r} "
+                               f"(choose from {', '.join(FUSIONS)})")
         prototypes = self.prototype_channel() if channel == "prototype" else None
         for query in queries:
             if query.text and len(query.text) > self.config.search.max_query_chars:

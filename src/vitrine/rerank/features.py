@@ -276,8 +276,9 @@ def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequenc
              lexical: LexicalIndex | None = None, rrf_k: int = 60, depth: int = 100,
              fusion: str = "rrf") -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` over the table (what the engine's index returns, without touching it), fused with
-    BM25 (``fusion``, as ``search.fusion``) for queries with text when ``lexical`` is given. Used to build training lists from any
-    embedder, including ones whose vectors are not in the store's index. Returns ``(scores, keys)``."""
+    BM25 (``fusion``, as ``search.fusion``) for queries with text when ``lexical`` is given. Used to build
+    training lists from any embedder, including ones whose vectors are not in the store's index. Returns
+    ``(scores, keys)``."""
     from vitrine.index import fuse_channels
 
     scores = vectors @ table.fused.T
