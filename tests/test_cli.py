@@ -81,6 +81,15 @@ def test_search_needs_a_query(built_store: Path):
     assert result.exit_code == 2 and "give --text, --image, or both" in result.output
 
 
+def test_search_with_convex_fusion_and_a_bad_fusion(built_store: Path):
+    result = run("search", built_store, "--text", "coffee mug", "--lexical", "--fusion", "convex", "-k", "4", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["id"] == "mug" and all(0.0 <= hit["score"] <= 1.0 for hit in hits)
+    result = run("search", built_store, "--text", "coffee mug", "--lexical", "--fusion", "mean")
+    assert result.exit_code == 2 and "unknown search.fusion 'mean'" in result.output and "Traceback" not in result.output
+
+
 def test_set_keeps_settings_in_the_store(built_store: Path, tmp_path: Path):
     import shutil
 

@@ -105,7 +105,10 @@ def search(
     k: Annotated[int, typer.Option("-k", help="How many products to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help=(
-        "Fuse BM25 with the vectors (default: the store's search.lexical; how: search.fusion, rrf or convex)."))] = None,
+        "Fuse BM25 with the vectors (default: the store's search.lexical)."))] = None,
+    fusion: Annotated[Optional[str], typer.Option(
+        help="How --lexical fuses: rrf (ranks only) or convex (normalised scores, summed). "
+             "Default: the store's search.fusion.")] = None,
     rerank: Annotated[Optional[str], typer.Option(
         help="Rerank with the store's trained reranker: hybrid, listwise, pointwise or sliding.")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="Candidates retrieved for the reranker (default 50).")] = None,
@@ -132,7 +135,10 @@ def search(
     if candidates is not None and not rerank:
         raise VitrineError("--candidates only applies with --rerank")
     weights = {name: float(value) for name, value in parse_modifiers(weight or [], flag="--weight").items()}
-    hits = _open(store).search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
+    engine = _open(store)
+    if fusion is not None:
+        engine.config.search.fusion = fusion
+    hits = engine.search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
                                filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None,
                                channel=channel, juice_query=juice_query)
     if as_json:
