@@ -177,6 +177,33 @@ def test_maps_below_a_fine_tuned_top_come_from_onnx_runtime_and_match_pytorch(tm
     assert not np.allclose(maps[0], maps[1])  # two different photos: the maps carry the picture
 
 
+def test_a_fine_tuned_top_served_by_onnx_runtime_matches_pytorch_at_any_batch(tmp_path: Path, monkeypatch):
+    import torch
+
+    from vitrine.encoders.onnx_runtime import ServedModule
+
+    monkeypatch.setenv("VITRINE_CACHE_DIR", str(tmp_path))
+    encoder = load_image_encoder("efficientnet-lite0/top1")
+    top = encoder.top().eval()
+    torch.nn.init.normal_(top.conv_head.weight, std=0.05)  # weights of its own, as after training
+    served = ServedModule(top, "maps", "image-top")
+    maps = torch.randn(3, encoder.dim)
+    with torch.no_grad():
+        expected = top(maps)
+    assert torch.allclose(served(maps), expected, atol=1e-4)  # exported on this call, from a batch of 2
+    assert served._runner is not None and len(list(tmp_path.glob("onnx/image-top-*.onnx"))) == 1
+    assert torch.allclose(served(maps[:1]), expected[:1], atol=1e-4)
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, inputs):
+            if torch.jit.is_tracing():  # stands in for any operator the exporter cannot handle
+                raise RuntimeError("no ONNX for this")
+            return inputs * 2
+
+    fallback = ServedModule(Unexportable(), "x", "unexportable")
+    assert torch.equal(fallback(torch.ones(2, 3)), 2 * torch.ones(2, 3)) and fallback._runner is None
+
+
 def test_exported_graphs_are_reused_and_follow_the_weights(tmp_path: Path, monkeypatch):
     import torch
 

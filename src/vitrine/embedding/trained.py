@@ -24,7 +24,12 @@ class TrainedEmbedder(Embedder):
 
     def __init__(self, model: TwoTowerModel, text_encoder: Callable[[], TextEncoder],
                  image_encoder: Callable[[], ImageEncoder], *, name: str = "default", batch_size: int = 32,
-                 dim: int | None = None, weights_digest: str = "") -> None:
+                 dim: int | None = None, weights_digest: str = "", runtime: str = "torch", threads: int = 0) -> None:
+        if runtime == "onnx" and model.image_top is not None:
+            # The fine-tuned backbone blocks run on every photo query: in ONNX Runtime, as the frozen ones below.
+            from vitrine.encoders.onnx_runtime import ServedModule
+
+            model.image_top = ServedModule(model.image_top, "maps", "image-top", threads)
         self.model = model.eval()
         self._load_text, self._load_image = text_encoder, image_encoder
         self.name = name

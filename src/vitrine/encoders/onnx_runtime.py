@@ -113,3 +113,36 @@ def check_runtime(runtime: str) -> str:
 def batch_dynamic(names: Sequence[str], sequence: bool = False) -> dict[str, dict[int, str]]:
     """Dynamic axes for inputs whose first axis is the batch (and second, optionally, the tokens)."""
     return {name: ({0: "batch", 1: "tokens"} if sequence else {0: "batch"}) for name in names}
+
+
+class ServedModule(torch.nn.Module):
+    """A trained module served by ONNX Runtime: exported on its first call (then cached on disk under a
+    digest of its weights), in PyTorch if the export fails. One tensor in, one tensor out, no gradients:
+    for serving only, never for training (the wrapped module keeps the weights)."""
+
+    def __init__(self, module: torch.nn.Module, input_name: str, name: str, threads: int = 0) -> None:
+        super().__init__()
+        self.module = module.eval()
+        self.input_name, self.name, self.threads = input_name, name, threads
+        self._runner: OnnxModel | None | bool = False  # False: not tried yet
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self._runner is False:
+            example = {self.input_name: torch.zeros(2, *inputs.shape[1:], dtype=inputs.dtype)}
+            self._runner = try_onnx(_OneInput(self.module), example, batch_dynamic(example), self.name, self.threads)
+        if self._runner is None:
+            with torch.no_grad():
+                return self.module(inputs)
+        return torch.from_numpy(self._runner(**{self.input_name: inputs.detach().numpy()}))
+
+
+class _OneInput(torch.nn.Module):
+    """``module(x)`` with a one-argument signature: the exporter would pass a module's keyword-only
+    defaults (``pool=True``...) as extra positional inputs."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(inputs)

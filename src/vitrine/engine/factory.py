@@ -57,7 +57,8 @@ def _trained(config: Config, folder: Path, text_encoder: Callable[[str], TextEnc
              image_encoder: Callable[[str], ImageEncoder]) -> Embedder:
     if not (folder / "model.safetensors").is_file():
         raise StoreError(f"{folder}: no trained model here; run 'vitrine train' first or set embedding.kind=zeroshot")
-    return TrainedEmbedder.load(folder, text_encoder, image_encoder, batch_size=config.encoders.batch_size)
+    return TrainedEmbedder.load(folder, text_encoder, image_encoder, batch_size=config.encoders.batch_size,
+                                runtime=config.encoders.runtime, threads=config.encoders.threads)
 
 
 def _zero_shot(config: Config, recorded: dict[str, Any] | None, text_encoder: Callable[[str], TextEncoder],
