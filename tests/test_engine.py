@@ -10,7 +10,7 @@ import vitrine
 from conftest import CATALOG, draw_product
 from vitrine.catalog import Product, Store, ingest, load_products
 from vitrine.embedding import Query
-from vitrine.engine.engine import SearchOptions
+from vitrine.engine.engine import SearchEngine, SearchOptions
 from vitrine.errors import StoreError, VitrineError
 
 
@@ -94,12 +94,18 @@ def test_opening_a_non_store_is_a_clear_error(tmp_path: Path):
         vitrine.open(tmp_path)
 
 
-def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
+def cable_store(tmp_path: Path) -> tuple[Store, SearchEngine]:
+    """Twelve look-alike cables told apart only by a part number: what BM25 finds and vectors blur."""
     store = Store.create(tmp_path / "store")
     store.catalog.upsert([Product(f"cable-{i}", f"USB cable {i} m", f"Charging cable, part no. QX{7000 + i}")
                           for i in range(12)])
     engine = vitrine.open(store)
     engine.sync(progress=False)
+    return store, engine
+
+
+def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
+    store, engine = cable_store(tmp_path)
     hits = engine.search(text="QX7007", k=3, lexical=True)
     assert hits[0].product.id == "cable-7"
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
@@ -112,11 +118,7 @@ def test_lexical_fusion_finds_exact_codes(tmp_path: Path):
 
 
 def test_convex_fusion_through_the_engine(tmp_path: Path):
-    store = Store.create(tmp_path / "store")
-    store.catalog.upsert([Product(f"cable-{i}", f"USB cable {i} m", f"Charging cable, part no. QX{7000 + i}")
-                          for i in range(12)])
-    engine = vitrine.open(store)
-    engine.sync(progress=False)
+    _, engine = cable_store(tmp_path)
     engine.config.search.fusion = "convex"
     hits = engine.search(text="QX7007", k=12, lexical=True)
     assert hits[0].product.id == "cable-7" and len(hits) == 12
