@@ -139,8 +139,8 @@ def search(
     if fusion is not None:
         engine.config.search.fusion = fusion
     hits = engine.search(text=text, image=image, k=k, lexical=lexical, rerank=rerank, candidates=candidates,
-                               filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None,
-                               channel=channel, juice_query=juice_query)
+                         filter=filter_, weights=weights or None, modifiers=parse_modifiers(boost or []) or None,
+                         channel=channel, juice_query=juice_query)
     if as_json:
         out.print_json(data=[{"rank": h.rank, "id": h.product.id, "title": h.product.title, "score": h.score}
                              for h in hits])

@@ -169,7 +169,7 @@ class EfficientNetTop(nn.Module):
         return self
 
     def maps(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.view(flat.size(0), *self.map_shape)  # size(0), not len(): the exported graph keeps a free batch axis
+        return flat.view(flat.size(0), *self.map_shape)  # size(0), not len(): an exported graph's batch stays free
 
     def forward(self, flat: torch.Tensor, *, pool: bool = True, augment: bool | None = None) -> torch.Tensor:
         x = self.maps(flat)

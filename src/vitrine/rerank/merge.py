@@ -26,9 +26,9 @@ def hybrid_merge(local: Sequence[np.ndarray], absolute: Sequence[np.ndarray]) ->
     the lower chunk (the one retrieved earlier), and within a chunk to the earlier item.
 
     Computed as one sort rather than a heap loop (it runs on every served query): an item can leave
-    only after the items its chunk ranks above it, and once its predecessor has left, an item with a
-    higher r than it follows at once, so taking heads greedily is the same as sorting every item by the
-    lowest r among itself and the items above it in its chunk (its "effective" r).
+    only after the items its chunk ranks above it, and when an item leaves, the next one of its chunk
+    follows at once if its r is higher (it now beats every other head). So taking heads greedily is the
+    same as sorting every item by the lowest r among itself and the items above it in its chunk.
     """
     if len(local) != len(absolute):
         raise ValueError(f"{len(local)} chunks of local scores, {len(absolute)} of absolute scores")
