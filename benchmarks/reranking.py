@@ -5,7 +5,7 @@ calibration, in one run.
         [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
-with BM25 by RRF as in the trained-embeddings benchmark) gives K = 50 candidates per query.
+with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query.
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -430,7 +430,7 @@ def main() -> None:
     start = time.perf_counter()
     datasets = {
         "grocery": (f"grocery:{data / 'grocery-store'}", {}, False),
-        # The best CrowdFlower retriever of the trained-embeddings benchmark: no keyword pairs, + BM25 (RRF).
+        # The best CrowdFlower retriever of the trained-embeddings benchmark: no keyword pairs, + BM25 (search.fusion).
         "crowdflower": (f"crowdflower:{data / 'crowdflower-search-relevance'}",
                         {"training.keyword_pairs": False, "training.keyword_mask": 2.0}, True),
     }

@@ -238,11 +238,24 @@ def crowdflower(data: Path, work: Path, results: dict) -> None:
         print(f"crowdflower: training {name} ...", flush=True)
         rows[name] = in_process({"data": spec, "store": str(store.root), "overrides": overrides,
                                  "name": name.replace(" ", "-").replace(",", "").replace("+", "plus"),
-                                 "lexical": [False, True], "judged_ndcg": True})
+                                 "lexical": [False, True, "convex"], "judged_ndcg": True, "per_query": "ndcg@10"})
     results["crowdflower"] = rows
     print_table(f"CrowdFlower val ({len(splits.val)} queries, {len(splits.products)} products)", rows,
                 ["judged ndcg@10 vector", "judged ndcg@10 bm25", "judged ndcg@10 vector+bm25", "ndcg@10", "recall@10",
-                 "ndcg@10+lexical", "recall@10+lexical", "train_s", "peak_rss_mb"])
+                 "ndcg@10+lexical", "recall@10+lexical", "ndcg@10+lexical-convex", "recall@10+lexical-convex",
+                 "train_s", "peak_rss_mb"])
+    print_fusion_pairs(rows, "ndcg@10")
+
+
+def print_fusion_pairs(rows: dict[str, dict[str, Any]], metric: str) -> None:
+    """Convex fusion against RRF, query by query (paired bootstrap), for every row that has both."""
+    from vitrine.rerank.metrics import paired_difference
+
+    for name, row in rows.items():
+        convex, rrf = row.get(f"per-query {metric}+lexical-convex"), row.get(f"per-query {metric}+lexical")
+        if convex is not None and rrf is not None:
+            print(f"  {name}: {metric} convex - rrf %+.4f [%+.4f, %+.4f]"
+                  % paired_difference(np.array(convex), np.array(rrf)))
 
 
 SHOPEE_VARIANTS = [("trained", "shopee", {}), ("trained + n-grams", "shopee-ngrams", NGRAMS),

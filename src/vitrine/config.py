@@ -173,10 +173,11 @@ class SearchConfig:
     max_query_chars: int = 1000
     lexical: bool = False
     """Fuse BM25 results with vector results (``fusion``) for queries with text."""
-    fusion: str = "rrf"
-    """How the vector and BM25 channels are fused: ``rrf`` (reciprocal rank fusion, ranks only) or ``convex``
-    (each channel's scores min-max normalised over its candidates, then a weighted sum; keeps how far apart
-    a channel's candidates are). Shopee val mAP@10 with prototype-ID towers: rrf 0.6948, convex 0.7054."""
+    fusion: str = "convex"
+    """How the vector and BM25 channels are fused: ``convex`` (each channel's scores min-max normalised over
+    its candidates, then a weighted sum; keeps how far apart a channel's candidates are) or ``rrf``
+    (reciprocal rank fusion, ranks only). Convex since session 12: better on every model measured
+    (Shopee mAP@10 +0.010 to +0.013, CrowdFlower NDCG@10 +0.013 to +0.029; BENCHMARKS.md)."""
     fusion_depth: int = 100
     """Candidates each channel contributes to the fusion."""
     rrf_k: int = 60

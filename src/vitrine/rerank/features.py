@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from vitrine.catalog.product import Product
-from vitrine.config import write_atomic
+from vitrine.config import SearchConfig, write_atomic
 from vitrine.embedding import Embedder
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
@@ -274,7 +274,7 @@ def relations_of(vectors: dict[str, np.ndarray]) -> np.ndarray:
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,
              lexical: LexicalIndex | None = None, rrf_k: int = 60, depth: int = 100,
-             fusion: str = "rrf") -> tuple[np.ndarray, np.ndarray]:
+             fusion: str = SearchConfig.fusion) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` over the table (what the engine's index returns, without touching it), fused with
     BM25 (``fusion``, as ``search.fusion``) for queries with text when ``lexical`` is given. Used to build
     training lists from any embedder, including ones whose vectors are not in the store's index. Returns
