@@ -393,7 +393,8 @@ FoldRetriever = Callable[[int, set[str]], Embedder]
 
 def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, entries, retriever: FoldRetriever,
                        config: RerankConfig, *, lexical: LexicalIndex | None = None, fuse_lexical: bool = False,
-                       rrf_k: int = 60, fusion: str = SearchConfig.fusion, progress: bool = False) -> list[CandidateList]:
+                       rrf_k: int = 60, fusion: str = SearchConfig.fusion,
+                       progress: bool = False) -> list[CandidateList]:
     """Each query's list from a retriever trained without its fold (``cross_fit_folds`` on ``vectors``), with
     the other folds' queries as its history: what a val query meets, a retriever and a history that have
     never seen it. ``entries``: the catalog's ``(key, version, product)`` for the fold retrievers' tables."""
@@ -416,7 +417,8 @@ def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, ent
 
 def train_store_reranker(store, splits: Splits, embedder: Embedder, table: ProductTable, config: RerankConfig, *,
                          lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60,
-                         fusion: str = SearchConfig.fusion, name: str | None = None, fold_retriever: FoldRetriever | None = None,
+                         fusion: str = SearchConfig.fusion, name: str | None = None,
+                         fold_retriever: FoldRetriever | None = None,
                          progress: bool = True) -> tuple[Reranker, dict[str, Any]]:
     """``vitrine train-reranker``: lists from ``embedder``'s top-K on the training split (cross-fitted with
     ``fold_retriever`` when given and ``config.cross_fit`` > 1), both models, calibration; saved as
