@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ class Calibrator:
         if self.kind == "temperature":
             return softmax(logits / self.temperature)[..., 0]
         if self.kind == "platt":
-            return _sigmoid(self.slope * level0_log_odds(logits) + self.bias)
+            return expit(self.slope * level0_log_odds(logits) + self.bias)
         raw = softmax(logits)[..., 0]
         if self.kind == "isotonic" and self.knots_x:
             return np.interp(raw, self.knots_x, self.knots_y)
@@ -82,10 +83,6 @@ def level0_log_odds(logits: np.ndarray) -> np.ndarray:
     return logits[..., 0] - np.logaddexp.reduce(logits[..., 1:], axis=-1)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # tanh form: no overflow for large |z|
-
-
 def fit_platt(log_odds: np.ndarray, matches: np.ndarray) -> tuple[float, float]:
     """Slope and bias minimising the binary log-loss of ``sigmoid(slope · z + bias)``; the slope is kept
     positive, so calibration never reverses the order of r."""
@@ -95,7 +92,7 @@ def fit_platt(log_odds: np.ndarray, matches: np.ndarray) -> tuple[float, float]:
 
     def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         s = params[0] * z + params[1]
-        gradient = _sigmoid(s) - y  # d loss / d s, per example
+        gradient = expit(s) - y  # d loss / d s, per example
         return float(np.mean(np.logaddexp(0.0, s) - y * s)), np.array([np.mean(gradient * z), np.mean(gradient)])
 
     found = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-3, None), (None, None)])
