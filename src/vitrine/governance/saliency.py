@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from vitrine.catalog.images import ImageInput, open_image
 from vitrine.config import GovernanceConfig
-from vitrine.encoders.efficientnet import load_efficientnet_lite0
+from vitrine.encoders.efficientnet import load_efficientnet_lite
 from vitrine.encoders.image_data import Preprocess
 from vitrine.errors import VitrineError
 
@@ -58,7 +58,7 @@ class SaliencyModel:
         self.config = config or GovernanceConfig()
         if self.config.saliency not in SALIENCY_KINDS:
             raise VitrineError(f"unknown saliency {self.config.saliency!r}: choose one of {', '.join(SALIENCY_KINDS)}")
-        self.network = (network or load_efficientnet_lite0()).eval()
+        self.network = (network or load_efficientnet_lite()).eval()
         self.normalise = Preprocess(size=self.config.image_size)
 
     @cached_property
