@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import draw_product
 from vitrine.config import EncoderConfig
-from vitrine.encoders import l2_normalize, load_image_encoder, load_text_encoder
+from vitrine.encoders import ImageEncoder, l2_normalize, load_image_encoder, load_text_encoder
 from vitrine.encoders.image_data import Preprocess
 from vitrine.errors import ImageError, VitrineError
 
@@ -263,3 +263,43 @@ def test_a_backbone_that_cannot_be_exported_falls_back_to_pytorch(monkeypatch, c
 def test_unknown_runtime_is_refused():
     with pytest.raises(VitrineError, match="unknown encoder runtime 'tensorrt'"):
         load_image_encoder("efficientnet-lite0", EncoderConfig(runtime="tensorrt"))
+
+
+def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
+    from vitrine.encoders.shared import LastBatchMemo
+
+    class Counting(ImageEncoder):
+        name, dim, calls = "counting", 2, 0
+
+        def encode(self, images, *, batch_size=32, progress=False):
+            self.calls += 1
+            return np.array([[len(image), self.calls] for image in images], dtype=np.float32)
+
+    inner = Counting()
+    memo = LastBatchMemo(inner, max_images=2)
+    photo = b"jpeg bytes"
+    first = memo.encode([photo])
+    first[0, 0] = -1.0  # a caller writing into its result must not change what the memo returns next
+    assert memo.encode([photo]).tolist() == [[10.0, 1.0]] and inner.calls == 1  # same object: not run again
+    assert memo.encode([bytes(bytearray(photo))]).tolist() == [[10.0, 2.0]]  # an equal copy is another photo
+    assert memo.encode([b"other photo", photo])[:, 1].tolist() == [3.0, 3.0]
+    big = [b"a", b"b", b"c"]
+    memo.encode(big)
+    memo.encode(big)  # batches above max_images (catalog work) are not kept
+    assert inner.calls == 5 and memo.name == "counting" and memo.dim == 2
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_stacked_encoder_gives_the_full_networks_features(tmp_path: Path, runtime):
+    from vitrine.encoders import load_image_top
+    from vitrine.encoders.shared import StackedImageEncoder
+
+    photos = [draw_product(tmp_path / f"{i}.png", shape, colour)
+              for i, (shape, colour) in enumerate([("circle", (200, 40, 40)), ("stripes", (30, 60, 210))])]
+    config = EncoderConfig(runtime=runtime)
+    stacked = StackedImageEncoder(load_image_encoder("efficientnet-lite0@96/top2", config),
+                                  load_image_top("efficientnet-lite0@96/top2"), "efficientnet-lite0@96",
+                                  runtime=runtime)
+    full = load_image_encoder("efficientnet-lite0@96", config).encode(photos)
+    assert stacked.dim == 1280 and np.allclose(stacked.encode(photos, batch_size=1), full, atol=1e-4)
+    assert stacked.encode([]).shape == (0, 1280)

@@ -16,7 +16,8 @@ from vitrine.engine.prototype_channel import PrototypeChannel
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
 from vitrine.catalog.product import Pair
-from vitrine.encoders import load_text_encoder
+from vitrine.encoders import load_image_encoder, load_text_encoder
+from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.embedding import Query, TwoTowerModel
 from vitrine.training import train_store
@@ -150,7 +151,7 @@ STAGES = {"training.batch_size": 8, "training.hidden": 64, "training.dim": 32, "
           "prototype.stage3_epochs": 1, "prototype.margin": 0.2, "prototype.temperature": 0.1}
 
 
-def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa: F811
+def test_stages_train_resume_and_serve_id_recognition(store, tmp_path, monkeypatch):  # noqa: F811
     pairs = shopper_photos(tmp_path / "photos", per_product=2)
     folder = store.models_dir / "proto"
 
@@ -188,7 +189,7 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
 
     # Served beside the zero-shot vectors, both channels score on one scale: half the towers' cosine (to the
     # product, or to its prototype's row) plus half the zero-shot cosine.
-    store.config({"embedding.zero_shot_weight": 0.5}).save(store.config_path)
+    store.config({"embedding.zero_shot_weight": 0.5, "encoders.image": STAGES["encoders.image"]}).save(store.config_path)
     ensemble = vitrine.open(store)
     assert "built with trained proto embeddings but the store now uses trained proto x0.5 + zeroshot x0.5" in (
         ensemble.stale or "")
@@ -197,6 +198,16 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path):  # noqa:
     assert ensemble.embedder.dim == towers.dim + zero_shot.dim and zero_shot.kind == "zeroshot"
     query = [Query(image=photo)]
     q_towers, q_zero = towers.encode_queries(query)[0], zero_shot.encode_queries(query)[0]
+    # The towers fine-tuned the top block of the zero-shot backbone: the zero-shot photo vector is the pretrained
+    # network's own, computed from the towers' input maps, and one photo search runs the frozen blocks once.
+    plain = load_image_encoder("efficientnet-lite0@96").encode([photo])[0]
+    assert np.allclose(q_zero[:len(plain)], plain, atol=1e-4) and not q_zero[len(plain):].any()
+    runs = []
+    bottom_features = EfficientNetLiteEncoder._features
+    monkeypatch.setattr(EfficientNetLiteEncoder, "_features", lambda self, pixels: runs.append(self.name) or
+                        bottom_features(self, pixels))
+    ensemble.search(image=photo.read_bytes(), k=2)
+    assert runs == ["efficientnet-lite0@96/top1"]
     products = {h.product.id: replace(h.product, images=tuple(str(store.resolve(i)) for i in h.product.images))
                 for h in vector_hits}
     p_towers = dict(zip(products, towers.encode_products(list(products.values()))))

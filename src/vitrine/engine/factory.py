@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 from vitrine.config import Config
 from vitrine.embedding import Embedder, EnsembleEmbedder, TrainedEmbedder, ZeroShotEmbedder
 from vitrine.encoders import (CachedImageEncoder, CachedTextEncoder, FeatureCache, ImageEncoder, TextEncoder,
-                              load_image_encoder, load_text_encoder)
+                              load_image_encoder, load_image_top, load_text_encoder, parse_image_encoder,
+                              with_top_blocks)
+from vitrine.encoders.shared import LastBatchMemo, StackedImageEncoder
 from vitrine.errors import StoreError
 
 
@@ -24,6 +27,8 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
     @functools.cache  # an ensemble's members share a backbone they both name
     def image_encoder(name: str) -> ImageEncoder:
         encoder = load_image_encoder(name, config.encoders)
+        if parse_image_encoder(name)[2]:  # maps below a fine-tuned top: an ensemble's members may both read them
+            encoder = LastBatchMemo(encoder)
         return CachedImageEncoder(encoder, cache) if cache is not None else encoder
 
     @functools.cache
@@ -39,8 +44,9 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         if weight == 0.0:
             return trained
         recorded = _member(recorded, "zeroshot")
+        zero_shot_image = _sharing_bottom(config, trained.model.config.image_encoder, image_encoder, cache)
         return EnsembleEmbedder([(trained, 1.0 - weight),
-                                 (_zero_shot(config, recorded, text_encoder, image_encoder), weight)])
+                                 (_zero_shot(config, recorded, text_encoder, zero_shot_image), weight)])
     if kind == "zeroshot":
         recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
         return _zero_shot(config, recorded, text_encoder, image_encoder)
@@ -51,6 +57,26 @@ def _member(recorded: dict[str, Any] | None, kind: str) -> dict[str, Any] | None
     """What the manifest recorded for an ensemble's member of ``kind``, if it recorded an ensemble."""
     members = (recorded or {}).get("members", []) if (recorded or {}).get("kind") == "ensemble" else []
     return next((member for member in members if member.get("kind") == kind), None)
+
+
+def _sharing_bottom(config: Config, trained_image: str, image_encoder: Callable[[str], ImageEncoder],
+                    cache: FeatureCache | None) -> Callable[[str], ImageEncoder]:
+    """The zero-shot member's image encoders. When the towers fine-tuned the top blocks of the very backbone
+    the zero-shot vectors come from, its features are computed from the towers' input maps through the
+    pretrained top, so a photo runs the frozen blocks once for both members."""
+    zero_shot_image = config.encoders.image
+    if trained_image == zero_shot_image or with_top_blocks(trained_image, 0) != zero_shot_image:
+        return image_encoder
+
+    @functools.cache
+    def shared(name: str) -> ImageEncoder:
+        if name != zero_shot_image:
+            return image_encoder(name)
+        frozen_top = load_image_top(trained_image, replace(config.encoders, runtime="torch"))
+        encoder = StackedImageEncoder(image_encoder(trained_image), frozen_top, name,
+                                      runtime=config.encoders.runtime, threads=config.encoders.threads)
+        return CachedImageEncoder(encoder, cache) if cache is not None else encoder
+    return shared
 
 
 def _trained(config: Config, folder: Path, text_encoder: Callable[[str], TextEncoder],
