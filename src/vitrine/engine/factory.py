@@ -44,9 +44,9 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         if weight == 0.0:
             return trained
         recorded = _member(recorded, "zeroshot")
-        zero_shot_image = _sharing_bottom(config, trained.model.config.image_encoder, image_encoder, cache)
+        member_images = _sharing_bottom(config, trained.model.config.image_encoder, image_encoder, cache)
         return EnsembleEmbedder([(trained, 1.0 - weight),
-                                 (_zero_shot(config, recorded, text_encoder, zero_shot_image), weight)])
+                                 (_zero_shot(config, recorded, text_encoder, member_images), weight)])
     if kind == "zeroshot":
         recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
         return _zero_shot(config, recorded, text_encoder, image_encoder)
