@@ -1,11 +1,11 @@
 """Service load benchmark: text and photo searches against a local `vitrine serve`, at several concurrencies.
 
     python benchmarks/service_load.py [--store STORE] [--duration 60] [--concurrency 1,4,16] [--rerank hybrid]
-                                      [--json out.json]
+                                      [--kinds text,photo] [--json out.json]
 
 Builds a zero-shot store from the Grocery Store Dataset in a temporary folder (unless --store is
 given), starts `vitrine serve` on a free loopback port as a subprocess, and for each kind (text,
-photo) and each concurrency runs a closed loop of that many async httpx clients for --duration
+photo; ``--kinds`` picks) and each concurrency runs a closed loop of that many async httpx clients for --duration
 seconds. Prints QPS, p50 and p99 latency (client-side, per request) and the error count, then the
 throughput ratio of concurrency 16 to 4. Traffic goes to 127.0.0.1 only; every loop is bounded in time.
 With --rerank, every search asks for that reranking strategy over the store's `rerank.candidates`
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=None, help="serve this store instead of building one")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per (kind, concurrency)")
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
+    parser.add_argument("--kinds", default="text,photo", help="comma-separated query kinds to load (text, photo)")
     parser.add_argument("--rerank", default="none", help="reranking strategy every search asks for (hybrid, ...)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -131,6 +132,9 @@ def main() -> None:
     lines = (dataset / "val.txt").read_text().splitlines()
     photos = [(dataset / line.split(",")[0].strip()).read_bytes() for line in lines[::max(1, len(lines) // 40)][:40]]
     levels = [int(c) for c in args.concurrency.split(",")]
+    kinds = [kind.strip() for kind in args.kinds.split(",")]
+    if not set(kinds) <= {"text", "photo"}:
+        raise SystemExit(f"--kinds: text and/or photo, got {args.kinds!r}")
 
     with tempfile.TemporaryDirectory() as folder:
         store = args.store or build_store(Path(folder), dataset)
@@ -138,16 +142,16 @@ def main() -> None:
         server = start_server(store, port)
         url = f"http://127.0.0.1:{port}"
         try:
-            for kind in ("text", "photo"):  # warm-up of both paths
+            for kind in kinds:  # warm-up of each path
                 check_warm_up(asyncio.run(load(url, kind, photos, 1, 3, args.rerank)))
-            rows = [asyncio.run(load(url, kind, photos, c, args.duration, args.rerank))
-                    for kind in ("text", "photo") for c in levels]
+            rows = [asyncio.run(load(url, kind, photos, c, args.duration, args.rerank)) for kind in kinds for c in levels]
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
 
     embedding, reranking = describe(store if args.store else None, args.rerank)
-    print(f"vitrine service load (Grocery, 81 products, {embedding}; {os.cpu_count()} cores; {args.duration:g} s per row; "
+    products = "Grocery, 81 products" if args.store is None else f"{args.store}"
+    print(f"vitrine service load ({products}, {embedding}; {os.cpu_count()} cores; {args.duration:g} s per row; "
           f"{reranking})")
     print(f"  {'kind':<6} {'conc':>4} {'requests':>8} {'qps':>8} {'p50_ms':>8} {'p99_ms':>8} {'errors':>6}")
     for row in rows:

@@ -138,6 +138,19 @@ def test_split_text_model_top_reproduces_the_sentence_embedding(text_encoder):
     assert sum(p.numel() for p in top.parameters()) > 2 * 1_000_000  # two real transformer layers
 
 
+def test_split_text_bottom_in_onnx_runtime_matches_pytorch_whatever_the_batch():
+    texts = ["fresh red apple", "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL / DOUBLE FOAM TAPE", "a"]
+    onnx = load_text_encoder("minilm/top1", EncoderConfig(runtime="onnx"))
+    eager = load_text_encoder("minilm/top1", EncoderConfig(runtime="torch"))
+    assert onnx.onnx is not None and eager.onnx is None
+    together = onnx.encode(texts).reshape(3, 48, 385)
+    assert np.allclose(together, eager.encode(texts).reshape(3, 48, 385), atol=1e-4)
+    alone = np.concatenate([onnx.encode([text]) for text in texts]).reshape(3, 48, 385)
+    assert np.allclose(alone, together, atol=1e-4)  # padded to the batch's longest text: same states either way
+    length = int(together[2, :, -1].sum())
+    assert length == 3 and not together[2, length:].any()  # past a text's end: zero states, mask 0
+
+
 def test_split_text_encoder_names():
     from vitrine.encoders import load_text_top, parse_text_encoder, with_top_blocks
 
@@ -266,7 +279,7 @@ def test_unknown_runtime_is_refused():
 
 
 def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
-    from vitrine.encoders.shared import LastBatchMemo
+    from vitrine.encoders.shared import LastCallMemo
 
     class Counting(ImageEncoder):
         name, dim, calls = "counting", 2, 0
@@ -276,7 +289,7 @@ def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
             return np.array([[len(image), self.calls] for image in images], dtype=np.float32)
 
     inner = Counting()
-    memo = LastBatchMemo(inner, max_images=2)
+    memo = LastCallMemo(inner, max_items=2)
     photo = b"jpeg bytes"
     first = memo.encode([photo])
     first[0, 0] = -1.0  # a caller writing into its result must not change what the memo returns next
@@ -292,12 +305,12 @@ def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
 @pytest.mark.parametrize("runtime", ["torch", "onnx"])
 def test_stacked_encoder_gives_the_full_networks_features(tmp_path: Path, runtime):
     from vitrine.encoders import load_image_top
-    from vitrine.encoders.shared import StackedImageEncoder
+    from vitrine.encoders.shared import StackedEncoder
 
     photos = [draw_product(tmp_path / f"{i}.png", shape, colour)
               for i, (shape, colour) in enumerate([("circle", (200, 40, 40)), ("stripes", (30, 60, 210))])]
     config = EncoderConfig(runtime=runtime)
-    stacked = StackedImageEncoder(load_image_encoder("efficientnet-lite0@96/top2", config),
+    stacked = StackedEncoder(load_image_encoder("efficientnet-lite0@96/top2", config),
                                   load_image_top("efficientnet-lite0@96/top2"), "efficientnet-lite0@96",
                                   runtime=runtime)
     full = load_image_encoder("efficientnet-lite0@96", config).encode(photos)

@@ -12,6 +12,7 @@ from vitrine.catalog import Store, ingest, load_products
 from vitrine.catalog.product import Pair
 from vitrine.config import Config, TrainingConfig
 from vitrine.encoders import FeatureCache, load_image_encoder, load_text_encoder
+from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, SplitSentenceEncoder
 from vitrine.errors import StoreError, VitrineError
 from vitrine.training import ContrastiveTrainer, build_training_set, train_store
 from vitrine.training.trainer import CHECKPOINT, tower_config
@@ -183,7 +184,7 @@ def test_fine_tuning_the_backbone_top_lowers_the_loss(store, tmp_path, visual):
     assert engine.search(image=photo, k=1)[0].product.id == "scarf"
 
 
-def test_fine_tuning_the_text_model_top_layer(store, tmp_path):
+def test_fine_tuning_the_text_model_top_layer(store, tmp_path, monkeypatch):
     import torch
 
     texts = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in [
@@ -212,6 +213,22 @@ def test_fine_tuning_the_text_model_top_layer(store, tmp_path):
                                 torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool))
     served = engine.embedder.encode_queries([Query(text="fresh red apple")])
     assert np.allclose(served, torch.nn.functional.normalize(by_hand, dim=-1).numpy(), atol=1e-5)
+
+    # Beside the zero-shot vectors, MiniLM's frozen layers run once per text query: the zero-shot member's
+    # vector is MiniLM's own, computed from the towers' token states through the pretrained top layer.
+    store.config({"embedding.zero_shot_weight": 0.5}).save(store.config_path)
+    ensemble = vitrine.open(store)
+    ensemble.sync(rebuild=True, progress=False)
+    zero_shot = ensemble.embedder.members[1]
+    minilm = load_text_encoder("minilm").encode(["fresh red apple"])[0]
+    vector = zero_shot.encode_queries([Query(text="fresh red apple")])[0]
+    assert np.allclose(vector[-len(minilm):], minilm, atol=1e-5) and not vector[:-len(minilm)].any()
+    runs = []
+    for encoder in (SplitSentenceEncoder, SentenceTransformerEncoder):
+        monkeypatch.setattr(encoder, "encode", lambda self, texts, run=encoder.encode, **kw:
+                            runs.append((self.name, list(texts))) or run(self, texts, **kw))
+    assert ensemble.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
+    assert runs == [("minilm/top1", ["warm winter scarf"])]  # whole MiniLM never runs
 
 
 def test_query_texts_are_stored_once(store, tmp_path, encoders):

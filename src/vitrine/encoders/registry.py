@@ -19,7 +19,7 @@ def _sentence_transformer(path, name: str, config: EncoderConfig, top_layers: in
     from vitrine.encoders.sentence_transformer import SentenceTransformerEncoder, SplitSentenceEncoder
 
     if top_layers:
-        return SplitSentenceEncoder(path, top_layers, name=name)
+        return SplitSentenceEncoder(path, top_layers, name=name, runtime=config.runtime, threads=config.threads)
     return SentenceTransformerEncoder(path, name=name, runtime=config.runtime, threads=config.threads)
 
 

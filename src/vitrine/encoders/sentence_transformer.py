@@ -107,7 +107,7 @@ class SplitSentenceEncoder(TextEncoder):
     normalized = False
 
     def __init__(self, path: str | Path, top_layers: int, name: str | None = None,
-                 max_tokens: int = SPLIT_MAX_TOKENS) -> None:
+                 max_tokens: int = SPLIT_MAX_TOKENS, runtime: str = "torch", threads: int = 0) -> None:
         self.frozen = SentenceTransformerEncoder(path, name=name, runtime="torch")
         self.name = name or self.frozen.name
         self.bert = _bert(self.frozen.model)
@@ -118,25 +118,57 @@ class SplitSentenceEncoder(TextEncoder):
         self.top_layers, self.max_tokens = top_layers, max_tokens
         self.hidden = int(self.bert.config.hidden_size)
         self.dim = max_tokens * (self.hidden + 1)
+        # Only the layers below the cut run: the top ones are the trainable part's job.
+        self.bottom = _BottomLayers(self.bert, len(self.bert.encoder.layer) - top_layers).eval()
+        self.runtime = check_runtime(runtime)
+        self.onnx = self._export(threads) if runtime == "onnx" else None
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
-        tokenizer = self.frozen.model.tokenizer
-        cut = len(self.bert.encoder.layer) - self.top_layers
         for start in progress_bar(starts, enabled=progress, desc="encode texts", unit="batch"):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding="max_length", truncation=True,
-                              max_length=self.max_tokens, return_tensors="pt")
-            # Only the layers below the cut run: the top ones are the trainable part's job.
-            mask = batch["attention_mask"].float()
-            states = self.bert.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-            states = run_layers(self.bert.encoder.layer[:cut], states, mask)
-            out[start:start + len(states)] = torch.cat([states, mask.unsqueeze(-1)], dim=-1).flatten(1).numpy()
+            batch = self._tokenize(texts[start:start + batch_size])
+            if self.onnx is not None:
+                states = self.onnx(**{key: batch[key].numpy() for key in self.onnx.inputs})
+            else:
+                states = self.bottom(*batch.values()).numpy()
+            # Positions past a text's end are zero with mask 0, as the top expects.
+            rows = out[start:start + len(states)].reshape(len(states), self.max_tokens, self.hidden + 1)
+            rows[:, :states.shape[1], :-1] = states
+            rows[:, :states.shape[1], -1] = batch["attention_mask"].numpy()
         return out
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # Padded to the batch's longest text, not to the cap: a query of ten wordpieces runs the layers
+        # on ten positions, not 48.
+        batch = self.frozen.model.tokenizer(list(texts), padding="longest", truncation=True,
+                                            max_length=self.max_tokens, return_tensors="pt")
+        return {key: batch[key] for key in _BottomLayers.INPUTS if key in batch}
+
+    def _export(self, threads: int) -> OnnxModel | None:
+        example = self._tokenize(["an example query", "two"])
+        return try_onnx(self.bottom, example, batch_dynamic(example, sequence=True),
+                        f"{self.name}-below{self.bottom.cut}", threads)
 
     def top(self) -> "TransformerTop":
         return TransformerTop(self.bert, self.top_layers, self.max_tokens)
+
+
+class _BottomLayers(torch.nn.Module):
+    """Embeddings and the layers below ``cut``: token ids in, token states out (zero past each text's end)."""
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, bert: torch.nn.Module, cut: int) -> None:
+        super().__init__()
+        self.embeddings, self.layers, self.cut = bert.embeddings, bert.encoder.layer[:cut], cut
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        mask = attention_mask.float()
+        states = run_layers(self.layers, self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids), mask)
+        return states * mask.unsqueeze(-1)
 
 
 class TransformerTop(torch.nn.Module):

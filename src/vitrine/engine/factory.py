@@ -8,12 +8,14 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from vitrine.config import Config
 from vitrine.embedding import Embedder, EnsembleEmbedder, TrainedEmbedder, ZeroShotEmbedder
 from vitrine.encoders import (CachedImageEncoder, CachedTextEncoder, FeatureCache, ImageEncoder, TextEncoder,
-                              load_image_encoder, load_image_top, load_text_encoder, parse_image_encoder,
-                              with_top_blocks)
-from vitrine.encoders.shared import LastBatchMemo, StackedImageEncoder
+                              load_image_encoder, load_image_top, load_text_encoder, load_text_top,
+                              parse_image_encoder, parse_text_encoder, with_top_blocks)
+from vitrine.encoders.shared import LastCallMemo, StackedEncoder
 from vitrine.errors import StoreError
 
 
@@ -24,17 +26,22 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
     image network. With a ``cache``, image files are encoded once across index builds and evals."""
     kind = config.embedding.kind
 
+    def cached_image(encoder: ImageEncoder) -> ImageEncoder:
+        return CachedImageEncoder(encoder, cache) if cache is not None else encoder
+
+    def cached_text(encoder: TextEncoder) -> TextEncoder:
+        return CachedTextEncoder(encoder, cache) if cache is not None and config.encoders.cache_texts else encoder
+
     @functools.cache  # an ensemble's members share a backbone they both name
     def image_encoder(name: str) -> ImageEncoder:
         encoder = load_image_encoder(name, config.encoders)
-        if parse_image_encoder(name)[2]:  # maps below a fine-tuned top: an ensemble's members may both read them
-            encoder = LastBatchMemo(encoder)
-        return CachedImageEncoder(encoder, cache) if cache is not None else encoder
+        # The frozen part below a fine-tuned top: an ensemble's two members may both read its output.
+        return cached_image(LastCallMemo(encoder) if parse_image_encoder(name)[2] else encoder)
 
     @functools.cache
     def text_encoder(name: str) -> TextEncoder:
         encoder = load_text_encoder(name, config.encoders)
-        return CachedTextEncoder(encoder, cache) if cache is not None and config.encoders.cache_texts else encoder
+        return cached_text(LastCallMemo(encoder) if parse_text_encoder(name)[1] else encoder)
 
     if kind == "trained":
         trained = _trained(config, Path(models_dir) / config.embedding.model, text_encoder, image_encoder)
@@ -44,9 +51,16 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         if weight == 0.0:
             return trained
         recorded = _member(recorded, "zeroshot")
-        member_images = _sharing_bottom(config, trained.model.config.image_encoder, image_encoder, cache)
+        encoders, towers = config.encoders, trained.model.config
+        in_torch = replace(encoders, runtime="torch")  # only the top is taken from these loads
+        member_images = _sharing_bottom(towers.image_encoder, encoders.image, image_encoder, cached_image,
+                                        lambda: load_image_top(towers.image_encoder, in_torch), encoders.runtime,
+                                        encoders.threads)
+        # A text top cuts each batch to its longest text, which a traced graph cannot: it stays in PyTorch.
+        member_texts = _sharing_bottom(towers.text_encoder, encoders.text, text_encoder, cached_text,
+                                       lambda: load_text_top(towers.text_encoder, in_torch), "torch", encoders.threads)
         return EnsembleEmbedder([(trained, 1.0 - weight),
-                                 (_zero_shot(config, recorded, text_encoder, member_images), weight)])
+                                 (_zero_shot(config, recorded, member_texts, member_images), weight)])
     if kind == "zeroshot":
         recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
         return _zero_shot(config, recorded, text_encoder, image_encoder)
@@ -59,23 +73,19 @@ def _member(recorded: dict[str, Any] | None, kind: str) -> dict[str, Any] | None
     return next((member for member in members if member.get("kind") == kind), None)
 
 
-def _sharing_bottom(config: Config, trained_image: str, image_encoder: Callable[[str], ImageEncoder],
-                    cache: FeatureCache | None) -> Callable[[str], ImageEncoder]:
-    """The zero-shot member's image encoders. When the towers fine-tuned the top blocks of the very backbone
-    the zero-shot vectors come from, its features are computed from the towers' input maps through the
-    pretrained top, so a photo runs the frozen blocks once for both members."""
-    zero_shot_image = config.encoders.image
-    if trained_image == zero_shot_image or with_top_blocks(trained_image, 0) != zero_shot_image:
-        return image_encoder
+def _sharing_bottom(trained_name: str, zero_shot_name: str, load: Callable[[str], Any], wrap: Callable[[Any], Any],
+                    pretrained_top: Callable[[], torch.nn.Module], runtime: str, threads: int) -> Callable[[str], Any]:
+    """The zero-shot member's encoders (of one modality) by name. When the towers fine-tuned the top of the
+    very backbone the zero-shot vectors come from, those are computed from the towers' input (the frozen
+    bottom's output) through the pretrained top, so a query runs the frozen part once for both members."""
+    if trained_name == zero_shot_name or with_top_blocks(trained_name, 0) != zero_shot_name:
+        return load
 
     @functools.cache
-    def shared(name: str) -> ImageEncoder:
-        if name != zero_shot_image:
-            return image_encoder(name)
-        frozen_top = load_image_top(trained_image, replace(config.encoders, runtime="torch"))
-        encoder = StackedImageEncoder(image_encoder(trained_image), frozen_top, name,
-                                      runtime=config.encoders.runtime, threads=config.encoders.threads)
-        return CachedImageEncoder(encoder, cache) if cache is not None else encoder
+    def shared(name: str) -> Any:
+        if name != zero_shot_name:
+            return load(name)
+        return wrap(StackedEncoder(load(trained_name), pretrained_top(), name, runtime=runtime, threads=threads))
     return shared
 
 
