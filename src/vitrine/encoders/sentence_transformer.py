@@ -102,7 +102,8 @@ class SplitSentenceEncoder(TextEncoder):
 
     ``encode`` returns, per text, the token states entering layer ``L - top_layers`` and the attention mask,
     flattened (``tokens * (hidden + 1)`` floats, unnormalised): the cached input of a trainable
-    ``TransformerTop``, which finishes the model (those layers, mean pooling, normalisation)."""
+    ``TransformerTop``, which finishes the model (those layers, mean pooling, normalisation). With
+    ``runtime="onnx"`` the frozen layers run in ONNX Runtime (exported on first use)."""
 
     normalized = False
 
