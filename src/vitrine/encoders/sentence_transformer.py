@@ -185,14 +185,51 @@ class TransformerTop(torch.nn.Module):
         self.out_dim = self.hidden
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.at_length(*self.cut(flat))
+
+    def cut(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(states (B, T, hidden), mask (B, T))`` of flattened inputs, T = the batch's longest text."""
         tokens = flat.view(len(flat), self.max_tokens, self.hidden + 1)
         mask = tokens[..., -1]
         # Padding is at the end: cut the batch to its longest text (most batches are far shorter than the cap).
         length = max(1, int(mask.sum(dim=1).max()))
-        states, mask = tokens[:, :length, :-1], mask[:, :length]
+        return tokens[:, :length, :-1], mask[:, :length]
+
+    def at_length(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         states = run_layers(self.layers, states, mask)
         pooled = (states * mask.unsqueeze(-1)).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+class ServedTransformerTop(torch.nn.Module):
+    """A ``TransformerTop`` for serving: the cut to the batch's longest text in Python, the layers and pooling
+    in ONNX Runtime (exported on first use, keyed by the weights; PyTorch if the export fails). No gradients."""
+
+    def __init__(self, top: TransformerTop, name: str, threads: int = 0) -> None:
+        super().__init__()
+        self.top, self.name, self.threads = top.eval(), name, threads
+        self.out_dim = top.out_dim
+        self._runner: OnnxModel | None | bool = False  # False: not tried yet
+
+    def forward(self, flat: torch.Tensor) -> torch.Tensor:
+        states, mask = self.top.cut(flat)
+        if self._runner is False:
+            example = {"states": torch.zeros(2, 3, self.top.hidden), "mask": torch.ones(2, 3)}
+            self._runner = try_onnx(_AtLength(self.top), example, batch_dynamic(example, sequence=True), self.name,
+                                    self.threads)
+        if self._runner is None:
+            with torch.no_grad():
+                return self.top.at_length(states, mask)
+        return torch.from_numpy(self._runner(states=states.contiguous().numpy(), mask=mask.contiguous().numpy()))
+
+
+class _AtLength(torch.nn.Module):
+    def __init__(self, top: TransformerTop) -> None:
+        super().__init__()
+        self.top = top
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.top.at_length(states, mask)
 
 
 def run_layers(layers, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
