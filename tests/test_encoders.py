@@ -154,9 +154,7 @@ def test_split_text_bottom_in_onnx_runtime_matches_pytorch_whatever_the_batch():
 def test_a_served_text_top_matches_pytorch_at_any_length_and_batch(monkeypatch):
     import torch
 
-    from vitrine.encoders import sentence_transformer
-
-    from vitrine.encoders import load_text_top
+    from vitrine.encoders import load_text_top, sentence_transformer
     from vitrine.encoders.sentence_transformer import ServedTransformerTop
 
     texts = ["fresh red apple", "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL / DOUBLE FOAM TAPE", "a", "oat milk"]
@@ -301,7 +299,7 @@ def test_unknown_runtime_is_refused():
         load_image_encoder("efficientnet-lite0", EncoderConfig(runtime="tensorrt"))
 
 
-def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
+def test_last_call_memo_runs_the_encoder_once_per_input_objects():
     from vitrine.encoders.shared import LastCallMemo
 
     class Counting(ImageEncoder):
@@ -321,7 +319,7 @@ def test_last_batch_memo_runs_the_encoder_once_per_photo_objects():
     assert memo.encode([b"other photo", photo])[:, 1].tolist() == [3.0, 3.0]
     big = [b"a", b"b", b"c"]
     memo.encode(big)
-    memo.encode(big)  # batches above max_images (catalog work) are not kept
+    memo.encode(big)  # calls above max_items (catalog work) are not kept
     assert inner.calls == 5 and memo.name == "counting" and memo.dim == 2
 
 
@@ -334,8 +332,7 @@ def test_stacked_encoder_gives_the_full_networks_features(tmp_path: Path, runtim
               for i, (shape, colour) in enumerate([("circle", (200, 40, 40)), ("stripes", (30, 60, 210))])]
     config = EncoderConfig(runtime=runtime)
     stacked = StackedEncoder(load_image_encoder("efficientnet-lite0@96/top2", config),
-                                  load_image_top("efficientnet-lite0@96/top2"), "efficientnet-lite0@96",
-                                  runtime=runtime)
+                             load_image_top("efficientnet-lite0@96/top2"), "efficientnet-lite0@96", runtime=runtime)
     full = load_image_encoder("efficientnet-lite0@96", config).encode(photos)
     assert stacked.dim == 1280 and np.allclose(stacked.encode(photos, batch_size=1), full, atol=1e-4)
     assert stacked.encode([]).shape == (0, 1280)
