@@ -154,7 +154,7 @@ def test_split_text_bottom_in_onnx_runtime_matches_pytorch_whatever_the_batch():
 def test_a_served_text_top_matches_pytorch_at_any_length_and_batch(monkeypatch):
     import torch
 
-    from vitrine.encoders import load_text_top, sentence_transformer
+    from vitrine.encoders import load_text_top, onnx_runtime
     from vitrine.encoders.sentence_transformer import ServedTransformerTop
 
     texts = ["fresh red apple", "Double Tape 3M VHB 12 mm x 4,5 m ORIGINAL / DOUBLE FOAM TAPE", "a", "oat milk"]
@@ -164,12 +164,12 @@ def test_a_served_text_top_matches_pytorch_at_any_length_and_batch(monkeypatch):
     with torch.no_grad():
         expected = top(states).numpy()
     assert np.allclose(served(states).numpy(), expected, atol=1e-5)
-    assert served._runner not in (None, False)  # exported with two texts of three tokens, run on others
+    assert served.served._runner not in (None, False)  # exported with two texts of three tokens, run on others
     for rows in ([2], [0, 3], [1, 2, 3]):  # other batch sizes and longest lengths than the export's
         assert np.allclose(served(states[rows]).numpy(), expected[rows], atol=1e-5)
-    monkeypatch.setattr(sentence_transformer, "try_onnx", lambda *args, **kwargs: None)  # the exporter fails
+    monkeypatch.setattr(onnx_runtime, "try_onnx", lambda *args, **kwargs: None)  # the exporter fails
     fallback = ServedTransformerTop(top, "test-text-top-fallback")
-    assert np.allclose(fallback(states).numpy(), expected, atol=1e-6) and fallback._runner is None
+    assert np.allclose(fallback(states).numpy(), expected, atol=1e-6) and fallback.served._runner is None
 
 
 def test_split_text_encoder_names():

@@ -30,10 +30,10 @@ class TrainedEmbedder(Embedder):
             from vitrine.encoders.onnx_runtime import ServedModule
 
             model.image_top = ServedModule(model.image_top, "maps", "image-top", threads)
-        if runtime == "onnx" and model.text_top is not None:  # the fine-tuned text layers, likewise
-            from vitrine.encoders.sentence_transformer import ServedTransformerTop
+        if model.text_top is not None:  # the fine-tuned text layers, likewise
+            from vitrine.encoders.sentence_transformer import served_text_top
 
-            model.text_top = ServedTransformerTop(model.text_top, "text-top", threads)
+            model.text_top = served_text_top(model.text_top, runtime, threads)
         self.model = model.eval()
         self._load_text, self._load_image = text_encoder, image_encoder
         self.name = name

@@ -117,32 +117,40 @@ def batch_dynamic(names: Sequence[str], sequence: bool = False) -> dict[str, dic
 
 class ServedModule(torch.nn.Module):
     """A trained module served by ONNX Runtime: exported on its first call (then cached on disk under a
-    digest of its weights), in PyTorch if the export fails. One tensor in, one tensor out, no gradients:
-    for serving only, never for training (the wrapped module keeps the weights)."""
+    digest of its weights), in PyTorch if the export fails. Tensors in (named ``input_names``, positionally),
+    one tensor out, no gradients: for serving only, never for training (the wrapped module keeps the weights).
+    With ``sequence=True`` the inputs' second axis (tokens) may change from call to call too."""
 
-    def __init__(self, module: torch.nn.Module, input_name: str, name: str, threads: int = 0) -> None:
+    def __init__(self, module: torch.nn.Module, input_names: str | Sequence[str], name: str, threads: int = 0,
+                 sequence: bool = False) -> None:
         super().__init__()
         self.module = module.eval()
-        self.input_name, self.name, self.threads = input_name, name, threads
+        self.input_names = (input_names,) if isinstance(input_names, str) else tuple(input_names)
+        self.name, self.threads, self.sequence = name, threads, sequence
         self._runner: OnnxModel | None | bool = False  # False: not tried yet
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         if self._runner is False:
-            example = {self.input_name: torch.zeros(2, *inputs.shape[1:], dtype=inputs.dtype)}
-            self._runner = try_onnx(_OneInput(self.module), example, batch_dynamic(example), self.name, self.threads)
+            # Fixed example shapes (batch 2, tokens 3): the graph's file name must not depend on the first call.
+            example = {name: torch.zeros(2, *((3,) if self.sequence else ()), *tensor.shape[1 + self.sequence:],
+                                         dtype=tensor.dtype)
+                       for name, tensor in zip(self.input_names, inputs)}
+            self._runner = try_onnx(_Positional(self.module), example, batch_dynamic(example, self.sequence),
+                                    self.name, self.threads)
         if self._runner is None:
             with torch.no_grad():
-                return self.module(inputs)
-        return torch.from_numpy(self._runner(**{self.input_name: inputs.detach().numpy()}))
+                return self.module(*inputs)
+        return torch.from_numpy(self._runner(**{name: tensor.detach().contiguous().numpy()
+                                                for name, tensor in zip(self.input_names, inputs)}))
 
 
-class _OneInput(torch.nn.Module):
-    """``module(x)`` with a one-argument signature: the exporter would pass a module's keyword-only
+class _Positional(torch.nn.Module):
+    """``module(*inputs)`` with a positional signature: the exporter would pass a module's keyword-only
     defaults (``pool=True``...) as extra positional inputs."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.module(inputs)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs)

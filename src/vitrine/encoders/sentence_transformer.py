@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vitrine.encoders.base import TextEncoder, l2_normalize
-from vitrine.encoders.onnx_runtime import OnnxModel, batch_dynamic, check_runtime, try_onnx
+from vitrine.encoders.onnx_runtime import OnnxModel, ServedModule, batch_dynamic, check_runtime, try_onnx
 from vitrine.errors import VitrineError
 from vitrine.progress import progress_bar
 
@@ -203,24 +203,20 @@ class TransformerTop(torch.nn.Module):
 
 class ServedTransformerTop(torch.nn.Module):
     """A ``TransformerTop`` for serving: the cut to the batch's longest text in Python, the layers and pooling
-    in ONNX Runtime (exported on first use, keyed by the weights; PyTorch if the export fails). No gradients."""
+    in ONNX Runtime with the token axis free (``ServedModule``). No gradients."""
 
     def __init__(self, top: TransformerTop, name: str, threads: int = 0) -> None:
         super().__init__()
-        self.top, self.name, self.threads = top.eval(), name, threads
-        self.out_dim = top.out_dim
-        self._runner: OnnxModel | None | bool = False  # False: not tried yet
+        self.top, self.out_dim = top.eval(), top.out_dim
+        self.served = ServedModule(_AtLength(top), ("states", "mask"), name, threads, sequence=True)
 
     def forward(self, flat: torch.Tensor) -> torch.Tensor:
-        states, mask = self.top.cut(flat)
-        if self._runner is False:
-            example = {"states": torch.zeros(2, 3, self.top.hidden), "mask": torch.ones(2, 3)}
-            self._runner = try_onnx(_AtLength(self.top), example, batch_dynamic(example, sequence=True), self.name,
-                                    self.threads)
-        if self._runner is None:
-            with torch.no_grad():
-                return self.top.at_length(states, mask)
-        return torch.from_numpy(self._runner(states=states.contiguous().numpy(), mask=mask.contiguous().numpy()))
+        return self.served(*self.top.cut(flat))
+
+
+def served_text_top(top: TransformerTop, runtime: str, threads: int = 0) -> torch.nn.Module:
+    """``top`` as served with ``runtime``: in ONNX Runtime (``ServedTransformerTop``) or as it is."""
+    return ServedTransformerTop(top, "text-top", threads) if runtime == "onnx" else top
 
 
 class _AtLength(torch.nn.Module):

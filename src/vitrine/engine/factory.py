@@ -10,11 +10,12 @@ from typing import Any
 
 import torch
 
-from vitrine.config import Config, EncoderConfig
+from vitrine.config import Config
 from vitrine.embedding import Embedder, EnsembleEmbedder, TrainedEmbedder, ZeroShotEmbedder
 from vitrine.encoders import (CachedImageEncoder, CachedTextEncoder, FeatureCache, ImageEncoder, TextEncoder,
                               load_image_encoder, load_image_top, load_text_encoder, load_text_top,
                               parse_image_encoder, parse_text_encoder, with_top_blocks)
+from vitrine.encoders.sentence_transformer import served_text_top
 from vitrine.encoders.shared import LastCallMemo, StackedEncoder
 from vitrine.errors import StoreError
 
@@ -56,8 +57,10 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         member_images = _sharing_bottom(towers.image_encoder, encoders.image, image_encoder, cached_image,
                                         lambda: load_image_top(towers.image_encoder, in_torch), encoders.runtime,
                                         encoders.threads)
+        # A text top serves itself (cut to the batch's longest text, then ONNX Runtime): "torch" leaves it be.
         member_texts = _sharing_bottom(towers.text_encoder, encoders.text, text_encoder, cached_text,
-                                       lambda: _served_text_top(load_text_top(towers.text_encoder, in_torch), encoders),
+                                       lambda: served_text_top(load_text_top(towers.text_encoder, in_torch),
+                                                               encoders.runtime, encoders.threads),
                                        "torch", encoders.threads)
         return EnsembleEmbedder([(trained, 1.0 - weight),
                                  (_zero_shot(config, recorded, member_texts, member_images), weight)])
@@ -87,15 +90,6 @@ def _sharing_bottom(trained_name: str, zero_shot_name: str, load: Callable[[str]
             return load(name)
         return wrap(StackedEncoder(load(trained_name), pretrained_top(), name, runtime=runtime, threads=threads))
     return shared
-
-
-def _served_text_top(top: torch.nn.Module, encoders: EncoderConfig) -> torch.nn.Module:
-    # A text top cuts each batch to its longest text, which a traced graph cannot do: it serves its own way.
-    if encoders.runtime != "onnx":
-        return top
-    from vitrine.encoders.sentence_transformer import ServedTransformerTop
-
-    return ServedTransformerTop(top, "text-top", encoders.threads)
 
 
 def _trained(config: Config, folder: Path, text_encoder: Callable[[str], TextEncoder],
