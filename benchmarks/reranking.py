@@ -338,7 +338,7 @@ def measure_latency(reranker, table, lexical, lists, model_threads: int) -> dict
 
     def rerank(found, strategy: str) -> None:
         rebuilt = builder.build(found.query[:-2], found.text, bool(found.query[-1]), found.keys, found.retrieval,
-                                relations=reranker.reads_relations(strategy))
+                                **reranker.relations_read(strategy))
         reranker.rank_lists([rebuilt], strategy)
 
     figures = {}

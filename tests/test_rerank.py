@@ -12,8 +12,8 @@ import torch
 
 from vitrine.config import RerankConfig
 from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable, Reranker, chunk_slices,
-                            expected_calibration_error, hybrid_merge, null_loss, pairwise_discordant_loss,
-                            sliding_window)
+                            expected_calibration_error, hybrid_merge, merge_chunks, null_loss,
+                            pairwise_discordant_loss, sliding_window)
 from vitrine.rerank.calibration import reliability_diagram, softmax
 from vitrine.errors import StoreError
 from vitrine.rerank.features import RELATIONS
@@ -87,6 +87,18 @@ def test_hybrid_merge_matches_brute_force_on_random_inputs():
             picked = [i for chunk, i in merged if chunk == c]
             assert list(np.asarray(loc)[picked]) == sorted(loc, reverse=True)
     assert hybrid_merge([], []) == []
+
+
+def test_merging_one_lists_chunks_agrees_with_the_merge_of_its_slices():
+    rng = np.random.default_rng(1)
+    for trial in range(100):
+        count, size = int(rng.integers(0, 40)), int(rng.integers(1, 12))
+        local, absolute = rng.normal(size=count), rng.random(size=count)
+        if trial % 2:
+            local, absolute = np.round(local), np.round(absolute * 3) / 3
+        parts = chunk_slices(count, size)
+        expected = [parts[c].start + i for c, i in hybrid_merge([local[p] for p in parts], [absolute[p] for p in parts])]
+        assert merge_chunks(local, absolute, size).tolist() == expected
 
 
 def test_chunking_when_k_is_not_a_multiple_of_m():
@@ -618,6 +630,41 @@ def test_onnx_runtime_runs_a_relational_model_as_pytorch_does(tmp_path: Path, mo
     for strategy in ("local", "listwise", "hybrid", "sliding"):
         for a, b in zip(reranker.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
             np.testing.assert_array_equal(a.order, b.order)
+
+
+def test_chunk_strategies_read_only_the_cosines_within_their_chunks():
+    """Serving computes the cosines between candidates only within each chunk (``relations_read``): every
+    chunk strategy ranks such a list exactly as it ranks the list with every pair's cosine, and what would
+    read across chunks refuses the partial list instead of reading zeros."""
+    from vitrine.rerank.features import FeatureBuilder
+    from vitrine.rerank.reranker import stack_chunks
+
+    relational, _ = relational_pair(seed=4)
+    with torch.no_grad():
+        relational.relation.copy_(torch.randn(relational.relation.shape) * 0.5)
+    rng = np.random.default_rng(8)
+    vectors = rng.normal(size=(3, 30, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    table = ProductTable(np.arange(30), np.zeros(30), *vectors, np.ones(30, bool), [str(i) for i in range(30)],
+                         [f"product {i}" for i in range(30)], [[] for _ in range(30)])
+    reranker = Reranker(FeatureSpec(DIM), relational)
+    builder = FeatureBuilder(table)
+    keys, scores = rng.permutation(30)[:23], np.sort(rng.random(23))[::-1]
+    query = vectors[0, 5]
+    every_pair = builder.build(query, None, True, keys, scores, **reranker.relations_read("sliding"))
+    for strategy in ("local", "listwise", "absolute", "hybrid"):
+        within = builder.build(query, None, True, keys, scores, **reranker.relations_read(strategy))
+        assert within.similarity_block == reranker.settings.chunk_size
+        assert np.abs(within.similarity[:10, 10:]).sum() == 0  # nothing computed between chunks
+        a, b = reranker.rank_lists([every_pair], strategy)[0], reranker.rank_lists([within], strategy)[0]
+        np.testing.assert_array_equal(a.order, b.order)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    assert reranker.relations_read("pointwise") == {"relations": False}
+    assert builder.build(query, None, True, keys, scores, **reranker.relations_read("pointwise")).similarity is None
+    with pytest.raises(ValueError, match="every pair"):
+        reranker.rank_lists([within], "sliding")
+    with pytest.raises(ValueError, match="spans blocks of 10"):
+        stack_chunks([(within, slice(5, 15))], 10)
 
 
 def test_absolute_scores_can_start_from_the_local_scores():

@@ -102,6 +102,9 @@ class CandidateList:
     similarity: np.ndarray | None = None
     """``(K, K, len(RELATIONS))`` cosines between the candidates' fused, text and image vectors: what a
     relational chunk model (``ModelConfig.relational``) biases its attention with. ``None`` reads as zeros."""
+    similarity_block: int | None = None
+    """If set, ``similarity`` holds the cosines only within consecutive blocks of this many candidates (the
+    chunks a chunk strategy compares) and zeros between blocks; ``None``: between every pair."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -215,9 +218,12 @@ class FeatureBuilder:
 
     def build(self, query_vector: np.ndarray, query_text: str | None, query_has_image: bool,
               keys: Sequence[int], retrieval: Sequence[float], levels: np.ndarray | None = None,
-              ideal: np.ndarray | None = None, exclude: str | None = None, relations: bool = True) -> CandidateList:
+              ideal: np.ndarray | None = None, exclude: str | None = None, relations: bool = True,
+              block: int | None = None) -> CandidateList:
         """``exclude``: the key of the query itself, whose rows of the history it must not see;
-        ``relations=False`` skips the candidate-candidate cosines (for strategies that never read them)."""
+        ``relations=False`` skips the candidate-candidate cosines (for strategies that never read them),
+        ``block`` computes them only within consecutive blocks of that many (for strategies that read them
+        only within their chunks)."""
         keys = np.asarray(keys, dtype=np.int64)
         retrieval = np.asarray(retrieval, dtype=np.float32)
         q = np.asarray(query_vector, dtype=np.float32)
@@ -259,17 +265,31 @@ class FeatureBuilder:
             query = np.concatenate([q, modalities]).astype(np.float32)
         else:
             items, query = scalars, modalities
+        similarity = relations_of({"fused": fused, "text": text, "image": image}, block) if relations else None
         return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
-                             similarity=relations_of({"fused": fused, "text": text, "image": image})
-                             if relations else None)
+                             similarity=similarity, similarity_block=block if relations else None)
 
 
-def relations_of(vectors: dict[str, np.ndarray]) -> np.ndarray:
+def relations_of(vectors: dict[str, np.ndarray], block: int | None = None) -> np.ndarray:
     """``(K, K, len(RELATIONS))``: the cosines between K candidates, per vector kind (``vectors[kind]`` is
-    ``(K, D)``, the candidates' unit vectors of that kind)."""
+    ``(K, D)``, the candidates' unit vectors of that kind); with ``block``, only between candidates in the
+    same block of ``block`` consecutive ones (zero elsewhere: a fifth of the work for chunks of 10 in 50)."""
+    count, dim = vectors[RELATIONS[0]].shape
+    size = max(1, min(block or count, count))
+    blocks = -(-count // size)
+    padded = np.zeros((len(RELATIONS), blocks * size, dim), dtype=np.float32)
+    for index, kind in enumerate(RELATIONS):
+        padded[index, :count] = vectors[kind]
     # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
-    kinds = torch.from_numpy(np.stack([vectors[kind] for kind in RELATIONS]))
-    return (kinds @ kinds.transpose(1, 2)).permute(1, 2, 0).contiguous().numpy()
+    grouped = torch.from_numpy(padded).view(len(RELATIONS), blocks, size, dim)
+    cosines = (grouped @ grouped.transpose(-1, -2)).permute(1, 2, 3, 0).numpy()  # (blocks, size, size, R)
+    if blocks == 1:
+        return np.ascontiguousarray(cosines[0, :count, :count])
+    similarity = np.zeros((count, count, len(RELATIONS)), dtype=np.float32)
+    for index in range(blocks):
+        start, stop = index * size, min(index * size + size, count)
+        similarity[start:stop, start:stop] = cosines[index, :stop - start, :stop - start]
+    return similarity
 
 
 def retrieve(table: ProductTable, vectors: np.ndarray, k: int, *, texts: Sequence[str | None] | None = None,

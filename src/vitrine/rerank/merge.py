@@ -24,28 +24,51 @@ def hybrid_merge(local: Sequence[np.ndarray], absolute: Sequence[np.ndarray]) ->
     ``local[c]`` and ``absolute[c]`` score the items of chunk ``c``. Returns ``(chunk, item)`` pairs, best
     first; every item appears exactly once and each chunk's items keep their local order. Ties go to
     the lower chunk (the one retrieved earlier), and within a chunk to the earlier item.
-
-    Computed as one sort rather than a heap loop (it runs on every served query): an item can leave
-    only after the items its chunk ranks above it, and when an item leaves, the next one of its chunk
-    follows at once if its r is higher (it now beats every other head). So taking heads greedily is the
-    same as sorting every item by the lowest r among itself and the items above it in its chunk.
     """
     if len(local) != len(absolute):
         raise ValueError(f"{len(local)} chunks of local scores, {len(absolute)} of absolute scores")
-    effective, chunks, items = [], [], []
     for chunk, (loc, ab) in enumerate(zip(local, absolute)):
         if len(loc) != len(ab):
             raise ValueError(f"chunk {chunk}: {len(loc)} local scores, {len(ab)} absolute scores")
-        order = np.argsort(-np.asarray(loc, dtype=np.float64), kind="stable")
-        effective.append(np.minimum.accumulate(np.asarray(ab, dtype=np.float64)[order]))
-        chunks.append(np.full(len(order), chunk))
-        items.append(order)
-    if not effective:
+    width = max((len(loc) for loc in local), default=0)
+    if width == 0:
         return []
-    chunk_of, item_of = np.concatenate(chunks), np.concatenate(items)
-    # Positions within a chunk rise along the concatenation, so a stable sort on (-r, chunk) keeps them.
-    best = np.lexsort((chunk_of, -np.concatenate(effective)))
-    return list(zip(chunk_of[best].tolist(), item_of[best].tolist()))
+    valid = np.arange(width) < np.array([len(loc) for loc in local])[:, None]
+    padded_local, padded_absolute = np.zeros(valid.shape), np.zeros(valid.shape)
+    padded_local[valid] = np.concatenate(local)
+    padded_absolute[valid] = np.concatenate(absolute)
+    return [divmod(int(flat), width) for flat in _merge(padded_local, padded_absolute, valid)]
+
+
+def merge_chunks(local: np.ndarray, absolute: np.ndarray, size: int) -> np.ndarray:
+    """``hybrid_merge`` of one list cut into consecutive chunks of ``size`` (``chunk_slices``), on its
+    ``(K,)`` score arrays: the candidates' positions, best first. What a served query runs."""
+    count = len(local)
+    if len(absolute) != count:
+        raise ValueError(f"{count} local scores, {len(absolute)} absolute scores")
+    chunks = -(-count // size)
+    padded_local, padded_absolute = np.zeros(chunks * size), np.zeros(chunks * size)
+    padded_local[:count], padded_absolute[:count] = local, absolute
+    valid = (np.arange(chunks * size) < count).reshape(chunks, size)
+    return _merge(padded_local.reshape(chunks, size), padded_absolute.reshape(chunks, size), valid)
+
+
+def _merge(local: np.ndarray, absolute: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The merge on ``(chunks, width)`` arrays, ``valid`` marking real items: their flat indices, best first.
+
+    One sort rather than a heap loop (it runs on every served query): an item can leave only after the
+    items its chunk ranks above it, and when an item leaves, the next one of its chunk follows at once
+    if its r is higher (it now beats every other head). So taking heads greedily is the same as sorting
+    every item by the lowest r among itself and the items above it in its chunk.
+    """
+    chunks, width = local.shape
+    # Padding sorts after its chunk's real items and, at r = +inf, never lowers a running minimum.
+    order = (np.argsort(np.where(valid, -local, np.inf), axis=1, kind="stable")
+             + np.arange(0, chunks * width, width)[:, None]).ravel()
+    effective = np.minimum.accumulate(np.where(valid, absolute, np.inf).ravel()[order].reshape(chunks, width), axis=1)
+    # Flattening keeps each chunk's items in their local order, so a stable sort on (-r, chunk) keeps it too.
+    ranked = order[np.lexsort((np.repeat(np.arange(chunks), width), -effective.ravel()))]
+    return ranked[valid.ravel()[ranked]]
 
 
 def sliding_window(count: int, score: Callable[[np.ndarray], np.ndarray], window: int = 10,

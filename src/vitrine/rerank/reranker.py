@@ -35,7 +35,8 @@ from vitrine.errors import StoreError, VitrineError
 from vitrine.rerank.calibration import Calibrator
 from vitrine.rerank.features import RELATIONS, CandidateList, FeatureBuilder, FeatureSpec
 from vitrine.rerank.history import HISTORY_FILE, QueryHistory
-from vitrine.rerank.merge import chunk_slices, hybrid_merge, sliding_window
+from vitrine.rerank.levels import LEVELS
+from vitrine.rerank.merge import chunk_slices, merge_chunks, sliding_window
 from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer, expected_gain
 
 FORMAT = "pailitao-reranker/1"
@@ -148,22 +149,26 @@ class Reranker(BaseReranker):
         if self.features is None:
             raise VitrineError("this reranker is not bound to a store's features (Reranker.bind)")
         lists = []
-        relations = self.reads_relations(strategy)
+        relations = self.relations_read(strategy)
         for query, found in zip(queries, candidates):
             if query.vector is None:
                 raise VitrineError("the reranker needs the query's vector")
             lists.append(self.features.build(query.vector, query.text, query.image is not None,
-                                             [c.key for c in found], [c.score for c in found], relations=relations))
+                                             [c.key for c in found], [c.score for c in found], **relations))
         results = []
         for found, ordering in zip(candidates, self.rank_lists(lists, strategy)):
             results.append([Ranked(found[pos], float(score), rank, int(pos))
                             for rank, (pos, score) in enumerate(zip(ordering.order.tolist(), ordering.scores), start=1)])
         return results
 
-    def reads_relations(self, strategy: str | None = None) -> bool:
-        """Whether ``strategy`` reads the cosines between candidates (every chunk strategy does; scoring
-        candidates one at a time does not, so serving it need not compute them)."""
-        return (strategy or self.settings.strategy) != "pointwise"
+    def relations_read(self, strategy: str | None = None) -> dict[str, Any]:
+        """Which cosines between candidates ``strategy`` reads, as ``FeatureBuilder.build`` arguments: none
+        (scoring candidates one at a time), those within each chunk (the chunk strategies), or every pair
+        (sliding windows, which span chunks). Serving computes no more than that."""
+        name = strategy or self.settings.strategy
+        if name == "pointwise":
+            return {"relations": False}
+        return {"relations": True, "block": None if name == "sliding" else self.settings.chunk_size}
 
     def rank_lists(self, lists: Sequence[CandidateList], strategy: str | None = None) -> list[Ordering]:
         name = strategy or self.settings.strategy
@@ -187,23 +192,23 @@ class Reranker(BaseReranker):
         batched forward pass over every chunk of every list."""
         model = self._model("listwise")
         size = self.settings.chunk_size
-        plan = [(i, part) for i, found in enumerate(lists) for part in chunk_slices(len(found), size)]
-        out = [{"local": np.zeros(len(found), dtype=np.float32), "null": np.zeros(0, dtype=np.float32),
-                "logits": np.zeros((len(found), 4), dtype=np.float32), "chunks": chunk_slices(len(found), size)}
-               for found in lists]
-        if plan:
-            result = model(*stack_chunks([(lists[i], part) for i, part in plan], size))
+        parts = [chunk_slices(len(found), size) for found in lists]
+        chunks = [(found, part) for found, cut in zip(lists, parts) for part in cut]
+        local, null, logits = (np.zeros((0, size), np.float32), np.zeros(0, np.float32),
+                               np.zeros((0, size, LEVELS), np.float32))
+        if chunks:
+            result = model(*stack_chunks(chunks, size))
             local, null, logits = result.local.numpy(), result.null.numpy(), result.level_logits.numpy()
-            nulls: dict[int, list[float]] = {i: [] for i in range(len(lists))}
-            for row, (i, part) in enumerate(plan):
-                width = part.stop - part.start
-                out[i]["local"][part] = local[row, :width]
-                out[i]["logits"][part] = logits[row, :width]
-                nulls[i].append(float(null[row]))
-            for i in nulls:
-                out[i]["null"] = np.array(nulls[i], dtype=np.float32)
-        for entry in out:
-            entry["r"] = self.calibrator(entry["logits"]) if len(entry["logits"]) else np.zeros(0)
+        out, row = [], 0
+        for found, cut in zip(lists, parts):
+            # A list's chunks are consecutive rows, each full but the last, padded at its end: flattened,
+            # the rows give the list's candidates in order, then the last chunk's padding.
+            rows, count = slice(row, row + len(cut)), len(found)
+            row += len(cut)
+            entry = {"local": local[rows].reshape(-1)[:count], "null": null[rows],
+                     "logits": logits[rows].reshape(-1, LEVELS)[:count], "chunks": cut}
+            entry["r"] = self.calibrator(entry["logits"]) if count else np.zeros(0)
+            out.append(entry)
         return out
 
     @torch.inference_mode()
@@ -223,6 +228,9 @@ class Reranker(BaseReranker):
     def window_scores(self, found: CandidateList, positions: np.ndarray) -> np.ndarray:
         """Local scores of the candidates at ``positions`` compared as one window."""
         model = self._model("listwise")
+        if found.similarity_block is not None:
+            raise ValueError("a sliding window relates candidates of different chunks: build its list with "
+                             "the cosines between every pair (block=None)")
         similarity = None if found.similarity is None else found.similarity[np.ix_(positions, positions)]
         sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions],
                             similarity=similarity)
@@ -288,6 +296,10 @@ def stack_chunks(chunks: Sequence[tuple[CandidateList, slice]], size: int):
         items[row, :width] = found.items[part]
         mask[row, :width] = True
         if found.similarity is not None:
+            block = found.similarity_block
+            if block is not None and width and part.start // block != (part.stop - 1) // block:
+                raise ValueError(f"chunk {part.start}:{part.stop} spans blocks of {block}, between which the "
+                                 "list holds no cosines")
             similarity[row, :width, :width] = found.similarity[part, part]
     return torch.from_numpy(query), torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(similarity)
 
@@ -325,9 +337,7 @@ def _absolute(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
 def _hybrid(reranker: Reranker, lists: list[CandidateList]) -> list[Ordering]:
     results = []
     for entry in reranker.chunk_scores(lists):
-        parts = entry["chunks"]
-        merged = hybrid_merge([entry["local"][part] for part in parts], [entry["r"][part] for part in parts])
-        order = np.array([parts[chunk].start + item for chunk, item in merged], dtype=np.int64)
+        order = merge_chunks(entry["local"], entry["r"], reranker.settings.chunk_size)
         results.append(Ordering(order, entry["r"][order].astype(np.float32)))
     return results
 
