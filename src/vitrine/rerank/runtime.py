@@ -43,9 +43,10 @@ class OnnxChunkModel:
         if similarity is None:
             similarity = torch.zeros(*mask.shape, mask.shape[1], len(RELATIONS))
         # A model that is not relational has no similarity input in its graph; the session skips it.
-        packed = torch.from_numpy(self.session(query=query.numpy(), items=items.numpy(), mask=mask.numpy(),
-                                               similarity=similarity.numpy()))
-        return ChunkOutput(packed[..., 0], packed[:, 0, 1], packed[..., 2:])
+        packed = self.session(query=query.numpy(), items=items.numpy(), mask=mask.numpy(),
+                              similarity=similarity.numpy())
+        # Sliced in numpy, then shared with torch: indexing torch tensors costs more than the slices are worth.
+        return ChunkOutput(*(torch.from_numpy(part) for part in (packed[..., 0], packed[:, 0, 1], packed[..., 2:])))
 
 
 class OnnxPointwise:
