@@ -525,16 +525,19 @@ def with_similarity(lists: list[CandidateList], seed: int) -> list[CandidateList
 
 
 def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
-    from vitrine.rerank.reranker import stack_chunks
+    from vitrine.rerank.reranker import stack_lists
 
-    found = with_similarity(drawn_lists(1, 23), seed=5)[0]
-    parts = chunk_slices(23, 10)
-    _, _, mask, similarity = stack_chunks([(found, part) for part in parts], 10)
-    for row, part in enumerate(parts):
+    found, short = with_similarity(drawn_lists(1, 23, seed=1) + drawn_lists(1, 7, seed=2), seed=5)
+    query, items, mask, similarity = stack_lists([found, short], 10)
+    assert query.shape[0] == items.shape[0] == 4  # chunks of 10, 10, 3, then the short list's 7
+    for row, (owner, part) in enumerate([(found, p) for p in chunk_slices(23, 10)] + [(short, slice(0, 7))]):
         width = part.stop - part.start
-        np.testing.assert_array_equal(similarity[row, :width, :width].numpy(), found.similarity[part, part])
+        np.testing.assert_array_equal(similarity[row, :width, :width].numpy(), owner.similarity[part, part])
+        np.testing.assert_array_equal(items[row, :width].numpy(), owner.items[part])
+        np.testing.assert_array_equal(query[row].numpy(), owner.query)
+        assert mask[row].tolist() == [True] * width + [False] * (10 - width)
     assert similarity[2, 3:].abs().sum() == 0 and similarity[2, :, 3:].abs().sum() == 0  # padding relates to nothing
-    assert mask[2].tolist() == [True] * 3 + [False] * 7
+    assert items[3, 7:].abs().sum() == 0
 
 
 def relational_pair(seed: int = 0) -> tuple[ChunkListwiseModel, ChunkListwiseModel]:
@@ -548,11 +551,11 @@ def relational_pair(seed: int = 0) -> tuple[ChunkListwiseModel, ChunkListwiseMod
 
 
 def test_relational_attention_starts_plain_and_then_reads_how_candidates_relate():
-    from vitrine.rerank.reranker import stack_chunks
+    from vitrine.rerank.reranker import stack_lists
 
     relational, plain = relational_pair()
     lists = with_similarity(drawn_lists(3, 23, seed=6), seed=7)
-    inputs = stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10)
+    inputs = stack_lists(lists, 10)
     with torch.no_grad():
         # The relation weights start at zero: the model is the plain one until training moves them.
         torch.testing.assert_close(relational(*inputs).local, plain(*inputs).local)
@@ -637,7 +640,7 @@ def test_chunk_strategies_read_only_the_cosines_within_their_chunks():
     chunk strategy ranks such a list exactly as it ranks the list with every pair's cosine, and what would
     read across chunks refuses the partial list instead of reading zeros."""
     from vitrine.rerank.features import FeatureBuilder
-    from vitrine.rerank.reranker import stack_chunks
+    from vitrine.rerank.reranker import stack_lists
 
     relational, _ = relational_pair(seed=4)
     with torch.no_grad():
@@ -663,14 +666,14 @@ def test_chunk_strategies_read_only_the_cosines_within_their_chunks():
     assert builder.build(query, None, True, keys, scores, **reranker.relations_read("pointwise")).similarity is None
     with pytest.raises(ValueError, match="every pair"):
         reranker.rank_lists([within], "sliding")
-    with pytest.raises(ValueError, match="spans blocks of 10"):
-        stack_chunks([(within, slice(5, 15))], 10)
+    with pytest.raises(ValueError, match="within blocks of 10, not within the chunks of 5"):
+        stack_lists([within], 5)
 
 
 def test_absolute_scores_can_start_from_the_local_scores():
     """``absolute_prior = local``: before its correction trains, r ranks every list as the local scores do,
     across chunks too (which is what the hybrid merge compares)."""
-    from vitrine.rerank.reranker import stack_chunks
+    from vitrine.rerank.reranker import stack_lists
 
     spec = FeatureSpec(DIM)
     torch.manual_seed(4)
@@ -678,14 +681,14 @@ def test_absolute_scores_can_start_from_the_local_scores():
     with torch.no_grad():  # a local head that has learned something other than the retrieval order
         model.local_head.weight.normal_()
     lists = drawn_lists(3, 23, seed=15)
-    out = model(*stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10))
+    out = model(*stack_lists(lists, 10))
     real = torch.isfinite(out.local)
     r = out.level_logits.softmax(dim=-1)[..., 0]
     order = lambda scores: torch.argsort(scores[real], descending=True)  # noqa: E731
     assert torch.equal(order(r), order(out.local))
     retrieval_start = ChunkListwiseModel(model_config(spec, small_config())).eval()
     retrieval_start.load_state_dict(model.state_dict())
-    other = retrieval_start(*stack_chunks([(found, part) for found in lists for part in chunk_slices(23, 10)], 10))
+    other = retrieval_start(*stack_lists(lists, 10))
     assert not torch.equal(order(other.level_logits.softmax(dim=-1)[..., 0]), order(other.local))
     with pytest.raises(Exception, match="unknown rerank.absolute_prior 'best'"):
         model_config(spec, small_config(absolute_prior="best"))

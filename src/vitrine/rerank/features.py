@@ -127,13 +127,19 @@ class ProductTable:
 
     def __post_init__(self) -> None:
         self._row = {int(key): row for row, key in enumerate(self.keys.tolist())}
+        # The three kinds live in one (kinds, N, D) array, in ``RELATIONS`` order, with ``fused``, ``text`` and
+        # ``image`` views into it: a list's vectors of every kind come out of one gather, already laid out as
+        # the cosines between candidates (``relations_of``) read them.
+        self.kinds = np.stack([getattr(self, kind) for kind in RELATIONS]).astype(np.float32, copy=False)
+        for kind, vectors in zip(RELATIONS, self.kinds):
+            setattr(self, kind, vectors)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     @property
     def dim(self) -> int:
-        return int(self.fused.shape[1])
+        return int(self.kinds.shape[2])
 
     def rows(self, keys: Sequence[int]) -> np.ndarray:
         """Table rows of ``keys``; a key the table lacks is an error (refresh the table first)."""
@@ -228,7 +234,8 @@ class FeatureBuilder:
         retrieval = np.asarray(retrieval, dtype=np.float32)
         q = np.asarray(query_vector, dtype=np.float32)
         rows = self.table.rows(keys)
-        fused, text, image = self.table.fused[rows], self.table.text[rows], self.table.image[rows]
+        kinds = self.table.kinds[:, rows]
+        fused, text, image = (kinds[RELATIONS.index(kind)] for kind in ("fused", "text", "image"))
         k = len(keys)
         cosine = fused @ q
         spread = retrieval.std() if k > 1 else 0.0
@@ -265,27 +272,28 @@ class FeatureBuilder:
             query = np.concatenate([q, modalities]).astype(np.float32)
         else:
             items, query = scalars, modalities
-        similarity = relations_of({"fused": fused, "text": text, "image": image}, block) if relations else None
+        similarity = relations_of(kinds, block) if relations else None
         return CandidateList(keys, query, items, retrieval, levels, ideal, query_text, spec=self.spec,
                              similarity=similarity, similarity_block=block if relations else None)
 
 
-def relations_of(vectors: dict[str, np.ndarray], block: int | None = None) -> np.ndarray:
-    """``(K, K, len(RELATIONS))``: the cosines between K candidates, per vector kind (``vectors[kind]`` is
-    ``(K, D)``, the candidates' unit vectors of that kind); with ``block``, only between candidates in the
+def relations_of(kinds: np.ndarray, block: int | None = None) -> np.ndarray:
+    """``(K, K, R)``: the cosines between K candidates, per kind of vector (``kinds`` is ``(R, K, D)``, the
+    candidates' unit vectors of each kind in ``RELATIONS``); with ``block``, only between candidates in the
     same block of ``block`` consecutive ones (zero elsewhere: a fifth of the work for chunks of 10 in 50)."""
-    count, dim = vectors[RELATIONS[0]].shape
+    count_kinds, count, dim = kinds.shape
     size = max(1, min(block or count, count))
     blocks = -(-count // size)
-    padded = np.zeros((len(RELATIONS), blocks * size, dim), dtype=np.float32)
-    for index, kind in enumerate(RELATIONS):
-        padded[index, :count] = vectors[kind]
+    if blocks * size != count:
+        padded = np.zeros((count_kinds, blocks * size, dim), dtype=np.float32)
+        padded[:, :count] = kinds
+        kinds = padded
     # Through torch, as the history's cosines: numpy's BLAS threads would fight torch's over the cores.
-    grouped = torch.from_numpy(padded).view(len(RELATIONS), blocks, size, dim)
+    grouped = torch.from_numpy(np.ascontiguousarray(kinds, dtype=np.float32)).view(count_kinds, blocks, size, dim)
     cosines = (grouped @ grouped.transpose(-1, -2)).permute(1, 2, 3, 0).numpy()  # (blocks, size, size, R)
     if blocks == 1:
         return np.ascontiguousarray(cosines[0, :count, :count])
-    similarity = np.zeros((count, count, len(RELATIONS)), dtype=np.float32)
+    similarity = np.zeros((count, count, count_kinds), dtype=np.float32)
     for index in range(blocks):
         start, stop = index * size, min(index * size + size, count)
         similarity[start:stop, start:stop] = cosines[index, :stop - start, :stop - start]

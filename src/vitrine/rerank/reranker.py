@@ -193,11 +193,10 @@ class Reranker(BaseReranker):
         model = self._model("listwise")
         size = self.settings.chunk_size
         parts = [chunk_slices(len(found), size) for found in lists]
-        chunks = [(found, part) for found, cut in zip(lists, parts) for part in cut]
         local, null, logits = (np.zeros((0, size), np.float32), np.zeros(0, np.float32),
                                np.zeros((0, size, LEVELS), np.float32))
-        if chunks:
-            result = model(*stack_chunks(chunks, size))
+        if any(parts):
+            result = model(*stack_lists(lists, size))
             local, null, logits = result.local.numpy(), result.null.numpy(), result.level_logits.numpy()
         out, row = [], 0
         for found, cut in zip(lists, parts):
@@ -234,7 +233,7 @@ class Reranker(BaseReranker):
         similarity = None if found.similarity is None else found.similarity[np.ix_(positions, positions)]
         sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions],
                             similarity=similarity)
-        return model(*stack_chunks([(sub, slice(0, len(positions)))], len(positions))).local[0].numpy()
+        return model(*stack_lists([sub], len(positions))).local[0].numpy()
 
     # --- saving ------------------------------------------------------------------------------
 
@@ -282,26 +281,33 @@ class Reranker(BaseReranker):
                              "train one with 'vitrine train-reranker'") from None
 
 
-def stack_chunks(chunks: Sequence[tuple[CandidateList, slice]], size: int):
-    """``(query (C, Fq), items (C, M, Fi), mask (C, M), similarity (C, M, M, R))`` tensors for chunks given
-    as (list, slice), R = ``len(RELATIONS)``; padding slots are masked out and relate to nothing."""
-    count = len(chunks)
-    item_dim = chunks[0][0].items.shape[1]
-    items = np.zeros((count, size, item_dim), dtype=np.float32)
-    mask = np.zeros((count, size), dtype=bool)
-    similarity = np.zeros((count, size, size, len(RELATIONS)), dtype=np.float32)
-    query = np.stack([found.query for found, _ in chunks])
-    for row, (found, part) in enumerate(chunks):
-        width = part.stop - part.start
-        items[row, :width] = found.items[part]
-        mask[row, :width] = True
+def stack_lists(lists: Sequence[CandidateList], size: int):
+    """Every list cut into consecutive chunks of ``size`` (``chunk_slices``), stacked: ``(query (C, Fq),
+    items (C, M, Fi), mask (C, M), similarity (C, M, M, R))`` tensors, R = ``len(RELATIONS)``, a list's chunks
+    in consecutive rows; padding slots (at the end of each list's last chunk) are masked out and relate to
+    nothing."""
+    counts = [-(-len(found) // size) for found in lists]
+    total = sum(counts)
+    item_dim = lists[0].items.shape[1] if lists else 0
+    items = np.zeros((total * size, item_dim), dtype=np.float32)
+    mask = np.zeros(total * size, dtype=bool)
+    similarity = np.zeros((total, size, size, len(RELATIONS)), dtype=np.float32)
+    query = np.repeat(np.stack([found.query for found in lists]), counts, axis=0) if lists else np.zeros((0, 0))
+    row = 0
+    for found, count in zip(lists, counts):
+        start = row * size
+        items[start:start + len(found)] = found.items
+        mask[start:start + len(found)] = True
         if found.similarity is not None:
-            block = found.similarity_block
-            if block is not None and width and part.start // block != (part.stop - 1) // block:
-                raise ValueError(f"chunk {part.start}:{part.stop} spans blocks of {block}, between which the "
-                                 "list holds no cosines")
-            similarity[row, :width, :width] = found.similarity[part, part]
-    return torch.from_numpy(query), torch.from_numpy(items), torch.from_numpy(mask), torch.from_numpy(similarity)
+            if found.similarity_block not in (None, size):
+                raise ValueError(f"the list holds cosines within blocks of {found.similarity_block}, not within "
+                                 f"the chunks of {size} stacked here")
+            for chunk, part in enumerate(chunk_slices(len(found), size)):
+                width = part.stop - part.start
+                similarity[row + chunk, :width, :width] = found.similarity[part, part]
+        row += count
+    return (torch.from_numpy(query.astype(np.float32, copy=False)), torch.from_numpy(items.reshape(total, size, item_dim)),
+            torch.from_numpy(mask.reshape(total, size)), torch.from_numpy(similarity))
 
 
 # --- strategies ------------------------------------------------------------------------------

@@ -34,10 +34,9 @@ from vitrine.rerank.features import (RELATIONS, CandidateList, FeatureBuilder, F
 from vitrine.rerank.history import QueryHistory
 from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
-from vitrine.rerank.merge import chunk_slices
 from vitrine.rerank.metrics import mean_metrics, query_metrics
 from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer
-from vitrine.rerank.reranker import Reranker, RerankSettings, stack_chunks
+from vitrine.rerank.reranker import Reranker, RerankSettings, stack_lists
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +207,9 @@ def split_dev(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[in
 # --- fitting ---------------------------------------------------------------------------------
 
 def _chunk_tensors(lists: Sequence[CandidateList], size: int):
-    chunks = [(found, part) for found in lists for part in chunk_slices(len(found), size)]
-    query, items, mask, similarity = stack_chunks(chunks, size)
+    query, items, mask, similarity = stack_lists(lists, size)
     levels = np.full(mask.shape, IRRELEVANT, dtype=np.int64)
-    for row, (found, part) in enumerate(chunks):
-        levels[row, :part.stop - part.start] = found.levels[part]
+    levels.reshape(-1)[mask.numpy().reshape(-1)] = np.concatenate([found.levels for found in lists]) if lists else []
     return query, items, mask, similarity, torch.from_numpy(levels)
 
 
