@@ -2,7 +2,7 @@
 calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
-        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3]
+        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query.
@@ -185,7 +185,7 @@ def without_vectors(lists):
 
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-                latency_queries: int, results: dict, out_dir: Path, epochs: int | None = None,
+                latency_queries: int, results: dict, out_dir: Path, changes: dict[str, Any] | None = None,
                 folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3) -> None:
     from dataclasses import replace
 
@@ -197,9 +197,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     print(f"\n== {name} ==", flush=True)
     store, *groups, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical, folds_scheme,
                                                       fold_count)
-    config = RerankConfig()
-    if epochs:
-        config.epochs = epochs
+    config = replace(RerankConfig(), **(changes or {}))
     # Lists are built with every input; the default reranker reads the scalars only.
     with_vectors = groups
     groups = groups if config.vector_inputs else [without_vectors(group) for group in groups]
@@ -413,6 +411,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=None, help="reranker epochs (default: rerank.epochs, 40)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="transformer blocks of the chunk model (default: rerank.layers, 1)")
     parser.add_argument("--folds", choices=("dissimilar", "random"), default="dissimilar",
                         help="how training queries are dealt to the cross-fitting folds (see cross_fit_folds)")
     parser.add_argument("--fold-count", type=int, default=3,
@@ -436,8 +436,9 @@ def main() -> None:
     }
     for name in args.only.split(","):
         spec, overrides, fuse = datasets[name.strip()]
+        changes = {key: value for key, value in (("epochs", args.epochs), ("layers", args.layers)) if value}
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    args.epochs, args.folds, args.fold_count, args.seeds)
+                    changes, args.folds, args.fold_count, args.seeds)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

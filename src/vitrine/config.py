@@ -295,9 +295,9 @@ class RerankConfig:
     dim: int = 64
     """Width of the listwise transformer and the pointwise MLP."""
     layers: int = 1
-    """Transformer blocks of the chunk model. One: on the held-back training queries it ranked as two
-    did (Grocery hybrid NDCG@10 0.849 vs 0.855, hit@1 0.787 vs 0.785; CrowdFlower 0.861 vs 0.861,
-    0.672 vs 0.671; mean of 3 seeds) at two thirds of the model's serving time (BENCHMARKS.md)."""
+    """Transformer blocks of the chunk model. One: on the held-back training queries the hybrid ranked
+    within the seeds' spread of two blocks (NDCG@10, mean of 3 seeds: Grocery 0.849 vs 0.855, CrowdFlower
+    0.861 vs 0.861), and the model takes two thirds of the time to serve (BENCHMARKS.md)."""
     heads: int = 4
     dropout: float = 0.1
     epochs: int = 40
