@@ -97,7 +97,8 @@ def test_merging_one_lists_chunks_agrees_with_the_merge_of_its_slices():
         if trial % 2:
             local, absolute = np.round(local), np.round(absolute * 3) / 3
         parts = chunk_slices(count, size)
-        expected = [parts[c].start + i for c, i in hybrid_merge([local[p] for p in parts], [absolute[p] for p in parts])]
+        merged = hybrid_merge([local[p] for p in parts], [absolute[p] for p in parts])
+        expected = [parts[c].start + i for c, i in merged]
         assert merge_chunks(local, absolute, size).tolist() == expected
 
 

@@ -12,5 +12,5 @@ from vitrine.rerank.reranker import STRATEGIES, BaseReranker, Candidate, Ranked,
 __all__ = ["CONCEPT", "FUNCTIONAL", "INSTANCE", "IRRELEVANT", "STRATEGIES", "BaseReranker", "Calibrator", "Candidate",
            "CandidateList", "ChunkListwiseModel", "FeatureBuilder", "FeatureSpec", "PointwiseScorer", "ProductTable",
            "Ranked", "RerankQuery", "Reranker", "chunk_slices", "expected_calibration_error", "hybrid_merge",
-           "level_cross_entropy", "merge_chunks", "null_loss", "pairwise_discordant_loss", "product_table", "reliability_diagram",
-           "sliding_window"]
+           "level_cross_entropy", "merge_chunks", "null_loss", "pairwise_discordant_loss", "product_table",
+           "reliability_diagram", "sliding_window"]

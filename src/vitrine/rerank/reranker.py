@@ -306,8 +306,9 @@ def stack_lists(lists: Sequence[CandidateList], size: int):
                 width = part.stop - part.start
                 similarity[row + chunk, :width, :width] = found.similarity[part, part]
         row += count
-    return (torch.from_numpy(query.astype(np.float32, copy=False)), torch.from_numpy(items.reshape(total, size, item_dim)),
-            torch.from_numpy(mask.reshape(total, size)), torch.from_numpy(similarity))
+    return (torch.from_numpy(query.astype(np.float32, copy=False)),
+            torch.from_numpy(items.reshape(total, size, item_dim)), torch.from_numpy(mask.reshape(total, size)),
+            torch.from_numpy(similarity))
 
 
 # --- strategies ------------------------------------------------------------------------------
