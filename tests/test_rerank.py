@@ -433,6 +433,28 @@ def test_a_reranker_refuses_features_it_was_not_trained_on(trained: Reranker):
     assert trained.bind(trained.builder(table)).features.table is table
 
 
+def test_product_table_keeps_its_kinds_of_vector_in_one_array(tmp_path: Path):
+    from vitrine.rerank.features import stacked_kinds
+
+    rng = np.random.default_rng(9)
+    separate = [rng.normal(size=(5, DIM)).astype(np.float32) for _ in RELATIONS]
+    table = ProductTable(np.arange(5), np.zeros(5), *separate, np.ones(5, bool), list("abcde"), list("abcde"), [[]] * 5)
+    assert table.kinds.shape == (len(RELATIONS), 5, DIM)
+    for kind, vectors in zip(RELATIONS, separate):
+        np.testing.assert_array_equal(getattr(table, kind), vectors)
+        assert np.shares_memory(getattr(table, kind), table.kinds)
+    views = stacked_kinds(5, DIM)
+    for kind, vectors in zip(RELATIONS, separate):
+        views[kind][:] = vectors
+    built = ProductTable(np.arange(5), np.zeros(5), views["fused"], views["text"], views["image"], np.ones(5, bool),
+                         list("abcde"), list("abcde"), [[]] * 5)
+    assert np.shares_memory(built.kinds, views["fused"])  # handed in as one array: kept, not copied
+    table.save(tmp_path / "table.npz")
+    loaded = ProductTable.load(tmp_path / "table.npz")
+    np.testing.assert_array_equal(loaded.kinds, table.kinds)
+    assert all(np.shares_memory(getattr(loaded, kind), loaded.kinds) for kind in RELATIONS)
+
+
 def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path):
     from vitrine.rerank.features import SCALARS, FeatureBuilder
 

@@ -129,8 +129,15 @@ class ProductTable:
         self._row = {int(key): row for row, key in enumerate(self.keys.tolist())}
         # The three kinds live in one (kinds, N, D) array, in ``RELATIONS`` order, with ``fused``, ``text`` and
         # ``image`` views into it: a list's vectors of every kind come out of one gather, already laid out as
-        # the cosines between candidates (``relations_of``) read them.
-        self.kinds = np.stack([getattr(self, kind) for kind in RELATIONS]).astype(np.float32, copy=False)
+        # the cosines between candidates (``relations_of``) read them. ``build`` and ``load`` hand in such
+        # views already (``stacked_kinds``), so a large table is never held twice.
+        given = [getattr(self, kind) for kind in RELATIONS]
+        base = given[0].base
+        stacked = (isinstance(base, np.ndarray) and base.dtype == np.float32
+                   and base.shape == (len(RELATIONS), *given[0].shape)
+                   and all(vectors.base is base and vectors.ctypes.data == base[index].ctypes.data
+                           for index, vectors in enumerate(given)))
+        self.kinds = base if stacked else np.stack(given).astype(np.float32, copy=False)
         for kind, vectors in zip(RELATIONS, self.kinds):
             setattr(self, kind, vectors)
 
@@ -158,8 +165,8 @@ class ProductTable:
         keys = np.array([key for key, _, _ in entries], dtype=np.int64)
         versions = np.array([version for _, version, _ in entries], dtype=np.int64)
         n = len(entries)
-        fused = np.zeros((n, embedder.dim), dtype=np.float32)
-        text, image = np.zeros_like(fused), np.zeros_like(fused)
+        views = stacked_kinds(n, embedder.dim)
+        fused, text, image = views["fused"], views["text"], views["image"]
         todo = []
         for row, (key, version, _) in enumerate(entries):
             if reusable and key in previous and previous.versions[previous._row[key]] == version:
@@ -199,10 +206,20 @@ class ProductTable:
         try:
             with np.load(path) as saved:
                 meta = json.loads(saved["meta"].tobytes().decode())
-                return cls(saved["keys"], saved["versions"], saved["fused"], saved["text"], saved["image"],
+                views = stacked_kinds(*saved["fused"].shape)
+                for kind in RELATIONS:  # one kind in memory at a time besides the table
+                    views[kind][:] = saved[kind]
+                return cls(saved["keys"], saved["versions"], views["fused"], views["text"], views["image"],
                            saved["has_image"], meta["ids"], meta["titles"], meta["keywords"], meta["embedding"])
         except (OSError, ValueError, KeyError):
             return None
+
+
+def stacked_kinds(count: int, dim: int) -> dict[str, np.ndarray]:
+    """Zeroed ``(count, dim)`` arrays, one per kind of vector, as views into one ``(kinds, count, dim)`` array
+    in ``RELATIONS`` order: what ``ProductTable`` keeps without copying."""
+    stacked = np.zeros((len(RELATIONS), count, dim), dtype=np.float32)
+    return {kind: stacked[index] for index, kind in enumerate(RELATIONS)}
 
 
 def words(text: str | None) -> set[str]:
