@@ -472,9 +472,14 @@ def test_scalar_only_features_are_the_scalars_of_the_full_layout(tmp_path: Path)
     for channel, kind in enumerate(vectors):  # fused, text, image: the candidates' vectors in the list's order
         listed = kind[[2, 0, 1]]
         np.testing.assert_allclose(scalars.similarity[..., channel], listed @ listed.T, rtol=1e-5)
-    unrelated = FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1], relations=False)
-    assert unrelated.similarity is None  # for pointwise serving, which never reads them
+    unrelated = FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1], relations="none")
+    assert unrelated.similarity is None and unrelated.relation_vectors is None  # pointwise serving never reads them
     np.testing.assert_array_equal(unrelated.items, full.items)
+    served = FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1], relations="vectors")
+    np.testing.assert_array_equal(served.relation_vectors, vectors[:, [2, 0, 1]])
+    assert served.similarity is None
+    with pytest.raises(ValueError, match="relations must be one of"):
+        FeatureBuilder(table).build(query, None, True, [2, 0, 1], [0.9, 0.5, 0.1], relations="all")
 
     # A scalar-only reranker saves, loads and binds as one, and refuses a builder with vector inputs.
     model = ChunkListwiseModel(model_config(scalars.spec, small_config())).eval()
@@ -551,7 +556,8 @@ def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
     from vitrine.rerank.reranker import stack_lists
 
     found, short = with_similarity(drawn_lists(1, 23, seed=1) + drawn_lists(1, 7, seed=2), seed=5)
-    query, items, mask, similarity = stack_lists([found, short], 10)
+    query, items, mask, similarity, vectors = stack_lists([found, short], 10)
+    assert vectors is None
     assert query.shape[0] == items.shape[0] == 4  # chunks of 10, 10, 3, then the short list's 7
     for row, (owner, part) in enumerate([(found, p) for p in chunk_slices(23, 10)] + [(short, slice(0, 7))]):
         width = part.stop - part.start
@@ -561,6 +567,18 @@ def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
         assert mask[row].tolist() == [True] * width + [False] * (10 - width)
     assert similarity[2, 3:].abs().sum() == 0 and similarity[2, :, 3:].abs().sum() == 0  # padding relates to nothing
     assert items[3, 7:].abs().sum() == 0
+    # Lists that carry their candidates' vectors stack them chunk by chunk, (chunks, kinds, M, D).
+    rng = np.random.default_rng(3)
+    found.relation_vectors, short.relation_vectors = (rng.normal(size=(len(RELATIONS), n, 4)).astype(np.float32) for n in (23, 7))
+    *_, similarity, vectors = stack_lists([found, short], 10)
+    assert similarity is None and vectors.shape == (4, len(RELATIONS), 10, 4)
+    for row, (owner, part) in enumerate([(found, p) for p in chunk_slices(23, 10)] + [(short, slice(0, 7))]):
+        width = part.stop - part.start
+        np.testing.assert_array_equal(vectors[row, :, :width].numpy(), owner.relation_vectors[:, part])
+        assert vectors[row, :, width:].abs().sum() == 0
+    found.relation_vectors = None
+    with pytest.raises(ValueError, match="build them alike"):
+        stack_lists([found, short], 10)
 
 
 def relational_pair(seed: int = 0) -> tuple[ChunkListwiseModel, ChunkListwiseModel]:
@@ -578,7 +596,7 @@ def test_relational_attention_starts_plain_and_then_reads_how_candidates_relate(
 
     relational, plain = relational_pair()
     lists = with_similarity(drawn_lists(3, 23, seed=6), seed=7)
-    inputs = stack_lists(lists, 10)
+    inputs = stack_lists(lists, 10)[:4]
     with torch.no_grad():
         # The relation weights start at zero: the model is the plain one until training moves them.
         torch.testing.assert_close(relational(*inputs).local, plain(*inputs).local)
@@ -649,48 +667,62 @@ def test_onnx_runtime_runs_a_relational_model_as_pytorch_does(tmp_path: Path, mo
     relational, _ = relational_pair(seed=2)
     with torch.no_grad():
         relational.relation.copy_(torch.randn(relational.relation.shape) * 0.3)
+    from vitrine.rerank.reranker import stack_lists
+
     reranker = Reranker(FeatureSpec(DIM), relational)
     served = Reranker(FeatureSpec(DIM), relational).serve_with("onnx", threads=1)
     assert type(served.runners["listwise"]).__name__ == "OnnxChunkModel"
-    lists = with_similarity(drawn_lists(4, 23, seed=13), seed=14)
+    builder, queries = served_lists_builder(seed=13)
+    as_served = [builder.build(query, None, True, keys, scores, relations="vectors") for query, keys, scores in queries]
+    with_cosines = [builder.build(query, None, True, keys, scores) for query, keys, scores in queries]
+    assert all(found.relation_vectors is not None for found in as_served)
+    with torch.no_grad():  # the graph itself computes the cosines the model would be given
+        direct = served.runners["listwise"](*stack_lists(as_served, 10))
+        given = relational(*stack_lists(with_cosines, 10)[:4])
+    torch.testing.assert_close(direct.local, given.local, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(direct.level_logits, given.level_logits, atol=1e-4, rtol=1e-4)
     for strategy in ("local", "listwise", "hybrid", "sliding"):
-        for a, b in zip(reranker.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
-            np.testing.assert_array_equal(a.order, b.order)
+        for lists in (as_served, with_cosines, with_similarity(drawn_lists(4, 23, seed=13), seed=14)):
+            for a, b in zip(reranker.rank_lists(lists, strategy), served.rank_lists(lists, strategy)):
+                np.testing.assert_array_equal(a.order, b.order)
 
 
-def test_chunk_strategies_read_only_the_cosines_within_their_chunks():
-    """Serving computes the cosines between candidates only within each chunk (``relations_read``): every
-    chunk strategy ranks such a list exactly as it ranks the list with every pair's cosine, and what would
-    read across chunks refuses the partial list instead of reading zeros."""
+def served_lists_builder(seed: int, products: int = 30, count: int = 4, k: int = 23):
+    """A feature builder over random unit vectors, and ``count`` (query vector, keys, scores) to build lists of."""
     from vitrine.rerank.features import FeatureBuilder
-    from vitrine.rerank.reranker import stack_lists
 
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(RELATIONS), products, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    table = ProductTable(np.arange(products), np.zeros(products), *vectors, np.ones(products, bool),
+                         [str(i) for i in range(products)], [f"product {i}" for i in range(products)],
+                         [[] for _ in range(products)])
+    queries = [(vectors[0, i], rng.permutation(products)[:k], np.sort(rng.random(k))[::-1]) for i in range(count)]
+    return FeatureBuilder(table), queries
+
+
+def test_served_lists_carry_vectors_and_rank_as_lists_with_cosines():
+    """Serving hands the chunk model the candidates' vectors (``relations_read``), from which it computes the
+    cosines within each chunk or window itself: every strategy ranks such lists exactly as lists that carry
+    every pair's cosine, and pointwise serving carries neither."""
     relational, _ = relational_pair(seed=4)
     with torch.no_grad():
         relational.relation.copy_(torch.randn(relational.relation.shape) * 0.5)
-    rng = np.random.default_rng(8)
-    vectors = rng.normal(size=(3, 30, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
-    table = ProductTable(np.arange(30), np.zeros(30), *vectors, np.ones(30, bool), [str(i) for i in range(30)],
-                         [f"product {i}" for i in range(30)], [[] for _ in range(30)])
     reranker = Reranker(FeatureSpec(DIM), relational)
-    builder = FeatureBuilder(table)
-    keys, scores = rng.permutation(30)[:23], np.sort(rng.random(23))[::-1]
-    query = vectors[0, 5]
-    every_pair = builder.build(query, None, True, keys, scores, **reranker.relations_read("sliding"))
-    for strategy in ("local", "listwise", "absolute", "hybrid"):
-        within = builder.build(query, None, True, keys, scores, **reranker.relations_read(strategy))
-        assert within.similarity_block == reranker.settings.chunk_size
-        assert np.abs(within.similarity[:10, 10:]).sum() == 0  # nothing computed between chunks
-        a, b = reranker.rank_lists([every_pair], strategy)[0], reranker.rank_lists([within], strategy)[0]
-        np.testing.assert_array_equal(a.order, b.order)
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
-    assert reranker.relations_read("pointwise") == {"relations": False}
-    assert builder.build(query, None, True, keys, scores, **reranker.relations_read("pointwise")).similarity is None
-    with pytest.raises(ValueError, match="every pair"):
-        reranker.rank_lists([within], "sliding")
-    with pytest.raises(ValueError, match="within blocks of 10, not within the chunks of 5"):
-        stack_lists([within], 5)
+    builder, queries = served_lists_builder(seed=8)
+    with_cosines = [builder.build(query, None, True, keys, scores) for query, keys, scores in queries]
+    for strategy in ("local", "listwise", "absolute", "hybrid", "sliding"):
+        assert reranker.relations_read(strategy) == {"relations": "vectors"}
+        as_served = [builder.build(query, None, True, keys, scores, **reranker.relations_read(strategy))
+                     for query, keys, scores in queries]
+        assert all(found.similarity is None and found.relation_vectors.shape == (len(RELATIONS), 23, DIM) for found in as_served)
+        for a, b in zip(reranker.rank_lists(with_cosines, strategy), reranker.rank_lists(as_served, strategy)):
+            np.testing.assert_array_equal(a.order, b.order)
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+    assert reranker.relations_read("pointwise") == {"relations": "none"}
+    query, keys, scores = queries[0]
+    unrelated = builder.build(query, None, True, keys, scores, **reranker.relations_read("pointwise"))
+    assert unrelated.similarity is None and unrelated.relation_vectors is None
 
 
 def test_absolute_scores_can_start_from_the_local_scores():
@@ -704,14 +736,14 @@ def test_absolute_scores_can_start_from_the_local_scores():
     with torch.no_grad():  # a local head that has learned something other than the retrieval order
         model.local_head.weight.normal_()
     lists = drawn_lists(3, 23, seed=15)
-    out = model(*stack_lists(lists, 10))
+    out = model(*stack_lists(lists, 10)[:4])
     real = torch.isfinite(out.local)
     r = out.level_logits.softmax(dim=-1)[..., 0]
     order = lambda scores: torch.argsort(scores[real], descending=True)  # noqa: E731
     assert torch.equal(order(r), order(out.local))
     retrieval_start = ChunkListwiseModel(model_config(spec, small_config())).eval()
     retrieval_start.load_state_dict(model.state_dict())
-    other = retrieval_start(*stack_lists(lists, 10))
+    other = retrieval_start(*stack_lists(lists, 10)[:4])
     assert not torch.equal(order(other.level_logits.softmax(dim=-1)[..., 0]), order(other.local))
     with pytest.raises(Exception, match="unknown rerank.absolute_prior 'best'"):
         model_config(spec, small_config(absolute_prior="best"))

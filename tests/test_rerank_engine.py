@@ -56,9 +56,8 @@ def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     hybrid = engine.search(text="a warm winter scarf", k=4, rerank="hybrid")
     assert all(0.0 <= h.score <= 1.0 for h in hybrid)  # r is a probability
     reranker = engine.reranker()  # pointwise was served above without the cosines between candidates
-    assert reranker.relations_read("pointwise") == {"relations": False}
-    assert reranker.relations_read("sliding") == {"relations": True, "block": None}
-    assert reranker.relations_read("hybrid") == {"relations": True, "block": reranker.settings.chunk_size}
+    assert reranker.relations_read("pointwise") == {"relations": "none"}
+    assert reranker.relations_read("hybrid") == reranker.relations_read("sliding") == {"relations": "vectors"}
 
     result = run("search", store, "--text", "coffee mug", "-k", "2", "--rerank", "hybrid", "--candidates", "4", "--json")
     assert result.exit_code == 0, result.output

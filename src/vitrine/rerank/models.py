@@ -168,9 +168,12 @@ class ChunkListwiseModel(nn.Module):
             _start_at_zero(self.absolute_head[-1])
 
     def forward(self, query: torch.Tensor, items: torch.Tensor, mask: torch.Tensor,
-                similarity: torch.Tensor | None = None) -> ChunkOutput:
-        """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates; ``similarity
-        (B, M, M, relations)`` the cosines between candidates (read by a relational model only)."""
+                similarity: torch.Tensor | None = None, vectors: torch.Tensor | None = None) -> ChunkOutput:
+        """``query (B, Fq)``, ``items (B, M, Fi)``, ``mask (B, M)`` True for real candidates; what relates the
+        candidates (read by a relational model only): ``similarity (B, M, M, relations)``, their cosines, or
+        ``vectors (B, relations, M, D)``, their unit vectors, whose cosines the model then computes."""
+        if vectors is not None and self.relation is not None:
+            similarity = chunk_cosines(vectors)
         batch, m = mask.shape
         null = (self.null + self.kind.weight[0]).expand(batch, 1, -1)
         q = (self.query_in(self.query_norm(query)) + self.kind.weight[1]).unsqueeze(1)
@@ -200,6 +203,13 @@ class ChunkListwiseModel(nn.Module):
         tens, which a weight starting at zero would take thousands of steps to reach at the models' learning
         rate."""
         return (pairs @ (RELATION_RANGE * self.relation[layer]).T).permute(0, 3, 1, 2)
+
+
+def chunk_cosines(vectors: torch.Tensor) -> torch.Tensor:
+    """``vectors (B, relations, M, D)`` → ``(B, M, M, relations)``: the cosines between a chunk's candidates,
+    per kind of vector. In the served graph this is one batched product: cheaper than handing it a matrix
+    computed outside."""
+    return (vectors @ vectors.transpose(-1, -2)).permute(0, 2, 3, 1)
 
 
 class PointwiseScorer(nn.Module):

@@ -162,13 +162,10 @@ class Reranker(BaseReranker):
         return results
 
     def relations_read(self, strategy: str | None = None) -> dict[str, Any]:
-        """Which cosines between candidates ``strategy`` reads, as ``FeatureBuilder.build`` arguments: none
-        (scoring candidates one at a time), those within each chunk (the chunk strategies), or every pair
-        (sliding windows, which span chunks). Serving computes no more than that."""
-        name = strategy or self.settings.strategy
-        if name == "pointwise":
-            return {"relations": False}
-        return {"relations": True, "block": None if name == "sliding" else self.settings.chunk_size}
+        """What relates the candidates, as ``strategy`` is served (``FeatureBuilder.build`` arguments): the
+        candidates' vectors for the chunk model (every strategy but pointwise), which computes the cosines
+        within each chunk or window itself; nothing for scoring candidates one at a time."""
+        return {"relations": "none" if (strategy or self.settings.strategy) == "pointwise" else "vectors"}
 
     def rank_lists(self, lists: Sequence[CandidateList], strategy: str | None = None) -> list[Ordering]:
         name = strategy or self.settings.strategy
@@ -227,12 +224,10 @@ class Reranker(BaseReranker):
     def window_scores(self, found: CandidateList, positions: np.ndarray) -> np.ndarray:
         """Local scores of the candidates at ``positions`` compared as one window."""
         model = self._model("listwise")
-        if found.similarity_block is not None:
-            raise ValueError("a sliding window relates candidates of different chunks: build its list with "
-                             "the cosines between every pair (block=None)")
         similarity = None if found.similarity is None else found.similarity[np.ix_(positions, positions)]
+        vectors = None if found.relation_vectors is None else found.relation_vectors[:, positions]
         sub = CandidateList(found.keys[positions], found.query, found.items[positions], found.retrieval[positions],
-                            similarity=similarity)
+                            similarity=similarity, relation_vectors=vectors)
         return model(*stack_lists([sub], len(positions))).local[0].numpy()
 
     # --- saving ------------------------------------------------------------------------------
@@ -283,32 +278,55 @@ class Reranker(BaseReranker):
 
 def stack_lists(lists: Sequence[CandidateList], size: int):
     """Every list cut into consecutive chunks of ``size`` (``chunk_slices``), stacked: ``(query (C, Fq),
-    items (C, M, Fi), mask (C, M), similarity (C, M, M, R))`` tensors, R = ``len(RELATIONS)``, a list's chunks
-    in consecutive rows; padding slots (at the end of each list's last chunk) are masked out and relate to
-    nothing."""
+    items (C, M, Fi), mask (C, M), similarity (C, M, M, R), vectors (C, R, M, D))`` tensors, R =
+    ``len(RELATIONS)``, a list's chunks in consecutive rows. What relates the candidates comes as the lists
+    carry it: ``vectors`` if they carry vectors (``similarity`` is then ``None``), else ``similarity``
+    (``vectors`` ``None``; zeros for lists that carry neither). Padding slots (at the end of each list's last
+    chunk) are masked out and relate to nothing."""
     counts = [-(-len(found) // size) for found in lists]
     total = sum(counts)
     item_dim = lists[0].items.shape[1] if lists else 0
     items = np.zeros((total * size, item_dim), dtype=np.float32)
     mask = np.zeros(total * size, dtype=bool)
-    similarity = np.zeros((total, size, size, len(RELATIONS)), dtype=np.float32)
     query = np.repeat(np.stack([found.query for found in lists]), counts, axis=0) if lists else np.zeros((0, 0))
+    carry_vectors = [found.relation_vectors is not None for found in lists]
+    if any(carry_vectors) and not all(carry_vectors):
+        raise ValueError("some lists carry their candidates' vectors and some do not: build them alike")
+    relations = _stacked_vectors(lists, counts, size) if any(carry_vectors) else _stacked_cosines(lists, counts, size)
     row = 0
     for found, count in zip(lists, counts):
-        start = row * size
-        items[start:start + len(found)] = found.items
-        mask[start:start + len(found)] = True
+        items[row * size:row * size + len(found)] = found.items
+        mask[row * size:row * size + len(found)] = True
+        row += count
+    stacked = (torch.from_numpy(query.astype(np.float32, copy=False)),
+               torch.from_numpy(items.reshape(total, size, item_dim)), torch.from_numpy(mask.reshape(total, size)))
+    return (*stacked, None, relations) if any(carry_vectors) else (*stacked, relations, None)
+
+
+def _stacked_vectors(lists: Sequence[CandidateList], counts: Sequence[int], size: int) -> torch.Tensor:
+    """``(C, R, M, D)``: each chunk's candidates' vectors, zero for padding."""
+    kinds, dim = lists[0].relation_vectors.shape[0], lists[0].relation_vectors.shape[2]
+    vectors = np.zeros((sum(counts), kinds, size, dim), dtype=np.float32)
+    row = 0
+    for found, count in zip(lists, counts):
+        padded = np.zeros((kinds, count * size, dim), dtype=np.float32)
+        padded[:, :len(found)] = found.relation_vectors
+        vectors[row:row + count] = padded.reshape(kinds, count, size, dim).transpose(1, 0, 2, 3)
+        row += count
+    return torch.from_numpy(vectors)
+
+
+def _stacked_cosines(lists: Sequence[CandidateList], counts: Sequence[int], size: int) -> torch.Tensor:
+    """``(C, M, M, R)``: each chunk's block of its list's cosines, zero for padding (and lists without any)."""
+    similarity = np.zeros((sum(counts), size, size, len(RELATIONS)), dtype=np.float32)
+    row = 0
+    for found, count in zip(lists, counts):
         if found.similarity is not None:
-            if found.similarity_block not in (None, size):
-                raise ValueError(f"the list holds cosines within blocks of {found.similarity_block}, not within "
-                                 f"the chunks of {size} stacked here")
             for chunk, part in enumerate(chunk_slices(len(found), size)):
                 width = part.stop - part.start
                 similarity[row + chunk, :width, :width] = found.similarity[part, part]
         row += count
-    return (torch.from_numpy(query.astype(np.float32, copy=False)),
-            torch.from_numpy(items.reshape(total, size, item_dim)), torch.from_numpy(mask.reshape(total, size)),
-            torch.from_numpy(similarity))
+    return torch.from_numpy(similarity)
 
 
 # --- strategies ------------------------------------------------------------------------------

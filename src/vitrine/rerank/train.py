@@ -35,7 +35,7 @@ from vitrine.rerank.history import QueryHistory
 from vitrine.rerank.levels import INSTANCE, IRRELEVANT, levels_for, to_gain
 from vitrine.rerank.losses import level_cross_entropy, null_loss, pairwise_discordant_loss
 from vitrine.rerank.metrics import mean_metrics, query_metrics
-from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer
+from vitrine.rerank.models import ChunkListwiseModel, ModelConfig, PointwiseScorer, chunk_cosines
 from vitrine.rerank.reranker import Reranker, RerankSettings, stack_lists
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,9 @@ def split_dev(items: Sequence[Any], fraction: float, seed: int) -> tuple[list[in
 # --- fitting ---------------------------------------------------------------------------------
 
 def _chunk_tensors(lists: Sequence[CandidateList], size: int):
-    query, items, mask, similarity = stack_lists(lists, size)
+    query, items, mask, similarity, vectors = stack_lists(lists, size)
+    if similarity is None:  # lists built as served: the cosines once, here, rather than every epoch
+        similarity = chunk_cosines(vectors)
     levels = np.full(mask.shape, IRRELEVANT, dtype=np.int64)
     levels.reshape(-1)[mask.numpy().reshape(-1)] = np.concatenate([found.levels for found in lists]) if lists else []
     return query, items, mask, similarity, torch.from_numpy(levels)
