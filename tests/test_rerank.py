@@ -569,7 +569,8 @@ def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
     assert items[3, 7:].abs().sum() == 0
     # Lists that carry their candidates' vectors stack them chunk by chunk, (chunks, kinds, M, D).
     rng = np.random.default_rng(3)
-    found.relation_vectors, short.relation_vectors = (rng.normal(size=(len(RELATIONS), n, 4)).astype(np.float32) for n in (23, 7))
+    found.relation_vectors, short.relation_vectors = (rng.normal(size=(len(RELATIONS), n, 4)).astype(np.float32)
+                                                      for n in (23, 7))
     *_, similarity, vectors = stack_lists([found, short], 10)
     assert similarity is None and vectors.shape == (4, len(RELATIONS), 10, 4)
     for row, (owner, part) in enumerate([(found, p) for p in chunk_slices(23, 10)] + [(short, slice(0, 7))]):
@@ -715,7 +716,8 @@ def test_served_lists_carry_vectors_and_rank_as_lists_with_cosines():
         assert reranker.relations_read(strategy) == {"relations": "vectors"}
         as_served = [builder.build(query, None, True, keys, scores, **reranker.relations_read(strategy))
                      for query, keys, scores in queries]
-        assert all(found.similarity is None and found.relation_vectors.shape == (len(RELATIONS), 23, DIM) for found in as_served)
+        assert all(found.similarity is None and found.relation_vectors.shape == (len(RELATIONS), 23, DIM)
+                   for found in as_served)
         for a, b in zip(reranker.rank_lists(with_cosines, strategy), reranker.rank_lists(as_served, strategy)):
             np.testing.assert_array_equal(a.order, b.order)
             np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
