@@ -577,6 +577,8 @@ def test_stacked_chunks_carry_each_chunks_block_of_the_similarity():
         width = part.stop - part.start
         np.testing.assert_array_equal(vectors[row, :, :width].numpy(), owner.relation_vectors[:, part])
         assert vectors[row, :, width:].abs().sum() == 0
+    *_, whole = stack_lists([found], 23)  # a list that fills its chunks exactly needs no padding
+    np.testing.assert_array_equal(whole[0].numpy(), found.relation_vectors)
     found.relation_vectors = None
     with pytest.raises(ValueError, match="build them alike"):
         stack_lists([found, short], 10)

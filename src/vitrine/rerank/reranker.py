@@ -309,9 +309,11 @@ def _stacked_vectors(lists: Sequence[CandidateList], counts: Sequence[int], size
     vectors = np.zeros((sum(counts), kinds, size, dim), dtype=np.float32)
     row = 0
     for found, count in zip(lists, counts):
-        padded = np.zeros((kinds, count * size, dim), dtype=np.float32)
-        padded[:, :len(found)] = found.relation_vectors
-        vectors[row:row + count] = padded.reshape(kinds, count, size, dim).transpose(1, 0, 2, 3)
+        source = found.relation_vectors
+        if len(found) != count * size:  # only a short last chunk needs padding first (K = 50, M = 10 does not)
+            source = np.zeros((kinds, count * size, dim), dtype=np.float32)
+            source[:, :len(found)] = found.relation_vectors
+        vectors[row:row + count] = source.reshape(kinds, count, size, dim).transpose(1, 0, 2, 3)
         row += count
     return torch.from_numpy(vectors)
 
