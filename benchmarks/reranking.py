@@ -1,11 +1,14 @@
-"""Reranking benchmark (issue 5): Pailitao-VL's ablation on Grocery val and CrowdFlower val, latency,
+r"""Reranking benchmark (issue 5): Pailitao-VL's ablation on Grocery val and CrowdFlower val, latency,
 calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
-        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N]
+        [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N] \
+        [--zero-shot-weight W]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
-with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query.
+with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query. With
+``--zero-shot-weight W`` the retrievers are served beside the frozen backbones' zero-shot vectors
+(``embedding.zero_shot_weight``), and the reranker reads that ensemble's vectors.
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -65,12 +68,14 @@ def train_retriever(store, splits, name: str, keys: set[str] | None, overrides: 
     print(f"  ... {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def embedder_for(store, name: str | None):
-    """The trained towers models/NAME, or the zero-shot embedder for ``None``."""
+def embedder_for(store, name: str | None, zero_shot_weight: float = 0.0):
+    """The trained towers models/NAME (served beside the zero-shot vectors with ``zero_shot_weight``), or the
+    zero-shot embedder for ``None``."""
     from vitrine.encoders import FeatureCache
     from vitrine.engine.factory import build_embedder
 
-    overrides = {"embedding.kind": "trained", "embedding.model": name} if name else {"embedding.kind": "zeroshot"}
+    overrides = ({"embedding.kind": "trained", "embedding.model": name, "embedding.zero_shot_weight": zero_shot_weight}
+                 if name else {"embedding.kind": "zeroshot"})
     config = store.config(overrides)
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
@@ -97,7 +102,7 @@ def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: i
 
 
 def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-            folds_scheme: str = "dissimilar", fold_count: int = 3):
+            folds_scheme: str = "dissimilar", fold_count: int = 3, zero_shot_weight: float = 0.0):
     """(train lists (cross-fitted), val lists, table, lexical) for one dataset."""
     import vitrine
     from vitrine.catalog.datasets import load_splits
@@ -116,7 +121,8 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
         others = set().union(*(folds[g] for g in range(fold_count) if g != f))
         train_retriever(store, splits, f"{prefix}fold{f}", others, overrides)
     train_retriever(store, splits, "full", None, overrides)
-    store.config({"embedding.kind": "trained", "embedding.model": "full"}).save(store.config_path)
+    store.config({"embedding.kind": "trained", "embedding.model": "full",
+                  "embedding.zero_shot_weight": zero_shot_weight}).save(store.config_path)
     engine = vitrine.open(store)
     engine.sync(progress=False)
     lexical = engine.lexical
@@ -126,7 +132,7 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     for f in range(fold_count):
         # The fold's retriever was trained on the other folds' queries: they are its history, as the
         # whole training split is the val retriever's.
-        embedder = embedder_for(store, f"{prefix}fold{f}")
+        embedder = embedder_for(store, f"{prefix}fold{f}", zero_shot_weight)
         table = ProductTable.build(entries, embedder)
         past = [q for q in queries if q.key not in folds[f]]
         history = query_history(past, embedder.encode_queries([q.query for q in past]), table)
@@ -186,7 +192,8 @@ def without_vectors(lists):
 
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
                 latency_queries: int, results: dict, out_dir: Path, changes: dict[str, Any] | None = None,
-                folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3) -> None:
+                folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3,
+                zero_shot_weight: float = 0.0) -> None:
     from dataclasses import replace
 
     from vitrine.config import RerankConfig
@@ -196,7 +203,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
 
     print(f"\n== {name} ==", flush=True)
     store, *groups, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical, folds_scheme,
-                                                      fold_count)
+                                                      fold_count, zero_shot_weight)
     config = replace(RerankConfig(), **(changes or {}))
     # Lists are built with every input; the default reranker reads the scalars only.
     with_vectors = groups
@@ -266,7 +273,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
 
     # Rebuilt from the query vectors, which lists with vector inputs carry.
     latency = measure_latency(full, table, lexical, with_vectors[2][:latency_queries], config.threads)
-    results[name] = {"quality": rows, "quality_sd_over_seeds": spread, "seeds": seeds,
+    results[name] = {"zero_shot_weight": zero_shot_weight, "quality": rows, "quality_sd_over_seeds": spread, "seeds": seeds,
                      "paired_differences": comparisons, "parts": parts, "calibration": calibration,
                      "latency_ms": latency,
                      "train_s": train_s,
@@ -418,6 +425,9 @@ def main() -> None:
     parser.add_argument("--fold-count", type=int, default=3,
                         help="cross-fitting folds, one retriever each (3: a training query's nearest same-product "
                              "photo in the other folds is then as far as a val photo's in the training split)")
+    parser.add_argument("--zero-shot-weight", type=float, default=0.0,
+                        help="serve the retrievers beside the frozen backbones' zero-shot vectors with this weight "
+                             "(embedding.zero_shot_weight; 0 = towers alone)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="train the ablation's models with this many seeds and report their mean (the SD over "
                              "seeds beside it); calibration, latency and the parts table use seed 0")
@@ -438,7 +448,7 @@ def main() -> None:
         spec, overrides, fuse = datasets[name.strip()]
         changes = {key: value for key, value in (("epochs", args.epochs), ("layers", args.layers)) if value}
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    changes, args.folds, args.fold_count, args.seeds)
+                    changes, args.folds, args.fold_count, args.seeds, args.zero_shot_weight)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
