@@ -273,7 +273,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
 
     # Rebuilt from the query vectors, which lists with vector inputs carry.
     latency = measure_latency(full, table, lexical, with_vectors[2][:latency_queries], config.threads)
-    results[name] = {"zero_shot_weight": zero_shot_weight, "quality": rows, "quality_sd_over_seeds": spread, "seeds": seeds,
+    results[name] = {"zero_shot_weight": zero_shot_weight, "quality": rows, "quality_sd_over_seeds": spread,
+                     "seeds": seeds,
                      "paired_differences": comparisons, "parts": parts, "calibration": calibration,
                      "latency_ms": latency,
                      "train_s": train_s,
