@@ -45,6 +45,7 @@ class QueryHistory:
     """Row order that puts each product's rows side by side (segments in ``_segment_keys`` order)."""
     _segment_keys: np.ndarray = field(init=False, repr=False)
     _segment_starts: np.ndarray = field(init=False, repr=False)
+    _segment_lengths: np.ndarray = field(init=False, repr=False)
     _rows_of_source: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +55,8 @@ class QueryHistory:
             raise ValueError(f"history rows disagree: {len(self.vectors)} vectors, {len(self.keys)} keys, "
                              f"{len(self.sources)} sources")
         self._by_key = np.argsort(self.keys, kind="stable")
-        self._segment_keys, self._segment_starts = np.unique(self.keys[self._by_key], return_index=True)
+        self._segment_keys, self._segment_starts, self._segment_lengths = np.unique(
+            self.keys[self._by_key], return_index=True, return_counts=True)
         self._rows_of_source = _group(self.sources)
 
     def __len__(self) -> int:
@@ -68,26 +70,33 @@ class QueryHistory:
     def evidence(self, query: np.ndarray, keys: Sequence[int],
                  exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
-        and how many past queries there were, leaving out the rows of query ``exclude``."""
+        and how many past queries there were, leaving out the rows of query ``exclude``. Reads only the
+        candidates' rows: the cost grows with their history, not with the whole history's."""
+        keys = np.asarray(keys, dtype=np.int64)
         best = np.full(len(keys), NO_HISTORY, dtype=np.float32)
         count = np.zeros(len(keys), dtype=np.float32)
-        if not len(self):
+        if not len(self) or not len(keys):
             return best, count
+        segment = np.minimum(np.searchsorted(self._segment_keys, keys), len(self._segment_keys) - 1)
+        known = np.flatnonzero(self._segment_keys[segment] == keys)
+        if not len(known):
+            return best, count
+        # The candidates' rows, one run per candidate (a key listed twice gets its run twice).
+        starts, lengths = self._segment_starts[segment[known]], self._segment_lengths[segment[known]]
+        run_starts = np.cumsum(lengths) - lengths
+        rows = self._by_key[np.repeat(starts - run_starts, lengths) + np.arange(int(lengths.sum()))]
         # Through torch, not numpy: numpy's BLAS has a thread pool of its own, and the two pools fighting
         # over 2 cores turned a 0.5 ms rerank into 8 ms.
-        similarity = (torch.from_numpy(self.vectors) @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
-        present = np.ones(len(self), dtype=np.float32)
+        similarity = (torch.from_numpy(self.vectors[rows])
+                      @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
+        present = np.ones(len(rows), dtype=np.float32)
         if exclude is not None and exclude in self._rows_of_source:
-            similarity[self._rows_of_source[exclude]] = -np.inf
-            present[self._rows_of_source[exclude]] = 0.0
-        # Every product's best cosine and count at once (one pass over the rows grouped by product), then
-        # the candidates' segments looked up: no Python loop over the candidates.
-        segment_best = np.maximum.reduceat(similarity[self._by_key], self._segment_starts)
-        segment_count = np.add.reduceat(present[self._by_key], self._segment_starts)
-        keys = np.asarray(keys, dtype=np.int64)
-        segment = np.minimum(np.searchsorted(self._segment_keys, keys), len(self._segment_keys) - 1)
-        known = (self._segment_keys[segment] == keys) & (segment_count[segment] > 0)
-        best[known], count[known] = segment_best[segment[known]], segment_count[segment[known]]
+            own = np.isin(rows, self._rows_of_source[exclude])
+            similarity[own], present[own] = -np.inf, 0.0
+        run_best = np.maximum.reduceat(similarity, run_starts)
+        run_count = np.add.reduceat(present, run_starts)
+        seen = run_count > 0  # a product whose only past query is ``exclude`` has none
+        best[known[seen]], count[known[seen]] = run_best[seen], run_count[seen]
         return best, count
 
     def save(self, folder: Path) -> None:
