@@ -179,13 +179,16 @@ def test_query_history_evidence_matches_a_loop_over_candidates():
     keys, sources = rng.integers(0, 40, size=300), [f"q{i}" for i in rng.integers(0, 120, size=300)]
     history = QueryHistory(vectors, keys, sources)
     query = rng.normal(size=8).astype(np.float32)
-    candidates = np.concatenate([rng.integers(-5, 50, size=60), [int(keys[0])] * 2])  # unknown keys, repeats
-    for exclude in (None, sources[0], "nobody"):
-        best, count = history.evidence(query, candidates, exclude)
-        for key, b, c in zip(candidates, best, count):
-            rows = [i for i in range(300) if keys[i] == key and sources[i] != exclude]
-            assert c == len(rows)
-            assert b == pytest.approx(max(vectors[rows] @ query) if rows else NO_HISTORY, rel=1e-5, abs=1e-5)
+    many = np.concatenate([rng.integers(-5, 50, size=60), [int(keys[0])] * 2])  # unknown keys, repeats
+    few = np.array([int(keys[0]), -3, int(keys[0]), int(keys[1])])  # a sliver of the rows: the gathering path
+    assert 3 * np.isin(keys, few).sum() < len(keys) <= 3 * np.isin(keys, many).sum()
+    for candidates in (many, few):
+        for exclude in (None, sources[0], "nobody"):
+            best, count = history.evidence(query, candidates, exclude)
+            for key, b, c in zip(candidates, best, count):
+                rows = [i for i in range(300) if keys[i] == key and sources[i] != exclude]
+                assert c == len(rows)
+                assert b == pytest.approx(max(vectors[rows] @ query) if rows else NO_HISTORY, rel=1e-5, abs=1e-5)
     best, count = history.evidence(query, [])
     assert best.shape == count.shape == (0,)
     best, count = history.evidence(query, [-1, 99])  # no history at all

@@ -46,6 +46,8 @@ class QueryHistory:
     _segment_keys: np.ndarray = field(init=False, repr=False)
     _segment_starts: np.ndarray = field(init=False, repr=False)
     _segment_lengths: np.ndarray = field(init=False, repr=False)
+    _position_of_row: np.ndarray = field(init=False, repr=False)
+    """Where each row sits in ``_by_key`` order."""
     _rows_of_source: dict[str, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +59,7 @@ class QueryHistory:
         self._by_key = np.argsort(self.keys, kind="stable")
         self._segment_keys, self._segment_starts, self._segment_lengths = np.unique(
             self.keys[self._by_key], return_index=True, return_counts=True)
+        self._position_of_row = np.argsort(self._by_key)
         self._rows_of_source = _group(self.sources)
 
     def __len__(self) -> int:
@@ -70,8 +73,9 @@ class QueryHistory:
     def evidence(self, query: np.ndarray, keys: Sequence[int],
                  exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
-        and how many past queries there were, leaving out the rows of query ``exclude``. Reads only the
-        candidates' rows: the cost grows with their history, not with the whole history's."""
+        and how many past queries there were, leaving out the rows of query ``exclude``. Compares the query
+        with the candidates' rows only, once they are a small part of the history: the cost then grows with
+        the candidates' history, not with the whole history's."""
         keys = np.asarray(keys, dtype=np.int64)
         best = np.full(len(keys), NO_HISTORY, dtype=np.float32)
         count = np.zeros(len(keys), dtype=np.float32)
@@ -81,20 +85,28 @@ class QueryHistory:
         known = np.flatnonzero(self._segment_keys[segment] == keys)
         if not len(known):
             return best, count
-        # The candidates' rows, one run per candidate (a key listed twice gets its run twice).
         starts, lengths = self._segment_starts[segment[known]], self._segment_lengths[segment[known]]
-        run_starts = np.cumsum(lengths) - lengths
-        rows = self._by_key[np.repeat(starts - run_starts, lengths) + np.arange(int(lengths.sum()))]
         # Through torch, not numpy: numpy's BLAS has a thread pool of its own, and the two pools fighting
         # over 2 cores turned a 0.5 ms rerank into 8 ms.
-        similarity = (torch.from_numpy(self.vectors[rows])
-                      @ torch.from_numpy(np.asarray(query, dtype=np.float32))).numpy()
+        query = torch.from_numpy(np.asarray(query, dtype=np.float32))
+        if 3 * int(lengths.sum()) < len(self):
+            # The candidates' rows are a sliver of the history (a shop's, at any scale): gather and compare
+            # only them, one run per candidate (a key listed twice gets its run twice).
+            bounds = np.cumsum(lengths) - lengths
+            rows = self._by_key[np.repeat(starts - bounds, lengths) + np.arange(int(lengths.sum()))]
+            similarity = (torch.from_numpy(self.vectors[rows]) @ query).numpy()
+            pick = np.arange(len(known))
+        else:
+            # Most of a small history: one pass over every row costs less than copying most of them.
+            rows, bounds, pick = self._by_key, self._segment_starts, segment[known]
+            similarity = (torch.from_numpy(self.vectors) @ query).numpy()[rows]
         present = np.ones(len(rows), dtype=np.float32)
         if exclude is not None and exclude in self._rows_of_source:
-            own = np.isin(rows, self._rows_of_source[exclude])
+            own_rows = self._rows_of_source[exclude]
+            own = np.isin(rows, own_rows) if rows is not self._by_key else self._position_of_row[own_rows]
             similarity[own], present[own] = -np.inf, 0.0
-        run_best = np.maximum.reduceat(similarity, run_starts)
-        run_count = np.add.reduceat(present, run_starts)
+        run_best = np.maximum.reduceat(similarity, bounds)[pick]
+        run_count = np.add.reduceat(present, bounds)[pick]
         seen = run_count > 0  # a product whose only past query is ``exclude`` has none
         best[known[seen]], count[known[seen]] = run_best[seen], run_count[seen]
         return best, count
