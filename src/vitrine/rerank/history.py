@@ -89,7 +89,8 @@ class QueryHistory:
         # Through torch, not numpy: numpy's BLAS has a thread pool of its own, and the two pools fighting
         # over 2 cores turned a 0.5 ms rerank into 8 ms.
         query = torch.from_numpy(np.asarray(query, dtype=np.float32))
-        if 3 * int(lengths.sum()) < len(self):
+        gathered = 3 * int(lengths.sum()) < len(self)
+        if gathered:
             # The candidates' rows are a sliver of the history (a shop's, at any scale): gather and compare
             # only them, one run per candidate (a key listed twice gets its run twice).
             bounds = np.cumsum(lengths) - lengths
@@ -103,7 +104,7 @@ class QueryHistory:
         present = np.ones(len(rows), dtype=np.float32)
         if exclude is not None and exclude in self._rows_of_source:
             own_rows = self._rows_of_source[exclude]
-            own = np.isin(rows, own_rows) if rows is not self._by_key else self._position_of_row[own_rows]
+            own = np.isin(rows, own_rows) if gathered else self._position_of_row[own_rows]
             similarity[own], present[own] = -np.inf, 0.0
         run_best = np.maximum.reduceat(similarity, bounds)[pick]
         run_count = np.add.reduceat(present, bounds)[pick]
