@@ -241,3 +241,65 @@ def test_query_texts_are_stored_once(store, tmp_path, encoders):
     assert data.query_text.shape == (2, 384)  # a zero row (no text) and the one distinct text
     assert data.query_text_index().tolist() == [1, 1, 0]
     assert np.allclose(data.query_text_of(np.array([0, 2])), [encoders[0].encode(["warm scarf"])[0], np.zeros(384)])
+
+
+def test_crop_views_are_fixed_per_photo_and_view_and_stay_inside_it():
+    from vitrine.training.views import CropViews
+
+    views = CropViews(3, scale=(0.5, 1.0))
+    boxes = [views.box("a.jpg", view, 300, 200) for view in range(3)]
+    assert boxes == [views.box("a.jpg", view, 300, 200) for view in range(3)]  # the same crop every run
+    assert len(set(boxes)) == 3 and views.box("b.jpg", 0, 300, 200) != boxes[0]
+    for left, top, right, bottom in boxes + [views.box(f"p{i}", 0, 300, 200) for i in range(50)]:
+        assert 0 <= left < right <= 300 and 0 <= top < bottom <= 200
+        assert 0.5 * 300 * 200 * 0.9 <= (right - left) * (bottom - top) <= 300 * 200
+    assert CropViews(3, seed=1).box("a.jpg", 0, 300, 200) != boxes[0]
+
+
+def test_training_views_are_the_cached_features_of_each_photos_crops(store, tmp_path, encoders, monkeypatch):
+    from PIL import Image
+
+    from vitrine.training.views import CropViews
+
+    pairs = shopper_photos(tmp_path / "photos", per_product=1)
+    config = replace(TrainingConfig(), image_views=2, keyword_pairs=False)
+    data = training_set(store, pairs, encoders, config)
+    assert data.query_image_views.shape == (2, len(data), encoders[1].dim)
+    photo_rows = np.flatnonzero(data.query_has_image)
+    assert not data.query_image_views[:, ~data.query_has_image].any()  # text queries have no views
+    row = photo_rows[0]
+    path = [p.query_image for p in pairs if p.query_image][0]
+    crop = CropViews(2).crop(Image.open(path).convert("RGB"), path, 1)
+    expected = encoders[1].encode([crop])[0]
+    assert np.allclose(data.query_image_views[1, row], expected, atol=1e-4)
+    assert not np.allclose(data.query_image_views[1, row], data.query_image[row], atol=1e-2)
+
+    calls = []  # a second build reads every view from the cache
+
+    def counting(images, **kwargs):
+        calls.append(len(images))
+        return encoder_encode(images, **kwargs)
+
+    encoder_encode = encoders[1].encode
+    monkeypatch.setattr(encoders[1], "encode", counting)
+    again = training_set(store, pairs, encoders, config)
+    assert calls == [] and np.array_equal(again.query_image_views, data.query_image_views)
+
+
+def test_training_shows_photos_as_their_views(store, tmp_path, encoders):
+    config = replace(TrainingConfig(), epochs=3, batch_size=8, hidden=32, dim=16, matryoshka="", image_views=2,
+                     dev_fraction=0.0)
+    data = training_set(store, shopper_photos(tmp_path / "photos"), encoders, config)
+    trainer = ContrastiveTrainer(data, config, tower_config(config, "minilm", "efficientnet-lite0", 384, 1280),
+                                 tmp_path / "model", progress=False)
+    rows = np.flatnonzero(data.query_has_image)
+    trainer.model.train()
+    shown = trainer._query_images(np.repeat(rows, 20)).numpy()
+    own = np.repeat(data.query_image[rows], 20, axis=0)
+    crops = [np.repeat(data.query_image_views[v, rows], 20, axis=0) for v in range(2)]
+    which = np.stack([np.isclose(shown, own).all(1)] + [np.isclose(shown, c).all(1) for c in crops], axis=1)
+    assert which.any(axis=1).all() and which.sum(axis=0).min() > 0  # always one of the three, each of them used
+    trainer.model.eval()
+    assert np.array_equal(trainer._query_images(rows).numpy(), data.query_image[rows])  # dev scoring: as shot
+    result = trainer.fit()
+    assert result.losses[-1] < result.losses[0]

@@ -71,6 +71,10 @@ class TrainingConfig:
     """Dropout on the frozen image features: augmentation in feature space for photos, which come in
     runs of near-identical shots. Chosen on Grocery val among 0, 0.2, 0.5 (R@1 0.750, 0.774, 0.730);
     on text features it hurt CrowdFlower, so text features get none."""
+    image_views: int = 0
+    """Extra views of every training photo (random crops of 50-100% of its area, fixed per photo and view,
+    encoded once and cached); a step shows each photo as one of its views or itself, at random. 0 = off:
+    each photo only as it was shot."""
     matryoshka: str = "64,128"
     """Extra prefix sizes trained to work on their own (comma-separated; empty = off)."""
     temperature: float = 0.05

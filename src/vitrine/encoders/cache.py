@@ -11,7 +11,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,14 @@ class FeatureCache:
         keys = [f"{encoder.name}|image|{_file_key(path)}" for path in paths]
         return self._cached(keys, list(paths), encoder.dim,
                             lambda todo: encoder.encode(todo, batch_size=32, progress=progress))
+
+    def image_variants(self, encoder: ImageEncoder, paths: Sequence[str], variant: str,
+                       derive: Callable[[list[str]], Sequence[ImageInput]], *, progress: bool = False) -> np.ndarray:
+        """Features of images derived from files (``derive(paths)``: crops, say), kept under the file's key
+        and ``variant``, which must name what ``derive`` does."""
+        keys = [f"{encoder.name}|image|{_file_key(path)}|{variant}" for path in paths]
+        return self._cached(keys, list(paths), encoder.dim,
+                            lambda todo: encoder.encode(derive(todo), batch_size=32, progress=progress))
 
     def _cached(self, keys: list[str], items: list, dim: int, compute) -> np.ndarray:
         found = self._get(set(keys))

@@ -19,6 +19,7 @@ from vitrine.errors import VitrineError
 from vitrine.encoders.cache import FeatureCache
 from vitrine.training.keywords import extract_keywords, keyword_queries
 from vitrine.training.masks import equivalence_matrix
+from vitrine.training.views import CropViews, ViewImages
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class TrainingSet:
     """Hashed n-gram bags of the product texts and the query texts, when the model has an n-gram embedding."""
     ngram_idf: np.ndarray | None = None
     """The bags' inverse document frequencies over the product texts, when the model weights n-grams by them."""
+    query_image_views: np.ndarray | None = None
+    """``(views, examples, image dim)``: features of other views of each example's photo (zeros for examples
+    without one), when training shows photos as crops too (``TrainingConfig.image_views``)."""
     query_text_rows: np.ndarray | None = None
     """The row of ``query_text`` holding each example's text features (row 0 is zeros, for examples without
     text); None means row ``i`` is example ``i``. Examples sharing a text share a row: Shopee's 96,900
@@ -115,8 +119,17 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
     query_text = np.zeros((len(unique_texts) + 1, text_encoder.dim), dtype=np.float32)
     query_text[1:] = cache.texts(text_encoder, unique_texts, progress=progress)
     query_image = np.zeros((len(texts), image_encoder.dim), dtype=np.float32)
+    photos = [i for i in images if i is not None]
     if has_img.any():
-        query_image[has_img] = cache.images(image_encoder, [i for i in images if i is not None], progress=progress)
+        query_image[has_img] = cache.images(image_encoder, photos, progress=progress)
+    views = None
+    if config.image_views and has_img.any():
+        views = np.zeros((config.image_views, len(texts), image_encoder.dim), dtype=np.float32)
+        crops = CropViews(config.image_views, seed=config.seed)
+        for view in range(config.image_views):
+            views[view, has_img] = cache.image_variants(
+                image_encoder, photos, f"{crops.signature}|{view}",
+                lambda paths, view=view: ViewImages(paths, crops, view), progress=progress)
 
     relevant_by_key: dict[str, set[int]] = defaultdict(set)
     for key, row in zip(keys, positive):
@@ -131,7 +144,7 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
         product_has_image=has_image, equivalent=equivalent, query_text=query_text, query_image=query_image,
         query_has_text=has_text, query_has_image=has_img, positive=np.array(positive, dtype=np.int64),
         weight=np.array(weight, dtype=np.float32), relevant=relevant, query_keys=keys,
-        keyword_examples=keyword_examples,
+        keyword_examples=keyword_examples, query_image_views=views,
         product_ngrams=ngrams.transform([p.text for p in products], idf) if ngrams is not None else None,
         query_ngrams=ngrams.transform(texts, idf) if ngrams is not None else None, ngram_idf=idf,
         query_text_rows=np.array([text_rows.get(t, 0) if t else 0 for t in texts], dtype=np.int64))

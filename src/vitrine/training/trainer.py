@@ -85,6 +85,8 @@ class ContrastiveTrainer:
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
+        # Its own stream: the batch order must stay the same on every process of a distributed run.
+        self.view_rng = np.random.default_rng([config.seed, 1])
         self.train_rows, self.dev_rows = dev_split(data, config.dev_fraction, config.seed)
         self.epoch = self.step = 0
         self.history: list[float] = []
@@ -225,8 +227,20 @@ class ContrastiveTrainer:
 
     def _queries(self, rows: np.ndarray) -> torch.Tensor:
         t = self._tensors
-        return self.model.queries(t["query_text"][t["query_text_rows"][rows]], t["query_image"][rows], t["query_has_text"][rows],
-                                  t["query_has_image"][rows], ngram_rows(self.data.query_ngrams, rows))
+        return self.model.queries(t["query_text"][t["query_text_rows"][rows]], self._query_images(rows),
+                                  t["query_has_text"][rows], t["query_has_image"][rows],
+                                  ngram_rows(self.data.query_ngrams, rows))
+
+    def _query_images(self, rows: np.ndarray) -> torch.Tensor:
+        """The photos' features; while training with extra views, each photo as itself or one of its views."""
+        views = self.data.query_image_views
+        if views is None or not self.model.training:
+            return self._tensors["query_image"][rows]
+        choice = self.view_rng.integers(0, len(views) + 1, size=len(rows))  # 0: the photo as shot
+        out = self.data.query_image[rows].copy()
+        shown = choice > 0
+        out[shown] = views[choice[shown] - 1, rows[shown]]
+        return torch.from_numpy(out)
 
     def step_optimizers(self, loss: torch.Tensor) -> None:
         """Backward and one update of every optimizer (the dense one, and the n-gram table's sparse one)."""
@@ -277,7 +291,8 @@ class ContrastiveTrainer:
                  "optimizer": self.optimizer.state_dict(), "epoch": self.epoch, "step": self.step,
                  "sparse_optimizer": self.sparse_optimizer.state_dict() if self.sparse_optimizer is not None else {},
                  "history": self.history, "dev_scores": self.dev_scores, "best": self.best,
-                 "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                 "rng": self.rng.bit_generator.state, "view_rng": self.view_rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state()}
         tmp = self.folder / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
         tmp.replace(self.folder / CHECKPOINT)
@@ -294,6 +309,8 @@ class ContrastiveTrainer:
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
         self.dev_scores, self.best = state["dev_scores"], state["best"]
         self.rng.bit_generator.state = state["rng"]
+        if "view_rng" in state:
+            self.view_rng.bit_generator.state = state["view_rng"]
         torch.set_rng_state(state["torch_rng"])
 
 
