@@ -126,7 +126,7 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
     if config.image_views and has_img.any():
         views = np.zeros((config.image_views, len(texts), image_encoder.dim), dtype=np.float32)
         crops = CropViews(config.image_views, seed=config.seed)
-        for view in range(config.image_views):
+        for view in range(crops.count):
             views[view, has_img] = cache.image_variants(
                 image_encoder, photos, f"{crops.signature}|{view}",
                 lambda paths, view=view: ViewImages(paths, crops, view), progress=progress)
