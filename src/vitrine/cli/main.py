@@ -207,7 +207,8 @@ def train(
     Negatives come from the batch and, if configured, a memory bank (--set training.memory_bank=4096)
     and mined hard negatives (--set training.hard_negatives=8). --unfreeze 1 also fine-tunes the top
     block of the image backbone (its input maps are cached, so this stays affordable on a CPU);
-    --unfreeze-text 1 the text model's last transformer layer.
+    --unfreeze-text 1 the text model's last transformer layer. --set training.image_views=2 also shows
+    each training photo as two fixed random crops of it (encoded once, cached).
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
     Re-index afterwards: vitrine index STORE --reembed.
