@@ -35,15 +35,13 @@ class FeatureCache:
                             lambda todo: encoder.encode(todo, batch_size=64, progress=progress))
 
     def images(self, encoder: ImageEncoder, paths: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        keys = [f"{encoder.name}|image|{_file_key(path)}" for path in paths]
-        return self._cached(keys, list(paths), encoder.dim,
-                            lambda todo: encoder.encode(todo, batch_size=32, progress=progress))
+        return self.image_variants(encoder, paths, "", list, progress=progress)
 
     def image_variants(self, encoder: ImageEncoder, paths: Sequence[str], variant: str,
                        derive: Callable[[list[str]], Sequence[ImageInput]], *, progress: bool = False) -> np.ndarray:
         """Features of images derived from files (``derive(paths)``: crops, say), kept under the file's key
-        and ``variant``, which must name what ``derive`` does."""
-        keys = [f"{encoder.name}|image|{_file_key(path)}|{variant}" for path in paths]
+        and ``variant``, which must name what ``derive`` does (``""``: the files as they are)."""
+        keys = [f"{encoder.name}|image|{_file_key(path)}" + (f"|{variant}" if variant else "") for path in paths]
         return self._cached(keys, list(paths), encoder.dim,
                             lambda todo: encoder.encode(derive(todo), batch_size=32, progress=progress))
 
