@@ -83,6 +83,55 @@ def test_resume_continues_from_the_checkpoint(store, tmp_path, encoders):
     assert np.allclose(fresh.history, result.losses, rtol=1e-4)  # resuming is the same as not stopping
 
 
+def recorded_rates(trainer: ContrastiveTrainer) -> list[float]:
+    """The rate of the trainer's first parameter group at every optimizer step from now on."""
+    rates, step = [], trainer.optimizer.step
+
+    def recording(*args, **kwargs):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording
+    return rates
+
+
+def test_a_cosine_schedule_takes_the_rate_down_to_zero_and_a_resumed_run_continues_it(store, tmp_path, encoders):
+    config = replace(TrainingConfig(), epochs=4, batch_size=8, hidden=32, dim=16, matryoshka="", lr=2e-3,
+                     lr_schedule="cosine")
+    data = training_set(store, shopper_photos(tmp_path / "photos", per_product=1), encoders, config)
+    towers = tower_config(config, "minilm", "efficientnet-lite0", 384, 1280)
+    fresh = ContrastiveTrainer(data, config, towers, tmp_path / "fresh", progress=False)
+    rates = recorded_rates(fresh)
+    fresh.fit()
+    total = 4 * fresh.steps_per_epoch
+    assert total > 4 and len(rates) == total
+    assert np.allclose(rates, [1e-3 * (1 + np.cos(np.pi * s / total)) for s in range(total)])
+    assert rates[0] == 2e-3 and 0 < rates[-1] < 0.05 * 2e-3 and np.all(np.diff(rates) < 0)
+
+    killed = ContrastiveTrainer(data, config, towers, tmp_path / "killed", progress=False)
+    save = killed.save_checkpoint
+
+    def save_then_die():
+        save()
+        if killed.epoch == 2:
+            raise KeyboardInterrupt
+
+    killed.save_checkpoint = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    resumed = ContrastiveTrainer(data, config, towers, tmp_path / "killed", progress=False)
+    later = recorded_rates(resumed)
+    result = resumed.fit(resume=True)
+    assert np.allclose(later, rates[total // 2:])  # the schedule goes on from the step it stood at
+    assert np.allclose(result.losses, fresh.history, rtol=1e-4)
+
+
+def test_an_unknown_schedule_is_refused_before_training(store, tmp_path):
+    with pytest.raises(VitrineError, match="lr_schedule 'linear'"):
+        train_store(store, shopper_photos(tmp_path / "photos", per_product=1),
+                    config=store.config({"training.lr_schedule": "linear"}), progress=False)
+
+
 def test_train_store_switches_the_store_to_the_trained_model(store, tmp_path):
     engine = vitrine.open(store)
     engine.sync(progress=False)

@@ -111,6 +111,9 @@ class TrainingConfig:
     objective this is stage 1; stage 2 keeps the layers as stage 1 left them and stage 3 trains them on."""
     backbone_lr_scale: float = 0.1
     """Learning rate of the unfrozen backbone blocks and layers, relative to ``lr`` (pretrained weights move slowly)."""
+    lr_schedule: str = "constant"
+    """How every learning rate moves over a run: ``constant``, or ``cosine`` (half a cosine from the set rates
+    down to zero at the last step of ``epochs``, updated every step; a resumed run continues where it stood)."""
     visual_task: str = "none"
     """Self-supervised image loss added to training: none, masked-contrastive or masked-regression
     (needs ``unfreeze_blocks`` > 0)."""

@@ -68,7 +68,7 @@ class PrototypeTrainer(ContrastiveTrainer):
             ignore = batch_mask(self.data.equivalent, positives, positives, [self.data.relevant[i] for i in batch])
             loss = loss + self.prototype.infonce_weight * self._info_nce(queries, products, ignore, t["weight"][batch])
         self.step_optimizers(loss)
-        self.head.update(column_tensor, rows.grad, self.prototype.head_lr)
+        self.head.update(column_tensor, rows.grad, self.prototype.head_lr * self.lr_factor())
         self.step += 1
         return float(loss.detach())
 

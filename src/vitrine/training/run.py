@@ -14,7 +14,7 @@ from vitrine.errors import VitrineError
 from vitrine.training.data import build_training_set
 from vitrine.encoders.cache import FeatureCache
 from vitrine.training.stages import StageInputs, train_prototype_stages
-from vitrine.training.trainer import ContrastiveTrainer, TrainResult, plot_losses, tower_config
+from vitrine.training.trainer import LR_SCHEDULES, ContrastiveTrainer, TrainResult, plot_losses, tower_config
 
 OBJECTIVES = ("contrastive", "prototype")
 
@@ -28,6 +28,9 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     if config.training.objective not in OBJECTIVES:
         raise VitrineError(f"unknown training objective {config.training.objective!r} "
                            f"(this vitrine knows: {', '.join(OBJECTIVES)})")
+    if config.training.lr_schedule not in LR_SCHEDULES:
+        raise VitrineError(f"unknown training.lr_schedule {config.training.lr_schedule!r} "
+                           f"(choose one of: {', '.join(LR_SCHEDULES)})")
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from vitrine.training.visual import visual_task
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -82,6 +84,9 @@ class ContrastiveTrainer:
         self.sparse_optimizer = (torch.optim.SparseAdam(list(self.model.ngrams.parameters()),
                                                         lr=config.lr * config.ngram_lr_scale)
                                  if self.model.ngrams is not None else None)
+        # The rates each group was set to; the schedule scales these, so a resumed run needs only ``step``.
+        self._set_rates = [[group["lr"] for group in optimizer.param_groups] for optimizer in
+                           [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])]
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
@@ -243,13 +248,24 @@ class ContrastiveTrainer:
         return torch.from_numpy(out)
 
     def step_optimizers(self, loss: torch.Tensor) -> None:
-        """Backward and one update of every optimizer (the dense one, and the n-gram table's sparse one)."""
+        """Backward and one update of every optimizer (the dense one, and the n-gram table's sparse one), each
+        parameter group at its set rate times the schedule's factor for this step."""
         optimizers = [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])
-        for optimizer in optimizers:
+        factor = self.lr_factor()
+        for optimizer, rates in zip(optimizers, self._set_rates):
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate * factor
             optimizer.zero_grad()
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+
+    def lr_factor(self) -> float:
+        """The learning-rate schedule at this step: 1 keeps the set rates (``training.lr_schedule``)."""
+        if self.config.lr_schedule == "constant":
+            return 1.0
+        total = self.config.epochs * self.steps_per_epoch
+        return 0.5 * (1.0 + math.cos(math.pi * min(self.step, total) / total))
 
     def _gather_rows(self, rows: np.ndarray) -> np.ndarray:
         return gather_from_processes(torch.from_numpy(rows), local_first=True).numpy()
