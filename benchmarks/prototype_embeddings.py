@@ -2,7 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
-        [--image-views N] [--patience N] \\
+        [--image-views N] [--juiced] [--patience N] \\
         [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
         [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--zero-shot-weight W] [--resume] [--json out.json]
 
@@ -46,9 +46,10 @@ STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ 
 
 def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, str], overrides: dict[str, Any],
                 lexical: list[bool], resume: bool = False, zero_shot_weight: float = 0.0,
-                per_query: str | None = None) -> dict[str, dict[str, Any]]:
+                per_query: str | None = None, train: Path | None = None) -> dict[str, dict[str, Any]]:
     """A row per stage (towers) and per stage with a head (ID recognition); with ``zero_shot_weight``,
-    each again with the towers served beside the backbones' zero-shot vectors."""
+    each again with the towers served beside the backbones' zero-shot vectors. ``train``: a pairs JSONL to train
+    on instead of the dataset's training split (val stays the dataset's)."""
     rows: dict[str, dict[str, float]] = {}
     weights = [0.0, zero_shot_weight] if zero_shot_weight else [0.0]
     for label, stage_list in stages.items():
@@ -59,7 +60,8 @@ def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, st
                                             **overrides},
                               "resume": resume or stage_list != "1", "lexical": lexical,
                               "channels": ["vector", "prototype"] if with_head else ["vector"],
-                              "zero_shot_weights": weights, "per_query": per_query})
+                              "zero_shot_weights": weights, "per_query": per_query,
+                              **({"train": str(train)} if train else {})})
         for weight in weights:
             tag, note = (f"~zs{weight:g}", f", zero-shot ensemble w={weight:g}") if weight else ("", "")
             mine = {k.removesuffix(tag): v for k, v in figures.items() if (k.endswith(tag) if weight else "~zs" not in k)}
@@ -81,15 +83,44 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits,
                             {"encoders.image": args.image_encoder} if args.image_encoder else None)
+        train = None
+        if args.juiced:
+            store, train = juiced_store(store, splits, spec, protocol, work)
         rows = {"zero-shot": zero_shot_row(store, splits)}
         name = (f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
                 + (f"-views{args.image_views}" if args.image_views else ""))
         rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
-                                args.zero_shot_weight))
+                                args.zero_shot_weight, train=train))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
                     ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
                      "peak_rss_mb"])
+
+
+def juiced_store(store, splits, spec: str, protocol: str, work: Path):
+    """Issue 6's juiced training set (every photo and its salient crop; cleaned, enhanced product texts), judged
+    by contrastive towers trained on the raw pairs as ``benchmarks/governance.py`` does, and a store of its own
+    whose catalog is the juiced one. A finished set is reused. Returns (store, pairs JSONL)."""
+    from governance import BUDGET, govern_with, governed_store, write_pairs
+
+    from vitrine.governance.records import read_manifest
+
+    pairs = [p for p in splits.train if p.product_id not in splits.held_out]
+    judge, set_name = f"{protocol}-judge", f"{protocol}-juice"
+    if not (store.models_dir / judge / "model.safetensors").is_file():
+        print(f"{judge}: training the judging towers on {len(pairs)} raw pairs ...", flush=True)
+        raw = write_pairs(pairs, work / f"grocery-{protocol}-raw-pairs.jsonl")
+        in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": judge, "train": str(raw),
+                    "overrides": {**BUDGET, "training.epochs": 10}})
+    finished = sorted((store.root / "governed" / set_name).glob("v*/manifest.json"))
+    if finished:
+        folder = finished[-1].parent
+        print(f"{set_name}: reusing {folder} {read_manifest(folder)['counts']}", flush=True)
+    else:
+        folder = govern_with(store, pairs, "juice", judge, set_name, spec)[0].folder
+    juiced = governed_store(work / f"grocery-{protocol}-juiced", folder / "products.jsonl",
+                            store.root / "cache" / "features.sqlite")
+    return juiced, folder / "pairs.jsonl"
 
 
 def shopee(data: Path, work: Path, results: dict, args: argparse.Namespace) -> None:
@@ -229,6 +260,9 @@ def main() -> None:
     parser.add_argument("--image-views", type=int, default=0,
                         help="Grocery: train on this many extra cropped views of every photo (training.image_views; "
                              "models get a -viewsN suffix)")
+    parser.add_argument("--juiced", action="store_true",
+                        help="Grocery: train on issue 6's juiced set (photos plus salient crops, governed texts) and "
+                             "serve its governed catalog, in stores of their own under --work")
     parser.add_argument("--patience", type=int, default=0,
                         help="Grocery: early-stopping patience of every stage (training.patience; 0 = the config's). "
                              "Grocery's dev MRR is near 0.99 from the first epoch, so a patience above the caps "
