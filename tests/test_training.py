@@ -95,14 +95,15 @@ def recorded_rates(trainer: ContrastiveTrainer) -> list[float]:
     return rates
 
 
-def test_a_cosine_schedule_takes_the_rate_down_to_zero_and_a_resumed_run_continues_it(store, tmp_path, encoders):
+def test_a_cosine_schedule_runs_the_rate_down_to_zero_keeps_the_end_and_resumes_in_step(store, tmp_path, encoders):
     config = replace(TrainingConfig(), epochs=4, batch_size=8, hidden=32, dim=16, matryoshka="", lr=2e-3,
-                     lr_schedule="cosine")
-    data = training_set(store, shopper_photos(tmp_path / "photos", per_product=1), encoders, config)
+                     lr_schedule="cosine", patience=1, dev_fraction=0.2)
+    data = training_set(store, shopper_photos(tmp_path / "photos", per_product=5), encoders, config)
     towers = tower_config(config, "minilm", "efficientnet-lite0", 384, 1280)
     fresh = ContrastiveTrainer(data, config, towers, tmp_path / "fresh", progress=False)
     rates = recorded_rates(fresh)
-    fresh.fit()
+    run = fresh.fit()
+    assert run.epochs == 4 and run.best_epoch == 4 and len(run.dev_scores) == 4  # no early stop, the last weights
     total = 4 * fresh.steps_per_epoch
     assert total > 4 and len(rates) == total
     assert np.allclose(rates, [1e-3 * (1 + np.cos(np.pi * s / total)) for s in range(total)])

@@ -113,7 +113,8 @@ class TrainingConfig:
     """Learning rate of the unfrozen backbone blocks and layers, relative to ``lr`` (pretrained weights move slowly)."""
     lr_schedule: str = "constant"
     """How every learning rate moves over a run: ``constant``, or ``cosine`` (half a cosine from the set rates
-    down to zero at the last step of ``epochs``, updated every step; a resumed run continues where it stood)."""
+    down to zero at the last step of ``epochs``, updated every step; a resumed run continues where it stood).
+    A cosine run trains all ``epochs`` and keeps its last weights: dev MRR is reported, it picks no epoch."""
     visual_task: str = "none"
     """Self-supervised image loss added to training: none, masked-contrastive or masked-regression
     (needs ``unfreeze_blocks`` > 0)."""

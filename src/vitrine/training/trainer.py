@@ -157,7 +157,9 @@ class ContrastiveTrainer:
             return
         score = self.dev_mrr()
         self.dev_scores.append(score)
-        if self.best is None or score > self.best[0]:
+        # A cosine schedule is meant to end at its best: it runs every epoch and keeps its last weights, so
+        # dev (near its ceiling on small catalogs, where its wiggles would pick the epoch) only reports.
+        if self.config.lr_schedule == "constant" and (self.best is None or score > self.best[0]):
             self.best = (score, self.epoch, copy.deepcopy(self.model.state_dict()))
 
     def _patience_ran_out(self) -> bool:
