@@ -2,7 +2,8 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
-        [--protocols seen,new] [--image-views N] [--lr-schedule cosine] [--juiced] [--patience N] \\
+        [--protocols seen,new] [--seed N] [--image-views N] [--lr-schedule cosine] [--juiced] \\
+        [--patience N] \\
         [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
         [--shopee-stage3-text LAYERS [--shopee-stage3-only]] [--zero-shot-weight W] [--resume] [--json out.json]
 
@@ -78,6 +79,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
     spec = f"grocery:{data / 'grocery-store'}"
     overrides = {"prototype.stage3_epochs": args.stage3_epochs, "prototype.stage3_unfreeze": args.stage3_unfreeze,
                  "training.image_views": args.image_views, "training.lr_schedule": args.lr_schedule,
+                 "training.seed": args.seed,
                  **({"training.patience": args.patience} if args.patience else {})}
     for protocol in args.protocols.split(","):
         splits = load_splits(spec, protocol=protocol)
@@ -89,7 +91,8 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
         rows = {"zero-shot": zero_shot_row(store, splits)}
         name = (f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
                 + (f"-views{args.image_views}" if args.image_views else "")
-                + (f"-{args.lr_schedule}" if args.lr_schedule != "constant" else ""))
+                + (f"-{args.lr_schedule}" if args.lr_schedule != "constant" else "")
+                + (f"-seed{args.seed}" if args.seed else ""))
         rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
                                 args.zero_shot_weight, train=train))
         results[f"grocery-{protocol}"] = rows
@@ -265,6 +268,9 @@ def main() -> None:
     parser.add_argument("--lr-schedule", default="constant",
                         help="Grocery: training.lr_schedule of every stage (constant or cosine; models get a "
                              "-cosine suffix)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="Grocery: training.seed of every stage (dev split, initialisation, batch order; models "
+                             "get a -seedN suffix)")
     parser.add_argument("--juiced", action="store_true",
                         help="Grocery: train on issue 6's juiced set (photos plus salient crops, governed texts) and "
                              "serve its governed catalog, in stores of their own under --work")
