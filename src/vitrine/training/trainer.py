@@ -85,8 +85,7 @@ class ContrastiveTrainer:
                                                         lr=config.lr * config.ngram_lr_scale)
                                  if self.model.ngrams is not None else None)
         # The rates each group was set to; the schedule scales these, so a resumed run needs only ``step``.
-        self._set_rates = [[group["lr"] for group in optimizer.param_groups] for optimizer in
-                           [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])]
+        self._set_rates = [[group["lr"] for group in optimizer.param_groups] for optimizer in self._optimizers()]
         self.bank = MemoryBank(config.memory_bank, towers.dim, config.memory_max_age) if config.memory_bank else None
         self.miner = HardNegativeMiner(config.hard_negatives, config.hard_refresh) if config.hard_negatives else None
         self.rng = np.random.default_rng(config.seed)
@@ -252,7 +251,7 @@ class ContrastiveTrainer:
     def step_optimizers(self, loss: torch.Tensor) -> None:
         """Backward and one update of every optimizer (the dense one, and the n-gram table's sparse one), each
         parameter group at its set rate times the schedule's factor for this step."""
-        optimizers = [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])
+        optimizers = self._optimizers()
         factor = self.lr_factor()
         for optimizer, rates in zip(optimizers, self._set_rates):
             for group, rate in zip(optimizer.param_groups, rates):
@@ -261,6 +260,10 @@ class ContrastiveTrainer:
         loss.backward()
         for optimizer in optimizers:
             optimizer.step()
+
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        """The dense optimizer, and the n-gram table's sparse one when there is a table."""
+        return [self.optimizer] + ([self.sparse_optimizer] if self.sparse_optimizer is not None else [])
 
     def lr_factor(self) -> float:
         """The learning-rate schedule at this step: 1 keeps the set rates (``training.lr_schedule``)."""
