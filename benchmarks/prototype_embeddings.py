@@ -300,6 +300,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the head-scale section")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
+    if args.juiced and args.image_encoder:
+        parser.error("--juiced builds its stores with the default image encoder; drop --image-encoder")
     data = args.data or data_dir()
     results: dict[str, Any] = {}
     start = time.perf_counter()
