@@ -1,6 +1,7 @@
 """The ``vitrine`` command, driven through typer's runner."""
 
 import json
+import logging
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -88,6 +89,14 @@ def test_search_with_convex_fusion_and_a_bad_fusion(built_store: Path):
     assert hits[0]["id"] == "mug" and all(0.0 <= hit["score"] <= 1.0 for hit in hits)
     result = run("search", built_store, "--text", "coffee mug", "--lexical", "--fusion", "mean")
     assert result.exit_code == 2 and "unknown search.fusion 'mean'" in result.output and "Traceback" not in result.output
+
+
+def test_quiet_unless_verbose(built_store: Path, caplog):
+    caplog.set_level(logging.DEBUG)
+    result = run("search", built_store, "--text", "coffee mug", "--lexical", "-k", "2")
+    assert result.exit_code == 0, result.output
+    chatter = [r for r in caplog.records if r.levelno < logging.WARNING and r.name.startswith("bm25s")]
+    assert not chatter, [r.getMessage() for r in chatter]  # bm25s sets its own logger to DEBUG
 
 
 def test_set_keeps_settings_in_the_store(built_store: Path, tmp_path: Path):

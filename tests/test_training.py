@@ -155,8 +155,9 @@ def test_train_store_switches_the_store_to_the_trained_model(store, tmp_path):
 
 
 def test_pairs_for_unknown_products_are_refused(store, encoders):
-    with pytest.raises(VitrineError, match="catalog does not hold"):
-        training_set(store, [Pair(product_id="ghost", query_text="boo")], encoders, TrainingConfig())
+    pairs = [Pair(product_id="ghost", query_text="boo"), Pair(product_id="ghost", query_text="spooky")]
+    with pytest.raises(VitrineError, match="does not hold .1 ids; first: 'ghost'"):
+        training_set(store, pairs, encoders, TrainingConfig())
 
 
 def test_held_out_products_are_not_trained_on(store, tmp_path):

@@ -41,9 +41,15 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
+LOUD_LIBRARIES = ("bm25s",)
+
+
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in LOUD_LIBRARIES:  # they set their own loggers to DEBUG, which the root level cannot quiet
+        logging.getLogger(name).setLevel(level)
 
 
 @app.command()

@@ -53,7 +53,7 @@ def govern(store: Store, pairs: Sequence[Pair], *, mode: str, name: str | None =
     products = {p.id: p for p in store.catalog}
     unknown = sorted({p.product_id for p in pairs} - set(products))
     if unknown:
-        raise VitrineError(f"{len(unknown)} pairs name products the catalog does not hold (first: {unknown[0]!r})")
+        raise VitrineError(f"pairs name product ids the catalog does not hold ({len(unknown)} ids; first: {unknown[0]!r})")
     folder, version = next_version_folder(store.root, name or mode)
     judge = Judge(store, config, progress=progress)
     manifest = {"name": folder.parent.name, "version": version, "mode": mode, "seed": config.governance.seed,

@@ -81,8 +81,8 @@ def build_training_set(products: Sequence[Product], pairs: Sequence[Pair], text_
     rows = {product.id: row for row, product in enumerate(products)}
     unknown = sorted({pair.product_id for pair in pairs} - set(rows))
     if unknown:
-        raise VitrineError(f"{len(unknown)} training pairs name products the catalog does not hold "
-                           f"(first: {unknown[0]!r}); ingest the products first")
+        raise VitrineError(f"training pairs name product ids the catalog does not hold ({len(unknown)} ids; "
+                           f"first: {unknown[0]!r}); ingest the products first")
     positives = [pair for pair in pairs if pair.grade >= config.min_positive_grade]
     if not positives:
         raise VitrineError("no training pairs with a grade at or above training.min_positive_grade")
