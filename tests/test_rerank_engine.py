@@ -157,4 +157,10 @@ def test_train_reranker_cross_fits_over_trained_towers(built_store: Path, tmp_pa
     assert sum(fold["examples"] - fold["keyword_examples"] for fold in folds) == 12
     engine = vitrine.open(store)
     assert engine.store.config().embedding.model == "towers"  # not switched to a fold retriever
+    models = json.loads(run("info", store).output)["models"]
+    assert models["towers"] == {"kind": "towers", "objective": "contrastive", "stages": None, "epochs": 2,
+                                "best_epoch": models["towers"]["best_epoch"], "in_use": True}
+    assert models["rerank"]["kind"] == "reranker" and models["rerank"]["in_use"]
+    assert models["rerank"]["lists"] == report["train_lists"]
+    assert [models[f"rerank-fold{f}"]["in_use"] for f in (0, 1)] == [False, False]
     assert len(engine.search(text="a warm winter scarf", k=3, rerank="hybrid")) == 3

@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 
 from vitrine.config import Config, data_dir, parse_assignments, write_atomic
 from vitrine.errors import VitrineError
+
+if TYPE_CHECKING:
+    from vitrine.catalog import Store
 
 app = typer.Typer(
     help="vitrine: multi-modal product search. Ingest a catalog, index it, search it by text or photo.",
@@ -353,10 +356,37 @@ def govern(
 @app.command()
 @user_errors
 def info(store: StoreArg) -> None:
-    """What a store holds: products, embedding, index, and when it was built."""
+    """What a store holds: products, embedding, index, trained models, and when it was built."""
     from vitrine.catalog import Store
 
-    out.print_json(data={**Store.open(store).manifest})
+    opened = Store.open(store)
+    out.print_json(data={**opened.manifest, "models": trained_models(opened)})
+
+
+def trained_models(store: Store) -> dict[str, dict[str, Any]]:
+    """A few facts per model folder, from the ``training.json`` every training writes; ``in_use`` marks
+    the towers and the reranker the store's configuration serves."""
+    config = store.config()
+    serving = {config.rerank.model} | ({config.embedding.model} if config.embedding.kind == "trained" else set())
+    models = {}
+    for record in sorted(store.models_dir.glob("*/training.json")):
+        name = record.parent.name
+        try:
+            facts = json.loads(record.read_text())
+        except (OSError, ValueError):
+            models[name] = {"error": f"unreadable {record}"}
+            continue
+        if "train_lists" in facts:
+            ndcg = {strategy: round(value, 4) for strategy, value in facts.get("dev_ndcg@10", {}).items()}
+            models[name] = {"kind": "reranker", "strategy": facts.get("strategy"), "lists": facts.get("train_lists"),
+                            "data": facts.get("data"), "held_back_ndcg@10": ndcg}
+        else:
+            result = facts.get("result", {})
+            models[name] = {"kind": "towers", "objective": facts.get("training", {}).get("objective"),
+                            "stages": ",".join(sorted(facts.get("stages", {}))) or None,
+                            "epochs": result.get("epochs"), "best_epoch": result.get("best_epoch")}
+        models[name]["in_use"] = name in serving
+    return models
 
 
 @app.command()
