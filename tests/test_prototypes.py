@@ -15,10 +15,11 @@ from test_training import shopper_photos, store  # noqa: F401  (the drawn store 
 from vitrine.engine.prototype_channel import PrototypeChannel
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
-from vitrine.catalog.product import Pair
+from vitrine.catalog.product import LabelledQuery, Pair
 from vitrine.encoders import load_image_encoder, load_text_encoder
 from vitrine.encoders.efficientnet import EfficientNetLiteEncoder
 from vitrine.errors import StoreError, VitrineError
+from vitrine.evaluation import evaluate
 from vitrine.embedding import Query, TwoTowerModel
 from vitrine.training import train_store
 from vitrine.training.losses import ArcFace, arcface_logits
@@ -184,6 +185,10 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path, monkeypat
     id_hits = engine.search(image=photo, k=4, channel="prototype")
     assert id_hits[0].product.id == "scarf" and vector_hits[0].product.id == "scarf"
     assert sorted(h.product.id for h in id_hits) == sorted(h.product.id for h in vector_hits)
+    labelled = [LabelledQuery(relevant={"scarf": 1}, image=str(photo), where="photo")]
+    report = evaluate(engine, labelled, depth=4, channel="prototype", progress=False)
+    assert report.per_query[0].ranked == [h.product.id for h in id_hits] and report.metrics["recall@1"] == 1.0
+    assert report.channel == "prototype" and "ID recognition" in report.markdown()
     with pytest.raises(VitrineError, match="unknown search channel"):
         engine.search(image=photo, channel="telepathy")
 

@@ -64,6 +64,22 @@ def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     assert len(json.loads(result.output)) == 2
 
 
+def test_eval_measures_a_reranker_as_search_serves_it(trained_store: Path, tmp_path: Path):
+    queries = write_jsonl(tmp_path / "q.jsonl", [{"text": "a warm winter scarf", "relevant": {"scarf": 1}},
+                                                 {"text": "hot coffee", "relevant": {"mug": 2}}])
+    result = run("eval", trained_store, queries, "--rerank", "hybrid", "--candidates", "4")
+    assert result.exit_code == 0, result.output
+    assert "the top 4 reranked by hybrid" in result.output
+    report = json.loads(sorted((trained_store / "reports").glob("eval-q-*.json"))[-1].read_text())
+    assert report["rerank"] == "hybrid" and report["candidates"] == 4
+    engine = vitrine.open(trained_store)
+    for query in report["per_query"]:
+        served = engine.search(text=query["text"], k=4, rerank="hybrid", candidates=4)
+        assert query["ranked"] == [h.product.id for h in served]
+    result = run("eval", trained_store, queries, "--rerank", "telepathic")
+    assert result.exit_code == 2 and "telepathic" in result.output and "Traceback" not in result.output
+
+
 def test_served_reranker_models_run_on_the_configured_threads(trained_store: Path):
     def session_threads(engine) -> dict[str, int]:
         return {kind: runner.session.session.get_session_options().intra_op_num_threads

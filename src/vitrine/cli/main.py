@@ -165,16 +165,31 @@ def eval_(
     root: Annotated[Optional[Path], typer.Option(help="Folder the query image paths are relative to.")] = None,
     format: Annotated[str, typer.Option(help="auto, grocery or jsonl.")] = "auto",
     name: Annotated[Optional[str], typer.Option(help="Report name (default: the query file's name).")] = None,
-    depth: Annotated[int, typer.Option(help="Results retrieved per query (for MRR).")] = 100,
+    depth: Annotated[Optional[int], typer.Option(
+        help="Results retrieved per query (for MRR; default 100, or --candidates when reranking).")] = None,
     lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help="Fuse BM25 with the vectors.")] = None,
+    channel: Annotated[Optional[str], typer.Option(
+        help="vector, or prototype: ID recognition with the trained prototype head (default: search.channel).")] = None,
+    rerank: Annotated[Optional[str], typer.Option(
+        help="Rerank each query's candidates with the store's trained reranker: hybrid, listwise, pointwise or "
+             "sliding (default: off).")] = None,
+    candidates: Annotated[Optional[int], typer.Option(
+        help="--rerank: how many retrieved products the reranker orders (default: rerank.candidates).")] = None,
 ) -> None:
-    """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR. Writes JSON + markdown reports."""
+    """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR. Writes JSON + markdown reports.
+
+    Rankings are those 'vitrine search' gives with the same options: a channel or a reranker is measured as served.
+    """
     from vitrine.catalog import load_queries
     from vitrine.evaluation import evaluate
 
     engine = _open(store)
     labelled = load_queries(queries, root, format)
-    report = evaluate(engine, labelled, name=name or queries.stem, depth=depth, lexical=lexical)
+    if depth is None:
+        depth = (candidates or engine.config.rerank.candidates) if rerank else 100
+    report = evaluate(engine, labelled, name=name or queries.stem, depth=depth, lexical=lexical, channel=channel,
+                      rerank=rerank, candidates=candidates)
+    out.print(f"{report.queries} queries; {report.searched()}")
     out.print(_metrics_table(report))
     json_path, md_path = report.write(engine.store.reports_dir)
     out.print(f"reports: {json_path} and {md_path}")

@@ -35,13 +35,16 @@ class EvalReport:
     seconds: float
     per_query: list[QueryResult] = field(default_factory=list)
     unknown_products: int = 0
+    channel: str = "vector"
+    rerank: str | None = None
+    candidates: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def markdown(self) -> str:
         lines = [f"# Evaluation: {self.name}", "",
-                 f"{self.queries} queries in {self.seconds:.1f} s"
+                 f"{self.queries} queries in {self.seconds:.1f} s; {self.searched()}"
                  + (f"; {self.unknown_products} relevant ids are not in the catalog" if self.unknown_products else ""),
                  "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in self.metrics.items()]
@@ -52,6 +55,11 @@ class EvalReport:
             lines += [f"| {q.text or Path(q.image or '').name} | {', '.join(q.relevant)} | {', '.join(q.ranked[:3])} |"
                       for q in misses]
         return "\n".join(lines) + "\n"
+
+    def searched(self) -> str:
+        """How the rankings were made, in words."""
+        how = "ID recognition (prototype channel)" if self.channel == "prototype" else "vector search"
+        return how + (f", the top {self.candidates} reranked by {self.rerank}" if self.rerank else "")
 
     def write(self, folder: Path) -> tuple[Path, Path]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,9 +72,12 @@ class EvalReport:
 
 def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: str = "queries",
              depth: int = 100, batch_size: int = 64, lexical: bool | None = None, progress: bool = True,
-             channel: str | None = None) -> EvalReport:
-    """Search every query (``depth`` results each) and score the rankings."""
+             channel: str | None = None, rerank: str | None = None, candidates: int | None = None) -> EvalReport:
+    """Search every query (``depth`` results each) and score the rankings, as ``engine.search`` would
+    make them with the same ``lexical``, ``channel``, ``rerank`` and ``candidates``."""
     depth = min(depth, engine.config.search.max_k)
+    channel = channel or engine.config.search.channel
+    candidates = (candidates or engine.config.rerank.candidates) if rerank else None
     known = {product.id for product in engine.catalog}
     start = time.perf_counter()
     results: list[QueryResult] = []
@@ -76,7 +87,7 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
         extra = max((len(q.exclude) for q in batch), default=0)
         hits = engine.search_many([Query(text=q.text, image=q.image) for q in batch],
                                   k=min(depth + extra, engine.config.search.max_k), lexical=lexical,
-                                  channel=channel)
+                                  channel=channel, rerank=rerank, candidates=candidates)
         for query, ranking in zip(batch, hits):
             ranked = [hit.product.id for hit in ranking if hit.product.id not in query.exclude][:depth]
             results.append(QueryResult(query.where, query.text, query.image, query.relevant, ranked[:10],
@@ -85,4 +96,5 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
     bar.close()
     unknown = sum(1 for q in queries for pid in q.relevant if pid not in known)
     return EvalReport(name=name, queries=len(queries), metrics=mean_metrics([r.metrics for r in results]),
-                      seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown)
+                      seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown,
+                      channel=channel, rerank=rerank, candidates=candidates)
