@@ -234,6 +234,34 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path, monkeypat
         vitrine.open(store)
 
 
+def test_the_service_offers_id_recognition_once_the_towers_have_a_head(store, tmp_path):  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from vitrine.config import ServeConfig
+    from vitrine.serve import create_app
+
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2"})
+    train_store(store, pairs, config=config, name="proto", progress=False)
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    photo = draw_product(tmp_path / "new-photo.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
+    with TestClient(create_app(engine, ServeConfig())) as client:
+        assert client.get("/api/info").json()["channels"] == ["vector", "prototype"]
+        response = client.post("/search", files={"image": photo.read_bytes()}, data={"k": "4", "channel": "prototype"})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["query"]["channel"] == "prototype"
+        expected = engine.search(image=photo, k=4, channel="prototype")
+        vector = engine.search(image=photo, k=4)
+        assert [h.score for h in expected] != pytest.approx([h.score for h in vector], abs=1e-5)  # so the service cannot have fallen back to vectors
+        assert [hit["product"]["id"] for hit in body["results"]] == [h.product.id for h in expected]
+        assert [hit["score"] for hit in body["results"]] == pytest.approx([h.score for h in expected], abs=1e-5)
+        text = client.get("/search", params={"q": "warm winter scarf", "k": 2, "channel": "prototype"}).json()
+        assert [hit["product"]["id"] for hit in text["results"]] == [
+            h.product.id for h in engine.search(text="warm winter scarf", k=2, channel="prototype")]
+
+
 def test_id_recognition_scores_a_prototype_in_the_towers_block_and_keeps_the_other_blocks():
     head = PrototypeHead.from_centroids(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
     served = {10: np.array([0.6, 0.8, 1.0, 0.0]), 11: np.array([0.8, 0.6, 0.0, 1.0]),

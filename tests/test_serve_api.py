@@ -67,7 +67,7 @@ def test_text_search(client: TestClient):
     assert body["results"][0]["product"]["id"] == "scarf"
     assert [hit["rank"] for hit in body["results"]] == [1, 2, 3]
     assert {"queue", "encode", "retrieve", "fetch", "total"} <= set(body["timings_ms"])
-    assert body["query"] == {"text": "a warm winter scarf", "photo": False, "k": 3, "rerank": "none"}
+    assert body["query"] == {"text": "a warm winter scarf", "photo": False, "k": 3, "rerank": "none", "channel": "vector"}
     image = client.get(body["results"][0]["product"]["images"][0])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
 
@@ -238,12 +238,20 @@ def test_reads_can_require_the_key(engine):
 
 # --- operations, page, persistence ---------------------------------------------------------------
 
+def test_a_channel_the_store_cannot_serve_is_a_400(client: TestClient):
+    response = client.get("/search", params={"q": "scarf", "channel": "prototype"})
+    assert response.status_code == 400 and "no prototype head" in response.json()["error"]
+    response = client.post("/search", json={"text": "scarf", "channel": "telepathy"})
+    assert response.status_code == 400 and "this store offers: vector" in response.json()["error"]
+
+
 def test_health_ready_info_metrics(client: TestClient):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     info = client.get("/api/info").json()
-    assert info["rerankers"] == ["none"] and info["writes_enabled"] is True and info["limits"]["max_k"] == 100
+    assert info["rerankers"] == ["none"] and info["channels"] == ["vector"]
+    assert info["writes_enabled"] is True and info["limits"]["max_k"] == 100
     client.get("/search", params={"q": "apple"})
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")

@@ -1,5 +1,6 @@
 """The web page in a real browser (Playwright driving Debian's Chromium): type, upload a photo, see results."""
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -23,7 +24,14 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed
 @pytest.fixture(scope="module")
 def server_url(built_store: Path, tmp_path_factory: pytest.TempPathFactory):
     store = Path(shutil.copytree(built_store, tmp_path_factory.mktemp("browser") / "store"))
-    app = create_app(vitrine.open(store), ServeConfig())
+    with serving(vitrine.open(store)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(engine):
+    """The app on a free port of 127.0.0.1, in a thread, for as long as the block runs."""
+    app = create_app(engine, ServeConfig())
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -34,9 +42,11 @@ def server_url(built_store: Path, tmp_path_factory: pytest.TempPathFactory):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
@@ -52,6 +62,7 @@ def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
         page.goto(server_url)
         expect(page.locator("#store-meta")).to_contain_text("4 products")
         expect(page.locator("#rerank")).to_be_disabled()  # /api/info offers no reranker yet
+        expect(page.locator("#exact-switch")).to_be_hidden()  # nor ID recognition: the towers have no head
 
         page.fill("#q", "a warm winter scarf")
         page.press("#q", "Enter")
@@ -82,3 +93,33 @@ def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
         browser.close()
     assert not errors
     assert (ARTIFACTS / "search-photo.png").stat().st_size > 10_000
+
+
+def test_exact_product_switch_searches_by_id_recognition(built_store: Path, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from test_prototypes import STAGES
+    from test_training import shopper_photos
+    from vitrine.catalog import Store
+    from vitrine.training import train_store
+
+    store = Store.open(shutil.copytree(built_store, tmp_path / "store"))
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2"})
+    train_store(store, shopper_photos(tmp_path / "photos", per_product=2), config=config, name="proto", progress=False)
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    expected = engine.search(text="a warm winter scarf", k=4, channel="prototype")
+    with serving(engine) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(url)
+        expect(page.locator("#exact-switch")).to_be_visible()
+        page.fill("#q", "a warm winter scarf")
+        page.press("#q", "Enter")
+        expect(page.locator("#results-meta")).not_to_contain_text("exact product")
+        page.click("#exact-switch")  # searches again, through the prototype channel
+        expect(page.locator("#results-meta")).to_contain_text("exact product (ID recognition)")
+        expect(page.locator("#grid .card").first).to_contain_text(expected[0].product.title)
+        expect(page.locator("#grid .card .score").first).to_have_text(f"{expected[0].score:.3f}")
+        page.screenshot(path=str(ARTIFACTS / "search-exact.png"))
+        browser.close()

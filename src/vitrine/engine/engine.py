@@ -17,6 +17,7 @@ from vitrine.catalog import Filter, ImageInput, Product, Store, filter_document
 from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, EnsembleEmbedder, Query
+from vitrine.embedding.prototypes import HEAD_FILE
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
@@ -154,12 +155,12 @@ class SearchEngine:
                                 channel=channel)[0]
 
     def search_timed(self, text: str | None = None, image: ImageInput | None = None, k: int | None = None,
-                     *, lexical: bool | None = None, rerank: str | None = None,
-                     candidates: int | None = None, options: SearchOptions | None = None) -> TimedHits:
+                     *, lexical: bool | None = None, rerank: str | None = None, candidates: int | None = None,
+                     options: SearchOptions | None = None, channel: str | None = None) -> TimedHits:
         """``search``, with the seconds spent in each stage (for a service's responses and metrics)."""
         timings: dict[str, float] = {}
         hits = self.search_many([Query(text=text, image=image)], k=k, lexical=lexical, rerank=rerank,
-                                candidates=candidates, timings=timings, options=options)[0]
+                                candidates=candidates, timings=timings, options=options, channel=channel)[0]
         return TimedHits(hits, timings)
 
     def search_many(self, queries: Sequence[Query], k: int | None = None, *, lexical: bool | None = None,
@@ -225,6 +226,11 @@ class SearchEngine:
             hits = self._reranked(reranker, queries, vectors, hits, rerank, k_final)
             clock.lap("rerank")
         return hits
+
+    def channels(self) -> list[str]:
+        """The search channels this store can serve: ``vector``, and ``prototype`` once its towers have a head."""
+        head = self.store.models_dir / self.config.embedding.model / HEAD_FILE
+        return [*CHANNELS] if self.config.embedding.kind == "trained" and head.is_file() else ["vector"]
 
     def prototype_channel(self) -> PrototypeChannel:
         """ID recognition with the store's trained prototype head (``models/<embedding.model>``)."""

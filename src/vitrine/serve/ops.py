@@ -45,7 +45,7 @@ def router(state: ServiceState) -> APIRouter:
         engine, config = state.engine, state.config
         return Info(name=engine.store.root.name, version=__version__, products=len(engine.catalog),
                     embedding=str(engine.embedder.describe().get("kind", "unknown")),
-                    rerankers=rerank.available(engine), writes_enabled=state.api_key is not None,
+                    rerankers=rerank.available(engine), channels=engine.channels(), writes_enabled=state.api_key is not None,
                     reads_need_key=config.read_requires_key,
                     limits={"max_k": config.max_k, "max_query_chars": config.max_query_chars,
                             "max_upload_bytes": config.max_upload_bytes, "max_pixels": config.max_pixels,

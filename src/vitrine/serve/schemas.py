@@ -63,6 +63,8 @@ class SearchJSON(BaseModel):
     image: str | None = Field(None, description="Base64 JPEG, PNG or WebP (a data: URL is fine).")
     k: int = 10
     rerank: str = "none"
+    channel: str = Field("vector", max_length=40, description=(
+        "vector, or prototype: ID recognition for exact-product lookup (see /api/info)."))
     filter: str | None = Field(None, max_length=1000, description=(
         'Attribute filter applied during the vector search, e.g. category == "Fruit" and price < 20 '
         "(==, !=, <, <=, >, >=, in [...], and, or, not, parentheses)."))
@@ -110,6 +112,7 @@ class Info(BaseModel):
     products: int
     embedding: str
     rerankers: list[str]
+    channels: list[str]
     writes_enabled: bool
     reads_need_key: bool
     limits: dict[str, int]

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { photo: null, photoUrl: null, rerankers: ["none"], lastResults: null, limits: {} };
+const state = { photo: null, photoUrl: null, rerankers: ["none"], channels: ["vector"], lastResults: null, limits: {} };
 const SUGGESTIONS = ["oat milk", "green apple", "yoghurt", "red pepper", "juice", "something sweet"];
 
 function show(view) {
@@ -80,10 +80,15 @@ function rerankChoice() {
   return $("rerank").checked && offered.length ? offered[0] : "none";
 }
 
+function channelChoice() {
+  return $("exact").checked && state.channels.includes("prototype") ? "prototype" : "vector";
+}
+
 async function search() {
   const text = $("q").value.trim();
   if (!text && !state.photo) { location.hash = "#/"; return; }
   const rerank = rerankChoice();
+  const channel = channelChoice();
   const filter = $("filter").value.trim();
   const k = 24;
   document.body.classList.add("loading");
@@ -96,10 +101,11 @@ async function search() {
       if (text) form.append("text", text);
       form.append("k", String(k));
       form.append("rerank", rerank);
+      form.append("channel", channel);
       if (filter) form.append("filter", filter);
       result = await api("/search", { method: "POST", body: form });
     } else {
-      const params = { q: text, k, rerank, ...(filter ? { filter } : {}) };
+      const params = { q: text, k, rerank, channel, ...(filter ? { filter } : {}) };
       result = await api(`/search?${new URLSearchParams(params)}`);
     }
     state.lastResults = result;
@@ -156,7 +162,7 @@ function renderResults(result) {
   const t = result.timings_ms;
   const stages = ["encode", "retrieve", "rerank"].filter((s) => s in t).map((s) => `${s} ${t[s].toFixed(1)}`).join(", ");
   $("results-meta").textContent = `${result.results.length} products · ${t.total.toFixed(0)} ms (${stages} ms)` +
-    (q.rerank !== "none" ? ` · reranked (${q.rerank})` : "");
+    (q.rerank !== "none" ? ` · reranked (${q.rerank})` : "") + (q.channel === "prototype" ? " · exact product (ID recognition)" : "");
   renderGrid($("grid"), result.results, "Nothing matched. Try other words or another photo.");
 }
 
@@ -221,6 +227,7 @@ function route() {
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("back").addEventListener("click", (event) => { event.preventDefault(); history.back(); });
 $("rerank").addEventListener("change", () => { if (state.lastResults) search(); });
+$("exact").addEventListener("change", () => { if (state.lastResults) search(); });
 window.addEventListener("popstate", route);
 window.addEventListener("hashchange", route);
 
@@ -236,6 +243,8 @@ $("suggestions").append(...SUGGESTIONS.map((text) => {
     const info = await api("/api/info");
     state.rerankers = info.rerankers;
     state.limits = info.limits;
+    state.channels = info.channels || ["vector"];
+    $("exact-switch").hidden = !state.channels.includes("prototype");  // only towers trained with a prototype head
     const available = info.rerankers.some((name) => name !== "none");
     $("rerank").disabled = !available;
     $("rerank-switch").classList.toggle("disabled", !available);
