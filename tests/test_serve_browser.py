@@ -1,6 +1,7 @@
 """The web page in a real browser (Playwright driving Debian's Chromium): type, upload a photo, see results."""
 
 import contextlib
+import re
 import shutil
 import socket
 import threading
@@ -68,6 +69,7 @@ def test_search_page_by_text_and_photo(server_url: str, tmp_path: Path):
         page.press("#q", "Enter")
         first = page.locator("#grid .card").first
         expect(first).to_contain_text("Striped Wool Scarf")
+        expect(first.locator(".score")).to_have_attribute("title", "similarity score")
         expect(page.locator("#results-meta")).to_contain_text("4 products")
         # Images load after the cards render: wait (bounded) for the first one to decode.
         page.wait_for_function(
@@ -121,5 +123,6 @@ def test_exact_product_switch_searches_by_id_recognition(built_store: Path, tmp_
         expect(page.locator("#results-meta")).to_contain_text("exact product (ID recognition)")
         expect(page.locator("#grid .card").first).to_contain_text(expected[0].product.title)
         expect(page.locator("#grid .card .score").first).to_have_text(f"{expected[0].score:.3f}")
+        expect(page.locator("#grid .card .score").first).to_have_attribute("title", re.compile("prototype"))
         page.screenshot(path=str(ARTIFACTS / "search-exact.png"))
         browser.close()

@@ -119,7 +119,7 @@ async function search() {
   }
 }
 
-function card(hit) {
+function card(hit, scoreMeaning = "similarity score") {
   const p = hit.product;
   const link = document.createElement("a");
   link.className = "card";
@@ -143,15 +143,23 @@ function card(hit) {
   sub.textContent = [attrs.brand, attrs.category, attrs.coarse_class].filter(Boolean).join(" · ") || p.id;
   const foot = document.createElement("div");
   foot.className = "foot";
-  foot.innerHTML = `<span class="rank">#${hit.rank}</span><span class="score" title="similarity score">${hit.score.toFixed(3)}</span>`;
+  foot.innerHTML = `<span class="rank">#${hit.rank}</span><span class="score">${hit.score.toFixed(3)}</span>`;
+  foot.querySelector(".score").title = scoreMeaning;
   body.append(title, sub, foot);
   link.append(thumb, body);
   return link;
 }
 
-function renderGrid(grid, hits, emptyText) {
-  grid.replaceChildren(...hits.map(card));
+function renderGrid(grid, hits, emptyText, scoreMeaning) {
+  grid.replaceChildren(...hits.map((hit) => card(hit, scoreMeaning)));
   if (!hits.length) grid.innerHTML = `<div class="empty">${emptyText}</div>`;
+}
+
+// What a result's score is, for its tooltip: the hybrid reranker's is a calibrated probability.
+function scoreMeaning(query) {
+  if (query.rerank === "hybrid") return "probability that this is the very product searched for (the reranker's calibrated r)";
+  if (query.rerank !== "none") return `reranker score (${query.rerank})`;
+  return query.channel === "prototype" ? "similarity to the product's prototype (ID recognition)" : "similarity score";
 }
 
 function renderResults(result) {
@@ -163,7 +171,7 @@ function renderResults(result) {
   const stages = ["encode", "retrieve", "rerank"].filter((s) => s in t).map((s) => `${s} ${t[s].toFixed(1)}`).join(", ");
   $("results-meta").textContent = `${result.results.length} products · ${t.total.toFixed(0)} ms (${stages} ms)` +
     (q.rerank !== "none" ? ` · reranked (${q.rerank})` : "") + (q.channel === "prototype" ? " · exact product (ID recognition)" : "");
-  renderGrid($("grid"), result.results, "Nothing matched. Try other words or another photo.");
+  renderGrid($("grid"), result.results, "Nothing matched. Try other words or another photo.", scoreMeaning(q));
 }
 
 // --- the product page ---------------------------------------------------------------------
