@@ -49,6 +49,28 @@ def test_ingest_index_search_eval(tmp_path: Path, catalog_file: Path):
     assert report["per_query"][0]["ranked"][0] == "scarf"
 
 
+def test_compare_two_eval_reports(built_store: Path, tmp_path: Path):
+    import shutil
+
+    store = shutil.copytree(built_store, tmp_path / "store")  # eval writes reports into the store
+    queries = write_jsonl(tmp_path / "q.jsonl", [
+        {"text": "warm scarf", "relevant": {"scarf": 1}},
+        {"text": "coffee mug", "relevant": {"mug": 1}},
+        {"text": "something for the road", "relevant": {"cone": 1}},
+    ])
+    reports = []
+    for name, extra in (("plain", []), ("lexical", ["--lexical"])):
+        assert run("eval", store, queries, "--name", name, *extra).exit_code == 0
+        reports.append(next((store / "reports").glob(f"eval-{name}-*.json")))
+    result = run("compare", *reports, "--metric", "mrr")
+    assert result.exit_code == 0, result.output
+    a, b = (json.loads(path.read_text())["metrics"]["mrr"] for path in reports)
+    row = next(line for line in result.output.splitlines() if "mrr" in line)
+    assert f"{a:.4f}" in row and f"{b:.4f}" in row and f"{b - a:+.4f}" in row and "3 queries" in result.output
+    result = run("compare", reports[0], queries)
+    assert result.exit_code == 2 and "not a JSON report" in result.output and "Traceback" not in result.output
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     source = tmp_path / "p.jsonl"
     source.write_text('{"id": "a", "title": "A", "images": ["gone.png"]}\n')

@@ -2,6 +2,8 @@ import math
 
 import pytest
 
+from vitrine.errors import VitrineError
+from vitrine.evaluation.compare import compare_reports
 from vitrine.evaluation.metrics import (average_precision_at_k, mean_metrics, ndcg_at_k, precision_at_k,
                                         query_metrics, recall_at_k, reciprocal_rank)
 
@@ -55,3 +57,33 @@ def test_query_metrics_and_mean():
     assert mean["recall@1"] == 0.5
     assert mean["mrr"] == pytest.approx(0.75)
     assert set(mean) == {"recall@1", "recall@5", "recall@10", "map@10", "ndcg@10", "mrr"}
+
+
+def _report(hits: dict[str, float]) -> dict:
+    """An eval report's JSON shape: per-query metrics keyed by where the query came from."""
+    return {"per_query": [{"where": where, "metrics": {"recall@1": hit, "mrr": 0.5 + hit / 2}}
+                          for where, hit in hits.items()]}
+
+
+def test_compare_pairs_queries_and_separates_a_gain_from_a_tie():
+    base = {f"q{i}": float(i % 2) for i in range(60)}  # half the queries hit
+    better = {where: 1.0 for where in base}  # every query hits: +0.5, every difference >= 0
+    result = compare_reports(_report(base), _report(better))
+    recall = next(row for row in result.metrics if row.metric == "recall@1")
+    assert (recall.a, recall.b, recall.difference) == (0.5, 1.0, 0.5)
+    assert 0 < recall.low <= 0.5 <= recall.high and recall.verdict == "b better"
+    assert compare_reports(_report(better), _report(base)).metrics[0].verdict == "a better"
+    flipped = {where: 1.0 - hit for where, hit in base.items()}  # the other half hits: same mean, every query moves
+    tie = compare_reports(_report(base), _report(flipped), metrics=["recall@1"])
+    assert [row.metric for row in tie.metrics] == ["recall@1"] and tie.metrics[0].verdict == "tie"
+    assert tie.metrics[0].low < 0 < tie.metrics[0].high
+
+
+def test_compare_counts_unpaired_queries_and_refuses_disjoint_reports():
+    result = compare_reports(_report({"a": 1.0, "b": 0.0, "c": 1.0}), _report({"b": 1.0, "c": 1.0, "d": 0.0}))
+    assert (result.shared, result.only_a, result.only_b) == (2, 1, 1)
+    assert result.metrics[0].a == 0.5 and result.metrics[0].b == 1.0  # over b and c only
+    with pytest.raises(VitrineError, match="no query in common"):
+        compare_reports(_report({"a": 1.0}), _report({"z": 1.0}))
+    with pytest.raises(VitrineError, match="'ndcg@10' is not in both reports"):
+        compare_reports(_report({"a": 1.0}), _report({"a": 0.0}), metrics=["ndcg@10"])

@@ -197,6 +197,32 @@ def eval_(
 
 @app.command()
 @user_errors
+def compare(
+    report_a: Annotated[Path, typer.Argument(help="An eval-*.json report (the baseline).")],
+    report_b: Annotated[Path, typer.Argument(help="An eval-*.json report of the same queries (the change).")],
+    metric: Annotated[Optional[list[str]], typer.Option(help="Only these metrics (repeatable; default: all).")] = None,
+) -> None:
+    """Compare two 'vitrine eval' reports of the same queries, query by query: for each metric, B - A with a 95%
+    bootstrap interval; an interval across 0 is a tie the queries cannot break.
+
+    For example, eval once plain and once with --rerank hybrid (or --channel prototype), then compare the two reports.
+    """
+    from vitrine.evaluation.compare import compare_reports, load_report
+
+    result = compare_reports(load_report(report_a), load_report(report_b), metrics=metric or None)
+    table = Table(title=f"B - A over {result.shared} queries both reports scored", title_justify="left")
+    for column in ("metric", "A", "B", "B - A", "95% interval", "verdict"):
+        table.add_column(column, justify="left" if column in ("metric", "verdict") else "right")
+    for row in result.metrics:
+        table.add_row(row.metric, f"{row.a:.4f}", f"{row.b:.4f}", f"{row.difference:+.4f}",
+                      f"[{row.low:+.4f}, {row.high:+.4f}]", row.verdict)
+    out.print(table)
+    if result.only_a or result.only_b:
+        out.print(f"not compared: {result.only_a} queries only in A, {result.only_b} only in B")
+
+
+@app.command()
+@user_errors
 def train(
     store: StoreArg,
     data: Annotated[str, typer.Option(help="Training data: grocery:PATH, crowdflower:PATH, shopee:PATH, or pairs.jsonl.")],
