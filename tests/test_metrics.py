@@ -4,8 +4,15 @@ import pytest
 
 from vitrine.errors import VitrineError
 from vitrine.evaluation.compare import compare_reports
-from vitrine.evaluation.metrics import (average_precision_at_k, mean_metrics, ndcg_at_k, precision_at_k,
-                                        query_metrics, recall_at_k, reciprocal_rank)
+from vitrine.evaluation.metrics import (
+    average_precision_at_k,
+    mean_metrics,
+    ndcg_at_k,
+    precision_at_k,
+    query_metrics,
+    recall_at_k,
+    reciprocal_rank,
+)
 
 RANKED = ["a", "x", "b", "y", "c"]
 RELEVANT = {"a": 1, "b": 1, "c": 1, "d": 1}
