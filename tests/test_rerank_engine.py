@@ -43,8 +43,10 @@ def trained_store(built_store: Path, tmp_path_factory: pytest.TempPathFactory) -
 def test_train_reranker_then_search_with_every_strategy(trained_store: Path):
     store = trained_store
     folder = store / "models" / "rerank"
-    assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json", "history.npz"} <= {
-        p.name for p in folder.iterdir()}
+    assert {"config.json", "listwise.safetensors", "pointwise.safetensors", "training.json", "history.npz",
+            "training.png", "reliability.png"} <= {p.name for p in folder.iterdir()}
+    assert json.loads((folder / "training.json").read_text())["plots"] == ["training.png", "reliability.png"]
+    assert min((folder / name).stat().st_size for name in ("training.png", "reliability.png")) > 10_000
 
     engine = vitrine.open(store)
     plain = engine.search(text="a warm winter scarf", k=4)

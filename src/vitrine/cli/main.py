@@ -351,7 +351,9 @@ def train_reranker(
         out.print("held-back queries, NDCG@10: " + ", ".join(f"{name} {value:.3f}" for name, value in
                                                             report["dev_ndcg@10"].items())
                   + f"; default strategy: {report['strategy']} (rerank.strategy, 'auto' picks the best)")
-    out.print(f"saved in {target.models_dir / config.rerank.model}. Next: vitrine search {store} --text ... --rerank hybrid")
+    folder = target.models_dir / config.rerank.model
+    out.print(f"saved in {folder} (plots: {', '.join(report.get('plots', []))}). "
+              f"Next: vitrine search {store} --text ... --rerank hybrid")
 
 
 @app.command()

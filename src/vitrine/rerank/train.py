@@ -28,7 +28,7 @@ from vitrine.embedding import Embedder, Query
 from vitrine.errors import VitrineError
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
-from vitrine.rerank.calibration import Calibrator, expected_calibration_error, softmax
+from vitrine.rerank.calibration import Calibrator, expected_calibration_error, reliability_diagram, softmax
 from vitrine.rerank.features import (RELATIONS, CandidateList, FeatureBuilder, FeatureSpec, ProductTable,
                                      catalog_entries, retrieve)
 from vitrine.rerank.history import QueryHistory
@@ -347,17 +347,64 @@ def _fit(model: torch.nn.Module, count: int, step_loss, dev: Sequence[CandidateL
     return report
 
 
+def level_logits(reranker: Reranker, lists: Sequence[CandidateList]) -> tuple[np.ndarray, np.ndarray]:
+    """The absolute scorer's level logits for every candidate of ``lists``, and each candidate's true level."""
+    entries = reranker.chunk_scores(lists)
+    return (np.concatenate([entry["logits"] for entry in entries]),
+            np.concatenate([found.levels for found in lists]))
+
+
 def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> dict[str, float]:
     """Fit the calibrator of r on the dev lists; returns the dev ECE before and after."""
     if not dev or reranker.listwise is None:
         return {}
-    entries = reranker.chunk_scores(dev)
-    logits = np.concatenate([entry["logits"] for entry in entries])
-    levels = np.concatenate([found.levels for found in dev])
-    before = expected_calibration_error(softmax(logits)[:, 0], levels == 0)
+    logits, levels = level_logits(reranker, dev)
+    before = expected_calibration_error(softmax(logits)[:, 0], levels == INSTANCE)
     reranker.calibrator = Calibrator.fit(kind, logits, levels)
-    after = expected_calibration_error(reranker.calibrator(logits), levels == 0)
+    after = expected_calibration_error(reranker.calibrator(logits), levels == INSTANCE)
     return {"dev_ece_raw": before, "dev_ece_calibrated": after}
+
+
+def plot_training(report: Mapping[str, Any], path: Path) -> Path:
+    """Both models' training loss and held-back NDCG@10 per epoch (epoch 0: the retriever's own order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, dev_axis) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for name, fit in (("chunk listwise", report.get("listwise")), ("pointwise", report.get("pointwise"))):
+        if not fit:
+            continue
+        loss_axis.plot(range(1, len(fit["losses"]) + 1), fit["losses"], marker="o", markersize=3, label=name)
+        if fit["dev_scores"]:
+            line, = dev_axis.plot(range(len(fit["dev_scores"])), fit["dev_scores"], marker="o", markersize=3,
+                                  label=f"{name} (kept: epoch {fit['best_epoch']})")
+            dev_axis.axvline(fit["best_epoch"], color=line.get_color(), linestyle=":", linewidth=1)
+    for axis, label in ((loss_axis, "mean training loss"), (dev_axis, "held-back NDCG@10")):
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def save_plots(reranker: Reranker, dev: Sequence[CandidateList], report: Mapping[str, Any], folder: Path) -> list[Path]:
+    """``training.png`` (loss and held-back NDCG per epoch) and, with held-back lists, ``reliability.png``
+    (r before and after calibration on them)."""
+    plots = [plot_training(report, folder / "training.png")]
+    if dev and reranker.listwise is not None:
+        logits, levels = level_logits(reranker, dev)
+        matches = levels == INSTANCE
+        curves = {"raw": (softmax(logits)[:, 0], matches)}
+        if reranker.calibrator.kind != "none":
+            curves[f"calibrated ({reranker.calibrator.kind})"] = (reranker.calibrator(logits), matches)
+        plots.append(reliability_diagram(curves, folder / "reliability.png",
+                                         title=f"r on the {len(dev)} held-back lists (calibrated on them)"))
+    return plots
 
 
 def train_reranker(train: Sequence[CandidateList], dev: Sequence[CandidateList], config: RerankConfig, *,
@@ -447,5 +494,6 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
                    "cross_fit_folds": cross_fit,
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
+    report["plots"] = [path.name for path in save_plots(reranker, [lists[i] for i in dev_rows], report, folder)]
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     return reranker, report
