@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -137,3 +138,25 @@ def test_help_explains_commands():
     result = run("--help")
     for command in ("ingest", "index", "search", "eval", "demo"):
         assert command in result.output
+
+
+def test_demo_builds_a_store_with_both_channels(tmp_path: Path):
+    from test_loaders import make_grocery
+
+    dataset = make_grocery(tmp_path / "grocery")
+    train = []
+    drawn = (("Granny-Smith", "circle", (80, 200, 60), 0), ("Oat-Milk", "square", (230, 230, 200), 1))
+    for name, shape, colour, fine in drawn:
+        for i in range(3):
+            draw_product(dataset / "train" / f"{name}_{i}.jpg", shape, colour, size=150 + 20 * i,
+                         background=(120, 90, 60))
+            train.append(f"train/{name}_{i}.jpg, {fine}, {fine}")
+    (dataset / "train.txt").write_text("\n".join(train) + "\n")
+    store = tmp_path / "demo"
+    result = run("demo", "--store", store, "--data", tmp_path / "grocery", "--no-serve")
+    assert result.exit_code == 0, result.output
+    assert "vector search:" in result.output and "ID recognition (prototype channel):" in result.output
+    assert {re.sub(r"-\d{8}-\d{6}$", "", path.stem) for path in (store / "reports").glob("*.json")} == {
+        "eval-grocery-val-vector", "eval-grocery-val-prototype"}
+    model = json.loads(run("info", store).output)["models"]["default"]
+    assert model["objective"] == "prototype" and model["stages"] == "1,2" and model["in_use"]
