@@ -156,7 +156,9 @@ def test_demo_builds_a_store_with_both_channels(tmp_path: Path):
     result = run("demo", "--store", store, "--data", tmp_path / "grocery", "--no-serve")
     assert result.exit_code == 0, result.output
     assert "vector search:" in result.output and "ID recognition (prototype channel):" in result.output
+    assert "vector search, the top 50 reranked by hybrid:" in result.output
     assert {re.sub(r"-\d{8}-\d{6}$", "", path.stem) for path in (store / "reports").glob("*.json")} == {
-        "eval-grocery-val-vector", "eval-grocery-val-prototype"}
-    model = json.loads(run("info", store).output)["models"]["default"]
-    assert model["objective"] == "prototype" and model["stages"] == "1,2" and model["in_use"]
+        "eval-grocery-val-vector", "eval-grocery-val-prototype", "eval-grocery-val-vector-hybrid"}
+    models = json.loads(run("info", store).output)["models"]
+    assert models["default"]["objective"] == "prototype" and models["default"]["stages"] == "1,2"
+    assert models["default"]["in_use"] and models["rerank"]["in_use"]

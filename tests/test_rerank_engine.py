@@ -175,6 +175,8 @@ def test_train_reranker_cross_fits_over_trained_towers(built_store: Path, tmp_pa
     assert sum(fold["examples"] - fold["keyword_examples"] for fold in folds) == 12
     engine = vitrine.open(store)
     assert engine.store.config().embedding.model == "towers"  # not switched to a fold retriever
+    # Each fold retriever was trained as the store's towers were: --epochs 2, which config.toml does not hold.
+    assert engine.store.config().training.epochs != 2 and all(fold["training"]["epochs"] == 2 for fold in folds)
     models = json.loads(run("info", store).output)["models"]
     assert models["towers"] == {"kind": "towers", "objective": "contrastive", "stages": None, "epochs": 2,
                                 "best_epoch": models["towers"]["best_epoch"], "in_use": True}

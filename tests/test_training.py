@@ -1,5 +1,6 @@
 """Training on fixtures the test draws: the loss falls, checkpoints resume, the store switches over."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -354,3 +355,20 @@ def test_training_shows_photos_as_their_views(store, tmp_path, encoders):
     assert np.array_equal(trainer._query_images(rows).numpy(), data.query_image[rows])  # dev scoring: as shot
     result = trainer.fit()
     assert result.losses[-1] < result.losses[0]
+
+
+def test_trained_like_takes_a_models_training_settings(tmp_path, caplog):
+    from vitrine.training.run import trained_like
+
+    folder = tmp_path / "towers"
+    folder.mkdir()
+    (folder / "training.json").write_text(json.dumps({
+        "training": {"objective": "prototype", "epochs": 2, "unfreeze_blocks": 5, "from_an_older_version": 1},
+        "prototype": {"margin": 0.3, "stages": "1,2"}, "result": {"epochs": 2}}))
+    config = Config().with_overrides({"training.epochs": 30, "rerank.epochs": 7})
+    like = trained_like(config, folder)
+    assert (like.training.objective, like.training.epochs, like.training.unfreeze_blocks) == ("prototype", 2, 5)
+    assert (like.prototype.margin, like.prototype.stages) == (0.3, "1,2")
+    assert like.rerank.epochs == 7 and like.training.lr == config.training.lr  # the rest is the store's
+    assert trained_like(config, tmp_path / "elsewhere") == config
+    assert "no readable training.json" in caplog.text

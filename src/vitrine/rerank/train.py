@@ -385,7 +385,8 @@ def plot_training(report: Mapping[str, Any], path: Path) -> Path:
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # no held-back lists: nothing on the right
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

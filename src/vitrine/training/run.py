@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
+from pathlib import Path
 
 from vitrine.catalog import Store
 from vitrine.catalog.product import Pair
@@ -16,7 +18,10 @@ from vitrine.encoders.cache import FeatureCache
 from vitrine.training.stages import StageInputs, train_prototype_stages
 from vitrine.training.trainer import LR_SCHEDULES, ContrastiveTrainer, TrainResult, plot_losses, tower_config
 
+log = logging.getLogger(__name__)
+
 OBJECTIVES = ("contrastive", "prototype")
+TRAINED_SECTIONS = ("training", "prototype")
 
 
 def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
@@ -99,3 +104,19 @@ def _train_prototype(store: Store, products, pairs, text_encoder, config: Config
               **stages}
     write_atomic(folder / "training.json", json.dumps(report, indent=2).encode())
     return result
+
+
+def trained_like(config: Config, folder: Path) -> Config:
+    """``config`` with the ``[training]`` and ``[prototype]`` settings the model in ``folder`` was trained with
+    (from its ``training.json``), so that another model can be trained the same way: the reranker's
+    cross-fitted fold retrievers must resemble the towers they stand in for, whatever flags trained those."""
+    try:
+        report = json.loads((Path(folder) / "training.json").read_text())
+    except (OSError, ValueError):
+        log.warning("%s: no readable training.json; new models train with the store's own settings", folder)
+        return config
+    overrides = {}
+    for section in TRAINED_SECTIONS:
+        known = {field.name for field in fields(getattr(config, section))}
+        overrides.update({f"{section}.{key}": value for key, value in report.get(section, {}).items() if key in known})
+    return config.with_overrides(overrides, source=str(Path(folder) / "training.json"))
