@@ -372,3 +372,48 @@ def test_trained_like_takes_a_models_training_settings(tmp_path, caplog):
     assert like.rerank.epochs == 7 and like.training.lr == config.training.lr  # the rest is the store's
     assert trained_like(config, tmp_path / "elsewhere") == config
     assert "no readable training.json" in caplog.text
+
+
+def test_two_models_on_two_backbones_are_served_side_by_side(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitrine.cli import app
+
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
+    tiny = {"training.hidden": 32, "training.dim": 16, "training.matryoshka": "", "training.epochs": 3,
+            "training.keyword_pairs": False, "encoders.image": "efficientnet-lite0@96"}
+    store.config(tiny).save(store.config_path)
+    train_store(store, pairs, name="first", progress=False)
+    runner = CliRunner()
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps({"product_id": p.product_id, "query_image": p.query_image,
+                                              "query_text": p.query_text}) + "\n" for p in pairs))
+    result = runner.invoke(app, ["train", str(store.root), "--data", str(pairs_file), "--name", "second",
+                                 "--image-encoder", "efficientnet-lite1@96"])
+    assert result.exit_code == 0, result.output
+    assert store.config().encoders.image == "efficientnet-lite0@96"  # the option trained one model, kept nothing
+    second = TwoTowerModel.load(store.models_dir / "second")
+    assert second.config.image_encoder == "efficientnet-lite1@96"
+
+    photo = draw_product(tmp_path / "query.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
+    alone = {}
+    for name in ("first", "second"):
+        store.config({"embedding.model": name, "embedding.also": "", "embedding.zero_shot_weight": 0.5}).save(
+            store.config_path)
+        engine = vitrine.open(store)
+        engine.sync(rebuild=True, progress=False)
+        alone[name] = {hit.product.id: hit.score for hit in engine.search(image=photo, k=4)}
+    store.config({"embedding.model": "first", "embedding.also": "second"}).save(store.config_path)
+    both = vitrine.open(store)
+    both.sync(rebuild=True, progress=False)
+    members = both.embedder.members
+    assert [m.members[1].describe()["image_encoder"] for m in members] == ["efficientnet-lite0@96",
+                                                                          "efficientnet-lite1@96"]
+    for hit in both.search(image=photo, k=4):  # each model with its own backbone's zero-shot block, half each
+        assert hit.score == pytest.approx(0.5 * alone["first"][hit.product.id] + 0.5 * alone["second"][hit.product.id],
+                                          abs=1e-4)
+    assert both.channels() == ["vector"]
+    models = json.loads(runner.invoke(app, ["info", str(store.root)]).output)["models"]
+    assert models["first"]["in_use"] and models["second"]["in_use"]
+    with pytest.raises(StoreError, match="the prototype channel serves one model"):
+        both.search(image=photo, channel="prototype")

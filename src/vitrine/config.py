@@ -52,6 +52,15 @@ class EmbeddingConfig:
     towers' (``vitrine.embedding.ensemble``), so every score is (1 - w) * trained + w * zero-shot. Helps
     products and queries unlike the training data (new products, other groups) at the cost of a wider
     index (the zero-shot block adds the backbones' widths). 0 = the towers alone."""
+    also: str = ""
+    """With trained embeddings: more trained models of this store (comma-separated names in ``models/``) served
+    beside ``model``, each with its own zero-shot block if ``zero_shot_weight`` > 0, every model's score counting
+    equally. Models on different backbones (``vitrine train --image-encoder``) err differently, so their sum
+    ranks better than any one of them, at one more backbone pass per query. Vector channel only."""
+
+    def models(self) -> list[str]:
+        """``model`` first, then ``also``'s names."""
+        return [self.model, *(name.strip() for name in self.also.split(",") if name.strip())]
 
 
 @dataclass

@@ -242,6 +242,9 @@ def train(
              "sees the others' products as negatives. Features are cached once, before they start.")] = None,
     unfreeze: Annotated[Optional[int], typer.Option(
         help="Fine-tune the image backbone's top N blocks too (0: frozen backbone, the default).")] = None,
+    image_encoder: Annotated[Optional[str], typer.Option(
+        help="Train on this image backbone instead of the store's encoders.image (this model only, e.g. "
+             "efficientnet-lite2@288): a second model to serve beside the first with embedding.also.")] = None,
     unfreeze_text: Annotated[Optional[int], typer.Option(
         help="Fine-tune the text model's top N transformer layers too (0: frozen, the default; contrastive "
              "objective). Their input token states are cached, 48 tokens a text.")] = None,
@@ -274,7 +277,8 @@ def train(
                  **({"training.unfreeze_text_layers": unfreeze_text} if unfreeze_text is not None else {}),
                  **({"training.visual_task": visual_task} if visual_task else {}),
                  **({"training.ngram_buckets": ngrams} if ngrams is not None else {}),
-                 **({"prototype.stages": stages} if stages else {})}
+                 **({"prototype.stages": stages} if stages else {}),
+                 **({"encoders.image": image_encoder} if image_encoder else {})}
     splits = load_splits(data, protocol=protocol)
     if nproc is not None:  # checked before any feature is computed
         if nproc < 1:
@@ -426,7 +430,7 @@ def trained_models(store: Store) -> dict[str, dict[str, Any]]:
     """A few facts per model folder, from the ``training.json`` every training writes; ``in_use`` marks
     the towers and the reranker the store's configuration serves."""
     config = store.config()
-    serving = {config.rerank.model} | ({config.embedding.model} if config.embedding.kind == "trained" else set())
+    serving = {config.rerank.model} | (set(config.embedding.models()) if config.embedding.kind == "trained" else set())
     models = {}
     for record in sorted(store.models_dir.glob("*/training.json")):
         name = record.parent.name

@@ -230,13 +230,17 @@ class SearchEngine:
     def channels(self) -> list[str]:
         """The search channels this store can serve: ``vector``, and ``prototype`` once its towers have a head."""
         head = self.store.models_dir / self.config.embedding.model / HEAD_FILE
-        return [*CHANNELS] if self.config.embedding.kind == "trained" and head.is_file() else ["vector"]
+        one_model = len(self.config.embedding.models()) == 1
+        return [*CHANNELS] if self.config.embedding.kind == "trained" and one_model and head.is_file() else ["vector"]
 
     def prototype_channel(self) -> PrototypeChannel:
         """ID recognition with the store's trained prototype head (``models/<embedding.model>``)."""
         if self._prototypes is None:
             if self.config.embedding.kind != "trained":
                 raise StoreError("the prototype channel needs trained embeddings (embedding.kind=trained)")
+            if len(self.config.embedding.models()) > 1:
+                raise StoreError("the prototype channel serves one model; this store serves several "
+                                 f"(embedding.also = {self.config.embedding.also!r}): search the vector channel")
             folder = self.store.models_dir / self.config.embedding.model
             self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
         return self._prototypes

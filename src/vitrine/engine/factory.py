@@ -45,25 +45,38 @@ def build_embedder(config: Config, models_dir: Path, recorded: dict[str, Any] | 
         return cached_text(LastCallMemo(encoder) if parse_text_encoder(name)[1] else encoder)
 
     if kind == "trained":
-        trained = _trained(config, Path(models_dir) / config.embedding.model, text_encoder, image_encoder)
         weight = config.embedding.zero_shot_weight
         if not 0.0 <= weight < 1.0:
             raise StoreError(f"embedding.zero_shot_weight must be in [0, 1), got {weight}")
-        if weight == 0.0:
-            return trained
-        recorded = _member(recorded, "zeroshot")
-        encoders, towers = config.encoders, trained.model.config
-        in_torch = replace(encoders, runtime="torch")  # only the top is taken from these loads
-        member_images = _sharing_bottom(towers.image_encoder, encoders.image, image_encoder, cached_image,
-                                        lambda: load_image_top(towers.image_encoder, in_torch), encoders.runtime,
-                                        encoders.threads)
-        # A text top serves itself (cut to the batch's longest text, then ONNX Runtime): "torch" leaves it be.
-        member_texts = _sharing_bottom(towers.text_encoder, encoders.text, text_encoder, cached_text,
-                                       lambda: served_text_top(load_text_top(towers.text_encoder, in_torch),
-                                                               encoders.runtime, encoders.threads),
-                                       "torch", encoders.threads)
-        return EnsembleEmbedder([(trained, 1.0 - weight),
-                                 (_zero_shot(config, recorded, member_texts, member_images), weight)])
+        names = config.embedding.models()
+        if len(set(names)) < len(names):
+            raise StoreError(f"embedding.also names a model twice: {', '.join(names)}")
+
+        def served(name: str, recorded: dict[str, Any] | None) -> Embedder:
+            """One trained model as served: its towers, with its own backbones' zero-shot block if asked."""
+            trained = _trained(config, Path(models_dir) / name, text_encoder, image_encoder)
+            if weight == 0.0:
+                return trained
+            towers = trained.model.config
+            # Each model's zero-shot block comes from the backbones its towers were trained on.
+            encoders = replace(config.encoders, image=with_top_blocks(towers.image_encoder, 0),
+                               text=with_top_blocks(towers.text_encoder, 0))
+            in_torch = replace(encoders, runtime="torch")  # only the top is taken from these loads
+            member_images = _sharing_bottom(towers.image_encoder, encoders.image, image_encoder, cached_image,
+                                            lambda: load_image_top(towers.image_encoder, in_torch), encoders.runtime,
+                                            encoders.threads)
+            # A text top serves itself (cut to the batch's longest text, then ONNX Runtime): "torch" leaves it be.
+            member_texts = _sharing_bottom(towers.text_encoder, encoders.text, text_encoder, cached_text,
+                                           lambda: served_text_top(load_text_top(towers.text_encoder, in_torch),
+                                                                   encoders.runtime, encoders.threads),
+                                           "torch", encoders.threads)
+            zero_shot = _zero_shot(replace(config, encoders=encoders), _member(recorded, "zeroshot"), member_texts,
+                                   member_images)
+            return EnsembleEmbedder([(trained, 1.0 - weight), (zero_shot, weight)])
+
+        if len(names) == 1:
+            return served(names[0], recorded)
+        return EnsembleEmbedder([(served(name, None), 1.0 / len(names)) for name in names])
     if kind == "zeroshot":
         recorded = recorded if (recorded or {}).get("kind") == "zeroshot" else None
         return _zero_shot(config, recorded, text_encoder, image_encoder)
