@@ -75,7 +75,8 @@ def main() -> None:
             if result.exit_code:
                 raise SystemExit(result.output)
             seconds = time.perf_counter() - start
-            print(f"{label}: {seconds:.0f} s\n" + "\n".join(result.output.strip().splitlines()[-3:-1]), flush=True)
+            summary = [line for line in result.output.splitlines() if line.startswith(("trained reranker", "held-back"))]
+            print(f"{label}: {seconds:.0f} s\n" + "\n".join(summary), flush=True)
             engine = vitrine.open(store)
             reranker = Reranker.load(engine.store.models_dir / name)
             splits = load_splits(spec)

@@ -518,7 +518,7 @@ def demo(
     from vitrine.catalog import Store
 
     if not (store / "manifest.json").is_file() or len(Store.open(store).catalog) == 0:
-        _build_demo_store(store, data, train, rerank and train)
+        _build_demo_store(store, data, train, rerank)
     else:
         out.print(f"using the demo store in {store} (delete it to rebuild)")
     engine = _open(store)
@@ -559,10 +559,12 @@ def _build_demo_store(store: Path, data: Optional[Path], train: bool, rerank: bo
         reranker = "hybrid"
     out.rule("5. photo → product on the val split")
     val = load_queries(root / "val.txt", root)
-    runs = [(channel, None) for channel in engine.channels()] + [("vector", reranker)] * (reranker is not None)
+    runs = [(channel, None) for channel in engine.channels()]
+    if reranker:
+        runs.append(("vector", reranker))
     for channel, strategy in runs:
         result = evaluate(engine, val, name=f"grocery-val-{channel}" + (f"-{strategy}" if strategy else ""),
-                          channel=channel, rerank=strategy, depth=50 if strategy else 100)
+                          channel=channel, rerank=strategy, depth=engine.config.rerank.candidates if strategy else 100)
         out.print(f"{result.searched()}:")
         out.print(_metrics_table(result))
         result.write(target.reports_dir)

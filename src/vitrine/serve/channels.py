@@ -17,6 +17,8 @@ VECTOR = "vector"
 def checked(value: str | None, engine: SearchEngine) -> str:
     """``value`` if this store offers it; else a ``VitrineError`` (answered 400) saying what is offered."""
     choice = (value or VECTOR).strip().lower()
+    if choice == VECTOR:  # every store serves it: no look at the model folder on the common path
+        return choice
     offered = engine.channels()
     if choice not in offered:
         why = ("this store's towers have no prototype head (train them with --objective prototype)"
