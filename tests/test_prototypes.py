@@ -3,6 +3,7 @@ the staged trainer with resume, and ID recognition as a search channel. Fixtures
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import vitrine
 from conftest import draw_product
 from test_training import shopper_photos, store  # noqa: F401  (the drawn store fixture)
-from vitrine.engine.prototype_channel import PrototypeChannel
+from vitrine.engine.prototype_channel import PrototypeChannel, TowerBlock
 from vitrine.embedding.prototypes import (PrototypeHead, PrototypeLibrary, library_from_clusters,
                                           library_from_labels, prototype_centroids)
 from vitrine.catalog.product import LabelledQuery, Pair
@@ -162,7 +163,7 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path, monkeypat
 
     train("1", resume=False)  # contrastive only: no head, so no ID recognition yet
     with pytest.raises(StoreError, match="no prototype head"):
-        PrototypeChannel.load(folder, store.catalog.key_of)
+        PrototypeChannel.load([folder], [TowerBlock(0, 16)], store.catalog.key_of)
     first_stage = (folder / "stage1" / "model.safetensors").stat().st_mtime_ns
 
     train("1,2")
@@ -229,6 +230,29 @@ def test_stages_train_resume_and_serve_id_recognition(store, tmp_path, monkeypat
         zero = 0.5 * p_zero[pid] @ q_zero
         expected = max(0.5 * rows[prototype_of[pid]] @ q_towers + zero, 0.5 * p_towers[pid] @ q_towers + zero)
         assert hit.score == pytest.approx(float(expected), abs=1e-4)
+
+    # Two models served side by side (embedding.also) recognise IDs together: a prototype scores the weighted
+    # sum of both heads' cosines. The second model here is the first with its head's rows moved.
+    moved_folder = store.models_dir / "proto-moved"
+    shutil.copytree(folder, moved_folder)
+    PrototypeHead(torch.roll(PrototypeHead.load(folder).weight, 1, dims=1)).save(moved_folder)
+    moved_rows = PrototypeHead.load(moved_folder).unit_rows()
+    store.config({"embedding.also": "proto-moved"}).save(store.config_path)
+    both = vitrine.open(store)
+    both.sync(rebuild=True, progress=False)
+    assert both.channels() == ["vector", "prototype"]
+    for hit in both.search(image=photo, k=4, channel="prototype"):  # each block weighs 1/4 now
+        pid = hit.product.id
+        zero = 0.5 * p_zero[pid] @ q_zero
+        prototype = 0.25 * (rows[prototype_of[pid]] + moved_rows[prototype_of[pid]]) @ q_towers
+        assert hit.score == pytest.approx(float(max(prototype + zero, 0.5 * p_towers[pid] @ q_towers + zero)), abs=1e-4)
+    library = PrototypeLibrary.load(moved_folder)  # a model trained on other prototypes cannot join in
+    library.product_prototype = np.roll(library.product_prototype, 1)
+    library.save(moved_folder)
+    with pytest.raises(StoreError, match="different prototype libraries"):
+        vitrine.open(store).search(image=photo, channel="prototype")
+    store.config({"embedding.also": ""}).save(store.config_path)
+
     store.config({"embedding.zero_shot_weight": 1.0}).save(store.config_path)
     with pytest.raises(StoreError, match=r"zero_shot_weight must be in \[0, 1\), got 1.0"):
         vitrine.open(store)
@@ -266,16 +290,34 @@ def test_id_recognition_scores_a_prototype_in_the_towers_block_and_keeps_the_oth
     head = PrototypeHead.from_centroids(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
     served = {10: np.array([0.6, 0.8, 1.0, 0.0]), 11: np.array([0.8, 0.6, 0.0, 1.0]),
               12: np.array([0.0, 1.0, 0.6, 0.8])}
-    channel = PrototypeChannel(head, [np.array([10, 11]), np.array([12])])
+    members = [np.array([10, 11]), np.array([12])]
     scale = np.sqrt(0.5)
+    channel = PrototypeChannel([(head, TowerBlock(0, 2, scale))], members)
     query = np.array([[scale * 0.8, scale * 0.6, scale * 1.0, 0.0]], dtype=np.float32)  # towers (0.8, 0.6), zero-shot (1, 0)
     no_hits = (np.full((1, 3), -np.inf, dtype=np.float32), np.full((1, 3), -1))
-    scores, keys = channel.search(query, 3, *no_hits, lambda key: scale * served[key], block=2, scale=scale)
+    scores, keys = channel.search(query, 3, *no_hits, lambda key: scale * served[key])
     # prototype 0 (cosine 0.8) holds 10 (zero-shot 1) and 11 (zero-shot 0); prototype 1 (cosine 0.6) holds 12 (0.6)
     assert keys[0].tolist() == [10, 12, 11]
     assert np.allclose(scores[0], [0.5 * 0.8 + 0.5 * 1.0, 0.5 * 0.6 + 0.5 * 0.6, 0.5 * 0.8 + 0.0])
-    plain, _ = channel.search(query[:, :2] / scale, 3, *no_hits, lambda key: served[key][:2])
+    alone = PrototypeChannel([(head, TowerBlock(0, 2))], members)
+    plain, _ = alone.search(query[:, :2] / scale, 3, *no_hits, lambda key: served[key][:2])
     assert np.allclose(plain[0], [0.8, 0.8, 0.6])  # without other blocks: the prototype's cosine alone
+
+
+def test_id_recognition_over_two_models_sums_their_heads_as_their_blocks_weigh():
+    first = PrototypeHead.from_centroids(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32))
+    second = PrototypeHead.from_centroids(np.array([[0.0, 1.0], [1.0, 0.0]], dtype=np.float32))  # disagrees
+    weights = (0.75, 0.25)
+    blocks = [TowerBlock(0, 2, math.sqrt(weights[0])), TowerBlock(2, 4, math.sqrt(weights[1]))]
+    channel = PrototypeChannel([(first, blocks[0]), (second, blocks[1])], [np.array([0]), np.array([1])])
+    towers = (np.array([0.8, 0.6]), np.array([0.8, 0.6]))  # each model's own query vector
+    query = np.concatenate([math.sqrt(w) * t for w, t in zip(weights, towers)])[None].astype(np.float32)
+    scores, prototypes = channel.top(query, 2)
+    # prototype 0: 0.75 * 0.8 (first model) + 0.25 * 0.6 (second); prototype 1: 0.75 * 0.6 + 0.25 * 0.8
+    assert prototypes[0].tolist() == [0, 1] and np.allclose(scores[0], [0.75, 0.65])
+    with pytest.raises(StoreError, match="differ in size"):
+        PrototypeChannel([(first, blocks[0]), (PrototypeHead.from_centroids(np.eye(3, 2, dtype=np.float32)),
+                                               blocks[1])], [np.array([0]), np.array([1])])
 
 
 @pytest.mark.parametrize("ngram_buckets", [0, 4096])

@@ -415,5 +415,5 @@ def test_two_models_on_two_backbones_are_served_side_by_side(store, tmp_path):
     assert both.channels() == ["vector"]
     models = json.loads(runner.invoke(app, ["info", str(store.root)]).output)["models"]
     assert models["first"]["in_use"] and models["second"]["in_use"]
-    with pytest.raises(StoreError, match="the prototype channel serves one model"):
+    with pytest.raises(StoreError, match="no prototype head here"):  # contrastive models: no ID recognition
         both.search(image=photo, channel="prototype")

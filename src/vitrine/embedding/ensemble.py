@@ -37,11 +37,6 @@ class EnsembleEmbedder(Embedder):
         self.scales = np.sqrt(weights).astype(np.float32)
         self.dim = sum(embedder.dim for embedder in self.members)
 
-    @property
-    def primary(self) -> Embedder:
-        """The first member (the trained towers), for what only it has (a prototype head's space)."""
-        return self.members[0]
-
     def encode_products(self, products: Sequence[Product], *, progress: bool = False) -> np.ndarray:
         return self._joined([member.encode_products(products, progress=progress) for member in self.members])
 

@@ -16,11 +16,11 @@ import numpy as np
 from vitrine.catalog import Filter, ImageInput, Product, Store, filter_document
 from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
-from vitrine.embedding import Embedder, EnsembleEmbedder, Query
+from vitrine.embedding import Embedder, EnsembleEmbedder, Query, TrainedEmbedder
 from vitrine.embedding.prototypes import HEAD_FILE
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
-from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel
+from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel, TowerBlock
 from vitrine.governance.saliency import SaliencyModel, crop
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.engine.entries import Entry, entries_of
@@ -208,8 +208,7 @@ class SearchEngine:
         if prototypes is not None:
             scores, keys = self._vector_search(vectors, k, allowed, where)
             with self._index_lock:
-                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct,
-                                                 **self._tower_block())
+                scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
         elif not lexical:
             scores, keys = self._vector_search(vectors, k, allowed, where)
         else:
@@ -228,28 +227,21 @@ class SearchEngine:
         return hits
 
     def channels(self) -> list[str]:
-        """The search channels this store can serve: ``vector``, and ``prototype`` once its towers have a head."""
-        head = self.store.models_dir / self.config.embedding.model / HEAD_FILE
-        one_model = len(self.config.embedding.models()) == 1
-        return [*CHANNELS] if self.config.embedding.kind == "trained" and one_model and head.is_file() else ["vector"]
+        """The search channels this store can serve: ``vector``, and ``prototype`` once every served model
+        has a prototype head."""
+        trained = self.config.embedding.kind == "trained"
+        heads = [self.store.models_dir / name / HEAD_FILE for name in self.config.embedding.models()]
+        return [*CHANNELS] if trained and all(head.is_file() for head in heads) else ["vector"]
 
     def prototype_channel(self) -> PrototypeChannel:
-        """ID recognition with the store's trained prototype head (``models/<embedding.model>``)."""
+        """ID recognition with the served models' prototype heads (``models/<embedding.model>`` and any
+        ``embedding.also``, which must share one prototype library)."""
         if self._prototypes is None:
             if self.config.embedding.kind != "trained":
                 raise StoreError("the prototype channel needs trained embeddings (embedding.kind=trained)")
-            if len(self.config.embedding.models()) > 1:
-                raise StoreError("the prototype channel serves one model; this store serves several "
-                                 f"(embedding.also = {self.config.embedding.also!r}): search the vector channel")
-            folder = self.store.models_dir / self.config.embedding.model
-            self._prototypes = PrototypeChannel.load(folder, self.catalog.key_of)
+            folders = [self.store.models_dir / name for name in self.config.embedding.models()]
+            self._prototypes = PrototypeChannel.load(folders, tower_blocks(self.embedder), self.catalog.key_of)
         return self._prototypes
-
-    def _tower_block(self) -> dict[str, Any]:
-        """Where the towers' vectors sit in served vectors, when an ensemble serves other blocks beside them."""
-        if isinstance(self.embedder, EnsembleEmbedder):
-            return {"block": self.embedder.primary.dim, "scale": float(self.embedder.scales[0])}
-        return {}
 
     def _juiced(self, queries: Sequence[Query]) -> list[Query]:
         """Photos replaced by their salient crops (``vitrine.governance``); texts untouched."""
@@ -679,3 +671,14 @@ def _modified(hits: list[Hit], modifiers: dict[str, float], k: int) -> list[Hit]
                     key=lambda pair: -pair[0])[:k]
     return [replace(hit, rank=rank, score=float(score)) for rank, (score, hit) in enumerate(scored, start=1)]
 
+
+def tower_blocks(embedder: Embedder, start: int = 0, scale: float = 1.0) -> list[TowerBlock]:
+    """Where each trained model's towers sit in ``embedder``'s vectors, in the order the models are served
+    (ensembles nest: the towers beside their zero-shot block, several models side by side)."""
+    if isinstance(embedder, EnsembleEmbedder):
+        blocks = []
+        for member, member_scale in zip(embedder.members, embedder.scales):
+            blocks += tower_blocks(member, start, scale * float(member_scale))
+            start += member.dim
+        return blocks
+    return [TowerBlock(start, start + embedder.dim, scale)] if isinstance(embedder, TrainedEmbedder) else []

@@ -5,11 +5,16 @@ prototype row, and the products of the best prototypes come first (each scored b
 cosine; members of one prototype ordered by their own cosine). Vector hits are merged in by score,
 so a product without a prototype (added after training) can still be found when it is closer than
 any prototype.
+
+Several trained models served side by side (``embedding.also``) recognise IDs together when they were
+trained on one prototype library: a prototype scores the weighted sum of each model's cosine to its
+own row for that prototype, as their vectors' blocks are weighted in the served vectors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,33 +25,70 @@ from vitrine.errors import StoreError, UnknownProductError
 CHANNELS = ("vector", "prototype")
 
 
+@dataclass(frozen=True)
+class TowerBlock:
+    """Where one trained model's vectors sit in served vectors: columns ``start:stop``, scaled by ``scale``
+    (the root of its weight in an ensemble)."""
+
+    start: int
+    stop: int
+    scale: float = 1.0
+
+
 class PrototypeChannel:
-    def __init__(self, head: PrototypeHead, members: list[np.ndarray]) -> None:
-        self.head, self.members = head, members
+    """``heads`` pairs each trained model's prototype head with its block in served vectors (one block
+    spanning every column when the towers are served alone); ``members`` are the product keys of each
+    prototype, shared by all heads."""
+
+    def __init__(self, heads: Sequence[tuple[PrototypeHead, TowerBlock]], members: list[np.ndarray]) -> None:
+        if not heads:
+            raise StoreError("the prototype channel needs at least one prototype head")
+        if len({len(head) for head, _ in heads}) > 1:
+            raise StoreError(f"the models' prototype heads differ in size ({[len(head) for head, _ in heads]} rows)")
+        self.members = members
+        self.blocks = [block for _, block in heads]
+        self.rows = [head.unit_rows() for head, _ in heads]  # normalised once, not per query
 
     @classmethod
-    def load(cls, folder: Path, key_of: Callable[[str], int]) -> "PrototypeChannel":
-        folder = Path(folder)
-        if not (folder / HEAD_FILE).is_file():
-            raise StoreError(f"{folder}: no prototype head here; train with 'vitrine train --objective prototype' "
-                             f"(stage 2 or 3) to search with channel=prototype")
-        library = PrototypeLibrary.load(folder)
+    def load(cls, folders: Sequence[Path], blocks: Sequence[TowerBlock],
+             key_of: Callable[[str], int]) -> "PrototypeChannel":
+        """The heads of the models in ``folders`` (served in ``blocks``), which must share one prototype library."""
+        libraries = []
+        for folder in map(Path, folders):
+            if not (folder / HEAD_FILE).is_file():
+                raise StoreError(f"{folder}: no prototype head here; train with 'vitrine train --objective "
+                                 f"prototype' (stage 2 or 3) to search with channel=prototype")
+            libraries.append(PrototypeLibrary.load(folder))
+        for folder, library in zip(folders[1:], libraries[1:]):
+            if library.members() != libraries[0].members():
+                raise StoreError(f"{folder} and {folders[0]} were trained on different prototype libraries; "
+                                 f"ID recognition over several models needs one: search the vector channel")
         members = [np.array([k for k in (_key(key_of, pid) for pid in ids) if k >= 0], dtype=np.int64)
-                   for ids in library.members()]
-        return cls(PrototypeHead.load(folder), members)
+                   for ids in libraries[0].members()]
+        return cls([(PrototypeHead.load(folder), block) for folder, block in zip(folders, blocks)], members)
+
+    def top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, prototype ids) of the ``k`` best prototypes per served query vector: the weighted sum of
+        each head's cosine (``scale**2 * cos``, the weight its block carries in an inner product)."""
+        scores = sum(block.scale * (vectors[:, block.start:block.stop] @ rows.T)
+                     for block, rows in zip(self.blocks, self.rows))
+        k = min(k, scores.shape[1])
+        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1, kind="stable"), 1)
+        return np.take_along_axis(scores, best, 1).astype(np.float32), best
 
     def search(self, vectors: np.ndarray, k: int, vector_scores: np.ndarray, vector_keys: np.ndarray,
-               vector_of: Callable[[int], np.ndarray], *, block: int | None = None,
-               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+               vector_of: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(scores, keys) of the ``k`` best products per query, padded with -1 keys.
 
-        Served vectors may hold the towers' vectors as their first ``block`` columns, scaled by ``scale``,
-        beside other blocks (an ensemble's zero-shot block). A product found through a prototype then
-        scores as if that block were its prototype's row: the prototype's cosine, weighted as the block
-        is, plus the product's own score in the other blocks, so both kinds of hit share one scale.
+        A product found through a prototype scores as if each model's block were that prototype's row:
+        the prototype's weighted cosines plus the product's own score in the other blocks (an ensemble's
+        zero-shot blocks), so prototype hits and vector hits share one scale.
         """
-        block = vectors.shape[1] if block is None else block
-        proto_scores, proto_ids = self.head.top(vectors[:, :block] / scale, k)
+        proto_scores, proto_ids = self.top(vectors, k)
+        rest = np.ones(vectors.shape[1], dtype=bool)  # columns outside every towers' block
+        for block in self.blocks:
+            rest[block.start:block.stop] = False
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         keys = np.full((len(vectors), k), -1, dtype=np.int64)
         for row, query in enumerate(vectors):
@@ -54,9 +96,8 @@ class PrototypeChannel:
             for score, prototype in zip(proto_scores[row], proto_ids[row]):
                 for key in self.members[prototype]:
                     vector = vector_of(int(key))
-                    own = float(vector @ query)
-                    total = scale * scale * float(score) + float(vector[block:] @ query[block:])
-                    ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (total, own))
+                    total = float(score) + float(vector[rest] @ query[rest])
+                    ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (total, float(vector @ query)))
             for score, key in zip(vector_scores[row], vector_keys[row]):
                 if key >= 0:
                     ranked[int(key)] = max(ranked.get(int(key), (-np.inf, -np.inf)), (float(score), float(score)))

@@ -1,8 +1,8 @@
 """Which search channels this server offers, and the one check every route makes of a ``channel`` value.
 
 ``vector`` ranks products by their embeddings; ``prototype`` (ID recognition: query -> nearest prototypes ->
-their products, for exact-product lookup) is offered once the store's towers were trained with
-``--objective prototype`` and so have a prototype head.
+their products, for exact-product lookup) is offered once the store's towers (every model it serves) were
+trained with ``--objective prototype`` and so have a prototype head.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def checked(value: str | None, engine: SearchEngine) -> str:
         return choice
     offered = engine.channels()
     if choice not in offered:
-        why = ("this store's towers have no prototype head (train them with --objective prototype)"
+        why = ("a served model has no prototype head (train it with --objective prototype)"
                if choice in CHANNELS else f"this store offers: {', '.join(offered)}")
         raise VitrineError(f"channel={value!r} is not available: {why}")
     return choice
