@@ -2,6 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
+        [--also-image-encoders NAME,...] \\
         [--protocols seen,new] [--seed N] [--image-views N] [--lr-schedule cosine] [--juiced] \\
         [--patience N] \\
         [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
@@ -18,6 +19,10 @@ stores and feature caches are those of ``benchmarks/trained_embeddings.py``.
 With ``--zero-shot-weight W`` (default 0.5), every stage is measured again served beside the frozen
 backbones' zero-shot vectors (``embedding.zero_shot_weight = W``: scores (1 - W) * towers + W * zero-shot),
 rows marked "zero-shot ensemble".
+
+With ``--also-image-encoders A,B``, Grocery trains stages 1-3 again on each of those image backbones (same
+prototype library and settings) and measures each model alone, then all of them served together with the main
+model (``embedding.also``: the mean of their scores; ID recognition sums the prototype heads' cosines).
 
 ``head-scale`` is synthetic: U = 10^6 prototypes of D = 256 (float16 matrix), a batch of 128, one
 training step of the margin loss with full softmax vs the nearest 10% vs a random 10% of prototypes,
@@ -40,7 +45,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trained_embeddings import bm25_only, build_store, in_process, print_table, zero_shot, zero_shot_row  # noqa: E402
+from trained_embeddings import (bm25_only, build_store, evaluate_together, in_process, print_table, zero_shot,  # noqa: E402
+                                zero_shot_row)
 
 STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
 
@@ -63,13 +69,48 @@ def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, st
                               "channels": ["vector", "prototype"] if with_head else ["vector"],
                               "zero_shot_weights": weights, "per_query": per_query,
                               **({"train": str(train)} if train else {})})
-        for weight in weights:
-            tag, note = (f"~zs{weight:g}", f", zero-shot ensemble w={weight:g}") if weight else ("", "")
-            mine = {k.removesuffix(tag): v for k, v in figures.items() if (k.endswith(tag) if weight else "~zs" not in k)}
-            rows[label + note] = {k: v for k, v in mine.items() if "@prototype" not in k}
-            if with_head:
-                rows[f"ID recognition after stage {stage_list[-1]}{note}"] = {
-                    k.replace("@prototype", ""): v for k, v in mine.items() if "@prototype" in k}
+        rows.update(split_rows(figures, weights, label, f"ID recognition after stage {stage_list[-1]}" if with_head
+                               else None))
+    return rows
+
+
+def split_rows(figures: dict[str, Any], weights: list[float], towers: str, ids: str | None) -> dict[str, dict]:
+    """One run's figures as table rows: the towers (``towers``) and ID recognition (``ids``, if the run had a
+    head), each once per zero-shot weight."""
+    rows = {}
+    for weight in weights:
+        tag, note = (f"~zs{weight:g}", f", zero-shot ensemble w={weight:g}") if weight else ("", "")
+        mine = {k.removesuffix(tag): v for k, v in figures.items() if (k.endswith(tag) if weight else "~zs" not in k)}
+        rows[towers + note] = {k: v for k, v in mine.items() if "@prototype" not in k}
+        if ids:
+            rows[ids + note] = {k.replace("@prototype", ""): v for k, v in mine.items() if "@prototype" in k}
+    return rows
+
+
+def other_backbones(spec: str, protocol: str, store, name: str, overrides: dict[str, Any], args: argparse.Namespace,
+                    weights: list[float]) -> dict[str, dict[str, Any]]:
+    """``--also-image-encoders``: stages 1-3 again on each of those backbones (same prototypes, same settings), each
+    model measured alone, then all served together with ``name`` (``embedding.also``: scores averaged; ID
+    recognition sums the heads' cosines)."""
+    rows: dict[str, dict[str, Any]] = {}
+    others = []
+    for encoder in [e.strip() for e in args.also_image_encoders.split(",") if e.strip()]:
+        other = f"{name}-{encoder.split('@')[0].removeprefix('efficientnet-')}"
+        print(f"{other}: training stages 1-3 on {encoder} ...", flush=True)
+        figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": other,
+                              "overrides": {"training.objective": "prototype", "prototype.stages": "1,2,3",
+                                            "encoders.image": encoder, **overrides},
+                              "resume": args.resume, "lexical": [False], "channels": ["vector", "prototype"],
+                              "zero_shot_weights": weights})
+        rows.update(split_rows(figures, weights, f"{encoder}: stage 3", f"{encoder}: ID recognition after stage 3"))
+        others.append(other)
+    if others:
+        print(f"{name}: served together with {', '.join(others)} ...", flush=True)
+        figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": name,
+                              "also": others, "channels": ["vector", "prototype"], "zero_shot_weights": weights},
+                             evaluate_together)
+        rows.update(split_rows(figures, weights, f"stage 3, {len(others) + 1} backbones together",
+                               f"ID recognition after stage 3, {len(others) + 1} backbones together"))
     return rows
 
 
@@ -95,6 +136,8 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
                 + (f"-seed{args.seed}" if args.seed else ""))
         rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
                                 args.zero_shot_weight, train=train))
+        weights = [0.0, args.zero_shot_weight] if args.zero_shot_weight else [0.0]
+        rows.update(other_backbones(spec, protocol, store, name, overrides, args, weights))
         results[f"grocery-{protocol}"] = rows
         print_table(f"Grocery val, photo -> product, {protocol} products ({len(splits.val)} queries)", rows,
                     ["recall@1", "recall@5", "new-products recall@1", "new-products recall@5", "epochs", "train_s",
@@ -261,6 +304,10 @@ def main() -> None:
     parser.add_argument("--image-encoder", default=None,
                         help="Grocery: image backbone of a new store (encoders.image, e.g. efficientnet-lite2@288; "
                              "default: the config's). An existing store under --work keeps its own")
+    parser.add_argument("--also-image-encoders", default="",
+                        help="Grocery: train stages 1-3 again on these backbones too (comma-separated, e.g. "
+                             "efficientnet-lite2@288,efficientnet-lite1@288) and measure them alone and served "
+                             "together with the main model (embedding.also)")
     parser.add_argument("--image-views", type=int, default=0,
                         help="Grocery: train on this many extra cropped views of every photo (training.image_views; "
                              "models get a -viewsN suffix)")
@@ -300,8 +347,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in the head-scale section")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     args = parser.parse_args()
-    if args.juiced and args.image_encoder:
-        parser.error("--juiced builds its stores with the default image encoder; drop --image-encoder")
+    if args.juiced and (args.image_encoder or args.also_image_encoders):
+        parser.error("--juiced builds its stores with the default image encoder; drop --image-encoder and "
+                     "--also-image-encoders")
     data = args.data or data_dir()
     results: dict[str, Any] = {}
     start = time.perf_counter()

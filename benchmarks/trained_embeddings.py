@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import resource
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,6 @@ def zero_shot_row(store, splits) -> dict[str, float]:
 
 def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
     """One training run in its own process: train, re-index, evaluate. Returns figures."""
-    import vitrine
     from vitrine.catalog import Store
     from vitrine.catalog.datasets import load_splits
     from vitrine.training import train_store
@@ -94,15 +94,50 @@ def train_and_evaluate(job: dict[str, Any]) -> dict[str, Any]:
                          resume=job.get("resume", False), progress=False)
     figures: dict[str, Any] = {"train_s": time.perf_counter() - start, "epochs": result.epochs,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    engine = None
     for weight in job.get("zero_shot_weights", [0.0]):  # > 0: the towers served beside zero-shot vectors
-        store.config({"embedding.zero_shot_weight": weight}).save(store.config_path)
-        engine = vitrine.open(store)
-        engine.sync(rebuild=True, progress=False)
-        figures.update(evaluate_runs(engine, splits, job, f"~zs{weight:g}" if weight else ""))
+        engine, served = served_with(store, weight)
+        figures.update(evaluate_runs(engine, splits, job, served))
     store.config({"embedding.zero_shot_weight": 0.0}).save(store.config_path)
     if job.get("judged_ndcg"):
         figures.update(judged_ndcg(engine, splits.val))
     return figures
+
+
+def evaluate_together(job: dict[str, Any]) -> dict[str, Any]:
+    """Trained models already in the store served side by side (``embedding.also``), evaluated as
+    ``train_and_evaluate`` evaluates one; the store is left serving ``job["name"]`` alone."""
+    from vitrine.catalog import Store
+    from vitrine.catalog.datasets import load_splits
+
+    splits = load_splits(job["data"], protocol=job.get("protocol", "seen"))
+    store = Store.open(job["store"])
+    together = {"embedding.kind": "trained", "embedding.model": job["name"], "embedding.also": ",".join(job["also"])}
+    figures: dict[str, Any] = {}
+    try:
+        for weight in job.get("zero_shot_weights", [0.0]):
+            engine, tag = served_with(store, weight, together)
+            figures.update(evaluate_runs(engine, splits, job, tag))
+    finally:
+        store.config({"embedding.also": "", "embedding.zero_shot_weight": 0.0}).save(store.config_path)
+    return figures
+
+
+def served_with(store, weight: float, settings: dict[str, Any] | None = None):
+    """An engine over ``store`` re-indexed with zero-shot weight ``weight`` (and ``settings``), and the tag its
+    figures carry (``~zsW`` when the towers are served beside zero-shot vectors)."""
+    import vitrine
+
+    store.config({**(settings or {}), "embedding.zero_shot_weight": weight}).save(store.config_path)
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    return engine, f"~zs{weight:g}" if weight else ""
+
+
+def in_process(job: dict[str, Any], work: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    # Not a Pool: its daemonic workers may not start the DataLoader's own worker processes.
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(work or train_and_evaluate, job).result()
 
 
 def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[str, Any]:
@@ -135,10 +170,6 @@ def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[st
     return figures
 
 
-def in_process(job: dict[str, Any]) -> dict[str, Any]:
-    # Not a Pool: its daemonic workers may not start the DataLoader's own worker processes.
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(train_and_evaluate, job).result()
 
 
 def judged_ndcg(engine, queries) -> dict[str, float]:

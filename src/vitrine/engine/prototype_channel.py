@@ -46,8 +46,10 @@ class PrototypeChannel:
         if len({len(head) for head, _ in heads}) > 1:
             raise StoreError(f"the models' prototype heads differ in size ({[len(head) for head, _ in heads]} rows)")
         self.members = members
-        self.blocks = [block for _, block in heads]
-        self.rows = [head.unit_rows() for head, _ in heads]  # normalised once, not per query
+        # sum_i scale_i**2 * cos(q_i, row_i) is one inner product: the served query's tower columns with
+        # every head's unit rows side by side, each scaled as its block is.
+        self.columns = np.concatenate([np.arange(block.start, block.stop) for _, block in heads])
+        self.matrix = np.hstack([block.scale * head.unit_rows() for head, block in heads]).astype(np.float32)
 
     @classmethod
     def load(cls, folders: Sequence[Path], blocks: Sequence[TowerBlock],
@@ -70,8 +72,7 @@ class PrototypeChannel:
     def top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, prototype ids) of the ``k`` best prototypes per served query vector: the weighted sum of
         each head's cosine (``scale**2 * cos``, the weight its block carries in an inner product)."""
-        scores = sum(block.scale * (vectors[:, block.start:block.stop] @ rows.T)
-                     for block, rows in zip(self.blocks, self.rows))
+        scores = vectors[:, self.columns] @ self.matrix.T
         k = min(k, scores.shape[1])
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         best = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1, kind="stable"), 1)
@@ -87,8 +88,7 @@ class PrototypeChannel:
         """
         proto_scores, proto_ids = self.top(vectors, k)
         rest = np.ones(vectors.shape[1], dtype=bool)  # columns outside every towers' block
-        for block in self.blocks:
-            rest[block.start:block.stop] = False
+        rest[self.columns] = False
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         keys = np.full((len(vectors), k), -1, dtype=np.int64)
         for row, query in enumerate(vectors):
