@@ -170,8 +170,6 @@ def evaluate_runs(engine, splits, job: dict[str, Any], tag: str = "") -> dict[st
     return figures
 
 
-
-
 def judged_ndcg(engine, queries) -> dict[str, float]:
     """NDCG@10 when ranking only each query's judged products: vector, BM25, and their RRF."""
     from vitrine.embedding import Query

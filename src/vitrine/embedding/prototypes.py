@@ -189,13 +189,6 @@ class PrototypeHead:
         return np.concatenate([F.normalize(self.weight[s:s + chunk].float(), dim=-1).numpy()
                                for s in range(0, len(self), chunk)])
 
-    @torch.no_grad()
-    def top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(cosines, prototype ids) of the ``k`` prototypes nearest each vector (ID recognition)."""
-        scores = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)) @ torch.from_numpy(self.unit_rows()).T
-        best = scores.topk(min(k, len(self)), dim=1)
-        return best.values.numpy(), best.indices.numpy()
-
     def save(self, folder: Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,8 @@ class PrototypeChannel:
     def load(cls, folders: Sequence[Path], blocks: Sequence[TowerBlock],
              key_of: Callable[[str], int]) -> "PrototypeChannel":
         """The heads of the models in ``folders`` (served in ``blocks``), which must share one prototype library."""
+        if len(blocks) != len(folders):
+            raise StoreError(f"{len(folders)} models are served but their vectors hold {len(blocks)} towers' blocks")
         libraries = []
         for folder in map(Path, folders):
             if not (folder / HEAD_FILE).is_file():
