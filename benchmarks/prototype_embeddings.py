@@ -2,7 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
-        [--also-image-encoders NAME,...] \\
+        [--also-image-encoders NAME[:native],...] [--stage3-recipe classifier] \\
         [--protocols seen,new] [--seed N] [--image-views N] [--lr-schedule cosine] [--juiced] \\
         [--patience N] \\
         [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
@@ -23,6 +23,13 @@ rows marked "zero-shot ensemble".
 With ``--also-image-encoders A,B``, Grocery trains stages 1-3 again on each of those image backbones (same
 prototype library and settings) and measures each model alone, then all of them served together with the main
 model (``embedding.also``: the mean of their scores; ID recognition sums the prototype heads' cosines).
+A name ending in ``:native`` trains that backbone without an image projection (``training.image_projection =
+none``: the fine-tuned backbone's pooled features are the space) and with the ``classifier`` stage-3 recipe.
+
+``--stage3-recipe classifier`` trains stage 3 as a plain classifier is fine-tuned: batches of 32, learning rate
+1e-3 (the unfrozen blocks 1e-4), a cosine schedule, no dev split (the schedule picks no epoch); models get a
+``-classifier`` suffix. These are the settings of ``backbone_classifier_probe.py`` (common fine-tuning values,
+not searched on val).
 
 ``head-scale`` is synthetic: U = 10^6 prototypes of D = 256 (float16 matrix), a batch of 128, one
 training step of the margin loss with full softmax vs the nearest 10% vs a random 10% of prototypes,
@@ -47,6 +54,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import (bm25_only, build_store, evaluate_together, in_process, print_table, zero_shot,  # noqa: E402
                                 zero_shot_row)
+
+CLASSIFIER_STAGE3 = {"prototype.stage3_batch_size": 32, "prototype.stage3_lr": 1e-3,
+                     "prototype.stage3_lr_schedule": "cosine", "prototype.stage3_dev_fraction": 0.0}
+"""Stage 3 as a classifier on a backbone is fine-tuned (``--stage3-recipe classifier``, and ``NAME:native`` models)."""
+NATIVE = {"training.image_projection": "none", **CLASSIFIER_STAGE3}
 
 STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
 
@@ -94,15 +106,17 @@ def other_backbones(spec: str, protocol: str, store, name: str, overrides: dict[
     recognition sums the heads' cosines)."""
     rows: dict[str, dict[str, Any]] = {}
     others = []
-    for encoder in [e.strip() for e in args.also_image_encoders.split(",") if e.strip()]:
-        other = f"{name}-{encoder.split('@')[0].removeprefix('efficientnet-')}"
-        print(f"{other}: training stages 1-3 on {encoder} ...", flush=True)
+    for entry in [e.strip() for e in args.also_image_encoders.split(",") if e.strip()]:
+        encoder, _, variant = entry.partition(":")
+        other = f"{name}-{encoder.split('@')[0].removeprefix('efficientnet-')}" + (f"-{variant}" if variant else "")
+        print(f"{other}: training stages 1-3 on {entry} ...", flush=True)
         figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": other,
                               "overrides": {"training.objective": "prototype", "prototype.stages": "1,2,3",
-                                            "encoders.image": encoder, **overrides},
+                                            "encoders.image": encoder, **overrides,
+                                            **(NATIVE if variant == "native" else {})},
                               "resume": args.resume, "lexical": [False], "channels": ["vector", "prototype"],
                               "zero_shot_weights": weights})
-        rows.update(split_rows(figures, weights, f"{encoder}: stage 3", f"{encoder}: ID recognition after stage 3"))
+        rows.update(split_rows(figures, weights, f"{entry}: stage 3", f"{entry}: ID recognition after stage 3"))
         others.append(other)
     if others:
         print(f"{name}: served together with {', '.join(others)} ...", flush=True)
@@ -121,7 +135,8 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
     overrides = {"prototype.stage3_epochs": args.stage3_epochs, "prototype.stage3_unfreeze": args.stage3_unfreeze,
                  "training.image_views": args.image_views, "training.lr_schedule": args.lr_schedule,
                  "training.seed": args.seed,
-                 **({"training.patience": args.patience} if args.patience else {})}
+                 **({"training.patience": args.patience} if args.patience else {}),
+                 **(CLASSIFIER_STAGE3 if args.stage3_recipe == "classifier" else {})}
     for protocol in args.protocols.split(","):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits,
@@ -133,6 +148,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
         name = (f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
                 + (f"-views{args.image_views}" if args.image_views else "")
                 + (f"-{args.lr_schedule}" if args.lr_schedule != "constant" else "")
+                + (f"-{args.stage3_recipe}" if args.stage3_recipe != "towers" else "")
                 + (f"-seed{args.seed}" if args.seed else ""))
         rows.update(staged_rows(spec, protocol, store, name, STAGES, overrides, [False], args.resume,
                                 args.zero_shot_weight, train=train))
@@ -306,8 +322,13 @@ def main() -> None:
                              "default: the config's). An existing store under --work keeps its own")
     parser.add_argument("--also-image-encoders", default="",
                         help="Grocery: train stages 1-3 again on these backbones too (comma-separated, e.g. "
-                             "efficientnet-lite2@288,efficientnet-lite1@288) and measure them alone and served "
-                             "together with the main model (embedding.also)")
+                             "efficientnet-lite2@288,efficientnet-lite0:native) and measure them alone and served "
+                             "together with the main model (embedding.also); ':native' trains one without an image "
+                             "projection, with the classifier stage-3 recipe")
+    parser.add_argument("--stage3-recipe", choices=["towers", "classifier"], default="towers",
+                        help="Grocery: stage 3 with the training settings of stages 1-2 (towers), or as a classifier "
+                             "is fine-tuned (batches of 32, lr 1e-3, cosine schedule, no dev split; models get a "
+                             "-classifier suffix)")
     parser.add_argument("--image-views", type=int, default=0,
                         help="Grocery: train on this many extra cropped views of every photo (training.image_views; "
                              "models get a -viewsN suffix)")

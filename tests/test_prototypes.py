@@ -414,3 +414,34 @@ def test_stage3_cannot_fine_tune_other_text_layers_than_stage1(store):  # noqa: 
                            "prototype.stage3_unfreeze_text": 2})
     with pytest.raises(VitrineError, match="stage3_unfreeze_text must be 0 or 1"):
         train_store(store, pairs, config=config, name="proto-mismatch", progress=False)
+
+
+def test_a_model_without_image_projection_trains_stage3_on_its_own_schedule(store, tmp_path):  # noqa: F811
+    pairs = shopper_photos(tmp_path / "photos", per_product=5)  # 4 products x (5 photos + 1 text): 24 queries
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
+                           "training.image_projection": "none", "training.dev_fraction": 0.25,
+                           "prototype.stage3_epochs": 2, "prototype.stage3_batch_size": 4, "prototype.stage3_lr": 1e-3,
+                           "prototype.stage3_lr_schedule": "cosine", "prototype.stage3_dev_fraction": 0.0})
+    train_store(store, pairs, config=config, name="native", progress=False)
+    folder = store.models_dir / "native"
+    report = json.loads((folder / "training.json").read_text())["stages"]
+    # Stage 1: 18 queries after its dev split, batches of 8; stage 3: all 24 (no dev split), batches of 4, and
+    # a cosine schedule keeps its last epoch.
+    assert report["1"]["steps"] == 4 * 3 and len(report["1"]["dev_scores"]) == 4
+    assert report["3"]["steps"] == 2 * 6 and report["3"]["best_epoch"] == 2 and not report["3"]["dev_scores"]
+    model = TwoTowerModel.load(folder)
+    assert model.config.dim == model.config.image_dim == 1280 and model.config.matryoshka == [1280]
+    assert isinstance(model.product_image, torch.nn.Identity) and model.image_top is not None
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    photo = draw_product(tmp_path / "new-photo.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
+    # A photo's vector is the fine-tuned backbone's pooled features themselves.
+    maps = load_image_encoder(model.config.image_encoder).encode([photo])
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(model.image_top(torch.from_numpy(maps)), dim=1)[0].numpy()
+    assert np.allclose(engine.embedder.encode_queries([Query(image=photo)])[0], pooled, atol=1e-5)
+    assert engine.search(image=photo, k=1)[0].product.id == "scarf"
+    assert engine.search(image=photo, k=1, channel="prototype")[0].product.id == "scarf"
+    with pytest.raises(VitrineError, match="prototype.stage3_lr_schedule 'linear'"):
+        train_store(store, pairs, config=store.config({**STAGES, "training.objective": "prototype",
+                                                       "prototype.stage3_lr_schedule": "linear"}), progress=False)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 import torch
 
 from vitrine.embedding import TowerConfig, TwoTowerModel
@@ -45,3 +46,20 @@ def test_save_and_load_give_identical_embeddings(tmp_path: Path):
     assert torch.equal(model.products(text, image, has), loaded.products(text, image, has))
     assert torch.equal(model.queries(text, image, has, has), loaded.queries(text, image, has, has))
     assert loaded.config == model.config
+
+
+def test_without_an_image_projection_photos_are_their_own_features(tmp_path: Path):
+    torch.manual_seed(0)
+    model = TwoTowerModel(TowerConfig(text_dim=6, image_dim=5, dim=5, hidden=8, image_projection="none")).eval()
+    image = torch.randn(3, 5)
+    photo_only = model.queries(torch.zeros(3, 6), image, torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool))
+    assert torch.allclose(photo_only, torch.nn.functional.normalize(image, dim=1))
+    model.start_from_features(torch.randn(8, 6), torch.randn(8, 5))  # only the text towers start from PCA
+    assert torch.allclose(model.queries(torch.zeros(3, 6), image, torch.zeros(3, dtype=torch.bool),
+                                        torch.ones(3, dtype=torch.bool)), photo_only)
+    model.save(tmp_path / "m")
+    loaded = TwoTowerModel.load(tmp_path / "m")
+    text, has = torch.randn(3, 6), torch.ones(3, dtype=torch.bool)
+    assert torch.equal(model.products(text, image, has), loaded.products(text, image, has))
+    with pytest.raises(ValueError, match=r"dim must be image_dim \(5\), not 4"):
+        TowerConfig(text_dim=6, image_dim=5, dim=4, image_projection="none")

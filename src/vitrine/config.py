@@ -76,6 +76,10 @@ class TrainingConfig:
     dim: int = 256
     hidden: int = 1024
     dropout: float = 0.1
+    image_projection: str = "mlp"
+    """``mlp``: photos enter the space through a trained projection (to ``dim``); ``none``: the image backbone's
+    pooled features are the space as they are (``dim`` becomes their width, no Matryoshka prefixes), moved only
+    by fine-tuned blocks (stage 3, ``unfreeze_blocks``) while the text towers learn to map into it."""
     image_dropout: float = 0.2
     """Dropout on the frozen image features: augmentation in feature space for photos, which come in
     runs of near-identical shots. Chosen on Grocery val among 0, 0.2, 0.5 (R@1 0.750, 0.774, 0.730);
@@ -428,6 +432,16 @@ class PrototypeConfig:
     """Epochs of each stage (0: ``training.epochs``); stage 3 is the slow one on a CPU."""
     stage2_epochs: int = 0
     stage3_epochs: int = 4
+    stage3_lr: float = 0.0
+    """Stage 3's learning rate (0: ``training.lr``); the unfrozen blocks train at ``training.backbone_lr_scale`` of it."""
+    stage3_batch_size: int = 0
+    """Stage 3's batch size (0: ``training.batch_size``): a classifier against the prototype head needs no big
+    batch of in-batch negatives, and smaller batches give the backbone blocks more steps."""
+    stage3_lr_schedule: str = ""
+    """Stage 3's learning-rate schedule (empty: ``training.lr_schedule``)."""
+    stage3_dev_fraction: float = -1.0
+    """Share of the examples stage 3 holds back as its dev split (negative: ``training.dev_fraction``); with a
+    cosine schedule the split picks no epoch, so 0 lets stage 3 learn from every example."""
     stage3_unfreeze: int = 1
     """Top image-backbone blocks trained end to end in stage 3."""
     stage3_unfreeze_text: int = 0

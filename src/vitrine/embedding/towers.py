@@ -58,6 +58,17 @@ class TowerConfig:
     ngram_chars: int = 3
     ngram_idf: bool = False
     """Weight each n-gram by its inverse document frequency over the training catalog (kept in the model)."""
+    image_projection: str = "mlp"
+    """``mlp``: image features reach the space through a trained projection; ``none``: the backbone's pooled
+    features *are* the image side of the space (``dim`` = ``image_dim``), moved only by fine-tuned backbone
+    blocks, and the text towers learn to map into it (as LiT locks the image tower)."""
+
+    def __post_init__(self) -> None:
+        if self.image_projection not in ("mlp", "none"):
+            raise ValueError(f"image_projection must be 'mlp' or 'none', not {self.image_projection!r}")
+        if self.image_projection == "none" and self.dim != self.image_dim:
+            raise ValueError(f"without an image projection the space is the image features': dim must be "
+                             f"image_dim ({self.image_dim}), not {self.dim}")
 
     def ngram_hasher(self) -> NgramHasher | None:
         return NgramHasher(self.ngram_buckets, self.ngram_words, self.ngram_chars) if self.ngram_buckets else None
@@ -151,9 +162,12 @@ class TwoTowerModel(nn.Module):
             in_dim, config.dim, config.hidden, config.dropout, input_dropout)
         self.query_text = make(config.text_dim)
         self.product_text = make(config.text_dim)
-        self.product_image = make(config.image_dim, config.image_dropout)
-        self.query_image = (self.product_image if config.shared_image_projection
-                            else make(config.image_dim, config.image_dropout))
+        if config.image_projection == "none":  # the pooled features as they are, for products and queries
+            self.product_image = self.query_image = nn.Identity()
+        else:
+            self.product_image = make(config.image_dim, config.image_dropout)
+            self.query_image = (self.product_image if config.shared_image_projection
+                                else make(config.image_dim, config.image_dropout))
         self.gate = ModalGate(config.text_dim, config.image_dim) if config.modal_gate else None
         self.ngrams = (NgramEmbedding(config.ngram_buckets, config.dim, config.ngram_idf)
                        if config.ngram_buckets else None)
@@ -192,6 +206,8 @@ class TwoTowerModel(nn.Module):
         text_basis = principal_basis(text, self.config.dim)
         for tower in (self.query_text, self.product_text):
             tower.start_from(text_basis)
+        if self.config.image_projection == "none":
+            return
         image = self.pooled(self.image_top, image)  # the projections see pooled features
         image_basis = principal_basis(image, self.config.dim)
         for tower in {id(self.product_image): self.product_image, id(self.query_image): self.query_image}.values():

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("contrastive", "prototype")
 TRAINED_SECTIONS = ("training", "prototype")
+IMAGE_PROJECTIONS = ("mlp", "none")
 
 
 def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
@@ -33,9 +34,13 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
     if config.training.objective not in OBJECTIVES:
         raise VitrineError(f"unknown training objective {config.training.objective!r} "
                            f"(this vitrine knows: {', '.join(OBJECTIVES)})")
-    if config.training.lr_schedule not in LR_SCHEDULES:
-        raise VitrineError(f"unknown training.lr_schedule {config.training.lr_schedule!r} "
-                           f"(choose one of: {', '.join(LR_SCHEDULES)})")
+    for key, schedule in (("training.lr_schedule", config.training.lr_schedule),
+                          ("prototype.stage3_lr_schedule", config.prototype.stage3_lr_schedule or "constant")):
+        if schedule not in LR_SCHEDULES:
+            raise VitrineError(f"unknown {key} {schedule!r} (choose one of: {', '.join(LR_SCHEDULES)})")
+    if config.training.image_projection not in IMAGE_PROJECTIONS:
+        raise VitrineError(f"unknown training.image_projection {config.training.image_projection!r} "
+                           f"(choose one of: {', '.join(IMAGE_PROJECTIONS)})")
     products = [replace(p, images=tuple(str(store.resolve(i)) for i in p.images))
                 for p in store.catalog if p.id not in held_out]
     pairs = [pair for pair in pairs if pair.product_id not in held_out]

@@ -238,6 +238,12 @@ def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers,
     epochs = (proto.stage2_epochs if stage == 2 else proto.stage3_epochs) or config.training.epochs
     training = replace(config.training, epochs=epochs, unfreeze_blocks=proto.stage3_unfreeze if stage == 3 else 0,
                        unfreeze_text_layers=proto.stage3_unfreeze_text if stage == 3 else 0)
+    if stage == 3:
+        training = replace(training, lr=proto.stage3_lr or training.lr,
+                           batch_size=proto.stage3_batch_size or training.batch_size,
+                           lr_schedule=proto.stage3_lr_schedule or training.lr_schedule,
+                           dev_fraction=training.dev_fraction if proto.stage3_dev_fraction < 0
+                           else proto.stage3_dev_fraction)
     trainer = PrototypeTrainer(data, training, proto, towers, folder, library, head, image_top=image_top,
                                text_top=text_top,
                                start=weights, matryoshka=stage == 3 and proto.stage3_matryoshka,

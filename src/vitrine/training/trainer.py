@@ -50,11 +50,15 @@ class TrainResult:
 
 def tower_config(config: TrainingConfig, text_encoder: str, image_encoder: str, text_dim: int,
                  image_dim: int, image_input_dim: int = 0, text_input_dim: int = 0) -> TowerConfig:
-    dims = [int(d) for d in config.matryoshka.split(",") if d.strip()]
+    native = config.image_projection == "none"
+    # Without an image projection the space is the image features': its width, and no prefix of it was
+    # trained to stand alone.
+    dim = image_dim if native else config.dim
+    dims = [] if native else [int(d) for d in config.matryoshka.split(",") if d.strip()]
     return TowerConfig(text_encoder=text_encoder, image_encoder=image_encoder, text_dim=text_dim,
-                       image_dim=image_dim, dim=config.dim, hidden=config.hidden, dropout=config.dropout,
-                       image_dropout=config.image_dropout,
-                       modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [config.dim])),
+                       image_dim=image_dim, dim=dim, hidden=config.hidden, dropout=config.dropout,
+                       image_dropout=config.image_dropout, image_projection=config.image_projection,
+                       modal_gate=config.modal_gate, matryoshka=sorted(set(dims + [dim])),
                        temperature=config.temperature, image_input_dim=image_input_dim, text_input_dim=text_input_dim,
                        ngram_buckets=config.ngram_buckets, ngram_idf=config.ngram_idf)
 
