@@ -108,7 +108,7 @@ def other_backbones(spec: str, protocol: str, store, name: str, overrides: dict[
     others = []
     for entry in [e.strip() for e in args.also_image_encoders.split(",") if e.strip()]:
         encoder, _, variant = entry.partition(":")
-        other = f"{name}-{encoder.split('@')[0].removeprefix('efficientnet-')}" + (f"-{variant}" if variant else "")
+        other = f"{name}-{encoder.removeprefix('efficientnet-').replace('@', '-')}" + (f"-{variant}" if variant else "")
         print(f"{other}: training stages 1-3 on {entry} ...", flush=True)
         figures = in_process({"data": spec, "protocol": protocol, "store": str(store.root), "name": other,
                               "overrides": {"training.objective": "prototype", "prototype.stages": "1,2,3",
@@ -322,7 +322,7 @@ def main() -> None:
                              "default: the config's). An existing store under --work keeps its own")
     parser.add_argument("--also-image-encoders", default="",
                         help="Grocery: train stages 1-3 again on these backbones too (comma-separated, e.g. "
-                             "efficientnet-lite2@288,efficientnet-lite0:native) and measure them alone and served "
+                             "efficientnet-lite2@288,efficientnet-lite0@288:native) and measure them alone and served "
                              "together with the main model (embedding.also); ':native' trains one without an image "
                              "projection, with the classifier stage-3 recipe")
     parser.add_argument("--stage3-recipe", choices=["towers", "classifier"], default="towers",

@@ -265,6 +265,8 @@ def train(
     each training photo as two fixed random crops of it (encoded once, cached).
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
+    --set training.image_projection=none keeps the image backbone's own pooled features as the space
+    (with --stages 1,2,3 and prototype.stage3_unfreeze > 0 the backbone's top blocks move it).
     Re-index afterwards: vitrine index STORE --reembed.
     --nproc 2 trains in two DDP processes (the batch size stays the global one).
     """
