@@ -28,6 +28,7 @@ from vitrine.encoders.ngrams import NgramBatch, NgramHasher
 from vitrine.encoders.registry import load_image_top, load_text_top, parse_image_encoder
 from vitrine.errors import StoreError
 
+IMAGE_PROJECTIONS = ("mlp", "none")
 
 @dataclass
 class TowerConfig:
@@ -64,8 +65,8 @@ class TowerConfig:
     blocks, and the text towers learn to map into it (as LiT locks the image tower)."""
 
     def __post_init__(self) -> None:
-        if self.image_projection not in ("mlp", "none"):
-            raise ValueError(f"image_projection must be 'mlp' or 'none', not {self.image_projection!r}")
+        if self.image_projection not in IMAGE_PROJECTIONS:
+            raise ValueError(f"image_projection must be one of {IMAGE_PROJECTIONS}, not {self.image_projection!r}")
         if self.image_projection == "none" and self.dim != self.image_dim:
             raise ValueError(f"without an image projection the space is the image features': dim must be "
                              f"image_dim ({self.image_dim}), not {self.dim}")

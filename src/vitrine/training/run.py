@@ -11,6 +11,7 @@ from pathlib import Path
 from vitrine.catalog import Store
 from vitrine.catalog.product import Pair
 from vitrine.config import Config, write_atomic
+from vitrine.embedding.towers import IMAGE_PROJECTIONS
 from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blocks
 from vitrine.errors import VitrineError
 from vitrine.training.data import build_training_set
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("contrastive", "prototype")
 TRAINED_SECTIONS = ("training", "prototype")
-IMAGE_PROJECTIONS = ("mlp", "none")
 
 
 def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = None, name: str = "default",
