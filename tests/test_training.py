@@ -394,6 +394,13 @@ def test_two_models_on_two_backbones_are_served_side_by_side(store, tmp_path):
     assert store.config().encoders.image == "efficientnet-lite0@96"  # the option trained one model, kept nothing
     second = TwoTowerModel.load(store.models_dir / "second")
     assert second.config.image_encoder == "efficientnet-lite1@96"
+    result = runner.invoke(app, ["train", str(store.root), "--data", str(pairs_file), "--name", "native",
+                                 "--image-projection", "none"])
+    assert result.exit_code == 0, result.output
+    assert store.config().training.image_projection == "mlp"  # this model only
+    assert TwoTowerModel.load(store.models_dir / "native").config.dim == 1280  # Lite0's pooled width, not 16
+    result = runner.invoke(app, ["train", str(store.root), "--data", str(pairs_file), "--image-projection", "conv"])
+    assert result.exit_code != 0 and "unknown training.image_projection 'conv'" in result.output
 
     photo = draw_product(tmp_path / "query.jpg", "stripes", (50, 140, 70), size=210, background=(190, 170, 160))
     alone = {}

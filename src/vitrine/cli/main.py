@@ -245,6 +245,10 @@ def train(
     image_encoder: Annotated[Optional[str], typer.Option(
         help="Train on this image backbone instead of the store's encoders.image (this model only, e.g. "
              "efficientnet-lite2@288): a second model to serve beside the first with embedding.also.")] = None,
+    image_projection: Annotated[Optional[str], typer.Option(
+        help="'none' trains this model without an image projection: the image backbone's pooled features are "
+             "the space, moved only by fine-tuned blocks (this model only; default: training.image_projection, "
+             "'mlp').")] = None,
     unfreeze_text: Annotated[Optional[int], typer.Option(
         help="Fine-tune the text model's top N transformer layers too (0: frozen, the default; contrastive "
              "objective). Their input token states are cached, 48 tokens a text.")] = None,
@@ -265,8 +269,8 @@ def train(
     each training photo as two fixed random crops of it (encoded once, cached).
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
-    --set training.image_projection=none keeps the image backbone's own pooled features as the space
-    (with --stages 1,2,3 and prototype.stage3_unfreeze > 0 the backbone's top blocks move it).
+    --image-projection none keeps the image backbone's own pooled features as the space (with
+    --stages 1,2,3 and prototype.stage3_unfreeze > 0 the backbone's top blocks move it).
     Re-index afterwards: vitrine index STORE --reembed.
     --nproc 2 trains in two DDP processes (the batch size stays the global one).
     """
@@ -280,7 +284,8 @@ def train(
                  **({"training.visual_task": visual_task} if visual_task else {}),
                  **({"training.ngram_buckets": ngrams} if ngrams is not None else {}),
                  **({"prototype.stages": stages} if stages else {}),
-                 **({"encoders.image": image_encoder} if image_encoder else {})}
+                 **({"encoders.image": image_encoder} if image_encoder else {}),
+                 **({"training.image_projection": image_projection} if image_projection else {})}
     splits = load_splits(data, protocol=protocol)
     if nproc is not None:  # checked before any feature is computed
         if nproc < 1:
