@@ -2,7 +2,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { photo: null, photoUrl: null, rerankers: ["none"], channels: ["vector"], lastResults: null, limits: {} };
+// searches: how many were started; a response whose number is no longer the latest is dropped, so a slow
+// earlier search never overwrites a newer one (e.g. the "Exact product" switch flipped while one is in flight).
+const state = { photo: null, photoUrl: null, rerankers: ["none"], channels: ["vector"], lastResults: null, limits: {},
+                searches: 0 };
 const SUGGESTIONS = ["oat milk", "green apple", "yoghurt", "red pepper", "juice", "something sweet"];
 
 function show(view) {
@@ -91,6 +94,7 @@ async function search() {
   const channel = channelChoice();
   const filter = $("filter").value.trim();
   const k = 24;
+  const ticket = ++state.searches;
   document.body.classList.add("loading");
   message("");
   try {
@@ -108,14 +112,15 @@ async function search() {
       const params = { q: text, k, rerank, channel, ...(filter ? { filter } : {}) };
       result = await api(`/search?${new URLSearchParams(params)}`);
     }
+    if (ticket !== state.searches) return;  // a newer search owns the page
     state.lastResults = result;
     const target = state.photo ? `#/search?photo=1&q=${encodeURIComponent(text)}` : `#/search?q=${encodeURIComponent(text)}`;
     if (location.hash !== target) history.pushState(null, "", target);
     renderResults(result);
   } catch (error) {
-    message(error.message);
+    if (ticket === state.searches) message(error.message);
   } finally {
-    document.body.classList.remove("loading");
+    if (ticket === state.searches) document.body.classList.remove("loading");
   }
 }
 
@@ -234,8 +239,9 @@ function route() {
 
 $("search").addEventListener("submit", (event) => { event.preventDefault(); search(); });
 $("back").addEventListener("click", (event) => { event.preventDefault(); history.back(); });
-$("rerank").addEventListener("change", () => { if (state.lastResults) search(); });
-$("exact").addEventListener("change", () => { if (state.lastResults) search(); });
+// Once a search was asked for (finished or still running), a switch runs it again with the new setting.
+$("rerank").addEventListener("change", () => { if (state.searches) search(); });
+$("exact").addEventListener("change", () => { if (state.searches) search(); });
 window.addEventListener("popstate", route);
 window.addEventListener("hashchange", route);
 
