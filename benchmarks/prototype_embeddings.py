@@ -51,14 +51,14 @@ from typing import Any
 
 import numpy as np
 
+from vitrine.config import STAGE3_RECIPES
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import (bm25_only, build_store, evaluate_together, in_process, print_table, zero_shot,  # noqa: E402
                                 zero_shot_row)
 
-CLASSIFIER_STAGE3 = {"prototype.stage3_batch_size": 32, "prototype.stage3_lr": 1e-3,
-                     "prototype.stage3_lr_schedule": "cosine", "prototype.stage3_dev_fraction": 0.0}
-"""Stage 3 as a classifier on a backbone is fine-tuned (``--stage3-recipe classifier``, and ``NAME:native`` models)."""
-NATIVE = {"training.image_projection": "none", **CLASSIFIER_STAGE3}
+NATIVE = {"training.image_projection": "none", **STAGE3_RECIPES["classifier"]}
+"""``NAME:native`` models: no image projection, stage 3 trained as a classifier (``vitrine.config.STAGE3_RECIPES``)."""
 
 STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
 
@@ -136,7 +136,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
                  "training.image_views": args.image_views, "training.lr_schedule": args.lr_schedule,
                  "training.seed": args.seed,
                  **({"training.patience": args.patience} if args.patience else {}),
-                 **(CLASSIFIER_STAGE3 if args.stage3_recipe == "classifier" else {})}
+                 **STAGE3_RECIPES[args.stage3_recipe]}
     for protocol in args.protocols.split(","):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits,
@@ -325,7 +325,7 @@ def main() -> None:
                              "efficientnet-lite2@288,efficientnet-lite0@288:native) and measure them alone and served "
                              "together with the main model (embedding.also); ':native' trains one without an image "
                              "projection, with the classifier stage-3 recipe")
-    parser.add_argument("--stage3-recipe", choices=["towers", "classifier"], default="towers",
+    parser.add_argument("--stage3-recipe", choices=list(STAGE3_RECIPES), default="towers",
                         help="Grocery: stage 3 with the training settings of stages 1-2 (towers), or as a classifier "
                              "is fine-tuned (batches of 32, lr 1e-3, cosine schedule, no dev split; models get a "
                              "-classifier suffix)")

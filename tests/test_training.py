@@ -424,3 +424,31 @@ def test_two_models_on_two_backbones_are_served_side_by_side(store, tmp_path):
     assert models["first"]["in_use"] and models["second"]["in_use"]
     with pytest.raises(StoreError, match="no prototype head here"):  # contrastive models: no ID recognition
         both.search(image=photo, channel="prototype")
+
+
+def test_stage3_recipe_option_trains_one_model_with_its_settings(store, tmp_path):
+    from typer.testing import CliRunner
+
+    from vitrine.cli import app
+    from vitrine.config import STAGE3_RECIPES
+
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
+    store.config({"training.hidden": 32, "training.dim": 16, "training.matryoshka": "", "training.epochs": 2,
+                  "training.keyword_pairs": False, "encoders.image": "efficientnet-lite0@96"}).save(store.config_path)
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps({"product_id": p.product_id, "query_image": p.query_image,
+                                              "query_text": p.query_text}) + "\n" for p in pairs))
+    runner = CliRunner()
+    command = ["train", str(store.root), "--data", str(pairs_file), "--objective", "prototype", "--stages", "1"]
+    result = runner.invoke(app, [*command, "--name", "recipe", "--stage3-recipe", "classifier"])
+    assert result.exit_code == 0, result.output
+    trained = json.loads((store.models_dir / "recipe" / "training.json").read_text())["prototype"]
+    assert {k: trained[k.removeprefix("prototype.")] for k in STAGE3_RECIPES["classifier"]} == {
+        "prototype.stage3_batch_size": 32, "prototype.stage3_lr": 1e-3, "prototype.stage3_lr_schedule": "cosine",
+        "prototype.stage3_dev_fraction": 0.0}
+    kept = store.config().prototype  # this model only: the store's own stage-3 settings stay as they were
+    assert (kept.stage3_batch_size, kept.stage3_lr_schedule, kept.stage3_dev_fraction) == (0, "", -1.0)
+    result = runner.invoke(app, [*command, "--name", "other", "--stage3-recipe", "linear-probe"])
+    assert result.exit_code == 2
+    assert "unknown stage-3 recipe 'linear-probe' (known: towers, classifier)" in result.output
+    assert not (store.models_dir / "other").exists()
