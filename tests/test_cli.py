@@ -140,6 +140,17 @@ def test_help_explains_commands():
         assert command in result.output
 
 
+def test_command_help_flows_as_paragraphs():
+    # Rich keeps a docstring's line breaks; at 80 columns they left half-empty lines mid-sentence.
+    result = runner.invoke(app, ["train", "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    prose = [line.strip() for line in result.output.splitlines() if "│" not in line]
+    first = next(i for i, line in enumerate(prose) if line.startswith("Negatives come from the batch"))
+    paragraph = prose[first:prose.index("", first)]
+    assert len(paragraph) >= 5 and all(len(line) >= 50 for line in paragraph[:-1])  # no lines cut short mid-sentence
+    assert prose[first + len(paragraph) + 1].startswith("--objective prototype --stages 1,2,3")  # paragraphs kept
+
+
 def test_demo_builds_a_store_with_both_channels(tmp_path: Path):
     from test_loaders import make_grocery
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import time
@@ -271,13 +272,16 @@ def train(
     block of the image backbone (its input maps are cached, so this stays affordable on a CPU);
     --unfreeze-text 1 the text model's last transformer layer. --set training.image_views=2 also shows
     each training photo as two fixed random crops of it (encoded once, cached).
+
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
     --image-projection none keeps the image backbone's own pooled features as the space (with
     --stages 1,2,3 and prototype.stage3_unfreeze > 0 the backbone's top blocks move it).
     --stage3-recipe classifier trains stage 3 as a classifier is fine-tuned (prototype.stage3_*).
-    Re-index afterwards: vitrine index STORE --reembed.
+
     --nproc 2 trains in two DDP processes (the batch size stays the global one).
+
+    Re-index afterwards: vitrine index STORE --reembed.
     """
     from vitrine.catalog.datasets import load_splits
     from vitrine.training import train_store
@@ -615,6 +619,17 @@ def _metrics_table(report) -> Table:
     for metric, value in report.metrics.items():
         table.add_row(metric, f"{value:.4f}")
     return table
+
+
+def _reflowed(docstring: str) -> str:
+    """A docstring with each paragraph on one line: Rich help keeps a docstring's own line breaks and then wraps
+    them again at the terminal's width, which leaves ragged half-empty lines."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines()) for paragraph in paragraphs)
+
+
+for _command in app.registered_commands:
+    _command.help = _command.help or _reflowed(_command.callback.__doc__ or "")
 
 
 def main() -> None:
