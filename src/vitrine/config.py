@@ -213,6 +213,15 @@ class SearchConfig:
     juice_query: bool = False
     """Crop query photos to their salient region before encoding (``vitrine.governance``'s vision branch):
     robustness to clutter around the product, at the cost of one more backbone pass per photo."""
+    querybank: bool = True
+    """Apply the store's query bank, once one is fitted (``vitrine querybank STORE QUERIES``): vector scores
+    become ``s - r_p / 2``, ``r_p`` a product's hubness over the bank (CSLS; ``vitrine.engine.querybank``)."""
+    querybank_k: int = 10
+    """Bank queries whose cosines make up a product's hubness (the k of CSLS, whose authors use 10)."""
+    querybank_depth: int = 100
+    """Results per bank query read when fitting (exact once it reaches the number of products)."""
+    querybank_overfetch: int = 50
+    """Extra vector results fetched per search under a query bank, so products it lifts can reach the top k."""
 
 
 @dataclass

@@ -44,8 +44,10 @@ def load_products(path: Path, format: str = "auto") -> Iterator[Record]:
     return loaders[kind](path)
 
 
-def load_queries(path: Path, root: Path | None = None, format: str = "auto") -> list[LabelledQuery]:
-    """Labelled queries: a Grocery photo list (``path, fine_id, coarse_id`` lines) or JSONL."""
+def load_queries(path: Path, root: Path | None = None, format: str = "auto",
+                 labelled: bool = True) -> list[LabelledQuery]:
+    """Labelled queries: a Grocery photo list (``path, fine_id, coarse_id`` lines) or JSONL. With
+    ``labelled=False`` a JSONL line may leave out ``relevant`` (a query log: the queries alone)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(str(path), "no such query file")
@@ -53,7 +55,7 @@ def load_queries(path: Path, root: Path | None = None, format: str = "auto") -> 
     if kind == "grocery":
         return grocery_queries(path, root or path.parent)
     if kind == "jsonl":
-        return jsonl_queries(path, root or path.parent)
+        return jsonl_queries(path, root or path.parent, labelled)
     raise DataError(str(path), f"unknown query format {kind!r} (choose from grocery, jsonl)")
 
 
@@ -168,13 +170,13 @@ def _product_from_json(record: dict[str, Any], base: Path) -> Product:
     )
 
 
-def jsonl_queries(path: Path, root: Path) -> list[LabelledQuery]:
+def jsonl_queries(path: Path, root: Path, labelled: bool = True) -> list[LabelledQuery]:
     queries = []
     for where, record in _json_lines(path):
         if isinstance(record, BadRecord):
             raise DataError(record.where, record.reason)
-        relevant = record.get("relevant")
-        if not isinstance(relevant, dict) or not relevant:
+        relevant = record.get("relevant", None if labelled else {})
+        if not isinstance(relevant, dict) or (labelled and not relevant):
             raise DataError(where, "missing field 'relevant' (an object of product_id: grade)")
         if not all(isinstance(grade, (int, float)) for grade in relevant.values()):
             raise DataError(where, "grades in 'relevant' must be numbers")

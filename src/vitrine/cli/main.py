@@ -199,6 +199,38 @@ def eval_(
 
 @app.command()
 @user_errors
+def querybank(
+    store: StoreArg,
+    queries: Annotated[Path, typer.Argument(
+        help="Past queries: a .jsonl of {\"text\": ..., \"image\": ...} lines (a query log; 'relevant' not needed) "
+             "or a Grocery photo list.")],
+    root: Annotated[Optional[Path], typer.Option(help="Folder the query image paths are relative to.")] = None,
+    format: Annotated[str, typer.Option(help="auto, grocery or jsonl.")] = "auto",
+    k: Annotated[Optional[int], typer.Option(
+        help="Bank queries per product whose cosines make its hubness (default: search.querybank_k, 10).")] = None,
+) -> None:
+    """Fit STORE's query bank: vector searches then lower each product's score by half its hubness.
+
+    A product's hubness is the mean of its k highest cosines with the bank's queries (CSLS; querybank
+    normalisation). Products that sit near very many queries win queries that are not theirs; this takes part of
+    that back. Give it queries people really ask (a sample of the search log), not the training queries: hubs are
+    where real queries fall. Fitted in the current embedder's space: after retraining the towers, fit it again.
+    vitrine index STORE --set search.querybank=false serves without it.
+    """
+    from vitrine.catalog import load_queries
+    from vitrine.embedding import Query
+
+    engine = _open(store)
+    bank = engine.fit_querybank([Query(text=q.text, image=q.image)
+                                 for q in load_queries(queries, root, format, labelled=False)], k=k, progress=True)
+    summary = bank.describe()
+    out.print(f"query bank of {summary['queries']} queries (k = {summary['k']}): hubness of {summary['products']} "
+              f"products, highest {summary['hubness_max']}, floor {summary['floor']}; "
+              f"saved in {engine.store.index_dir}")
+
+
+@app.command()
+@user_errors
 def compare(
     report_a: Annotated[Path, typer.Argument(help="An eval-*.json report (the baseline).")],
     report_b: Annotated[Path, typer.Argument(help="An eval-*.json report of the same queries (the change).")],
@@ -436,11 +468,14 @@ def govern(
 @app.command()
 @user_errors
 def info(store: StoreArg) -> None:
-    """What a store holds: products, embedding, index, trained models, and when it was built."""
+    """What a store holds: products, embedding, index, trained models, query bank, and when it was built."""
     from vitrine.catalog import Store
+    from vitrine.engine.querybank import BANK_FILE, QueryBank
 
     opened = Store.open(store)
-    out.print_json(data={**opened.manifest, "models": trained_models(opened)})
+    bank = opened.index_dir / BANK_FILE
+    out.print_json(data={**opened.manifest, "models": trained_models(opened),
+                         "querybank": QueryBank.load(bank).describe() if bank.is_file() else None})
 
 
 def trained_models(store: Store) -> dict[str, dict[str, Any]]:

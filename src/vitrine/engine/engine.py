@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from vitrine.embedding.prototypes import HEAD_FILE
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel, TowerBlock
+from vitrine.engine.querybank import BANK_FILE, QueryBank
 from vitrine.governance.saliency import SaliencyModel, crop
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.engine.entries import Entry, entries_of
@@ -116,6 +118,8 @@ class SearchEngine:
         self._reranker: Reranker | None = None
         self._prototypes: PrototypeChannel | None = None
         self._saliency: SaliencyModel | None = None
+        self._querybank: QueryBank | None = None
+        self._querybank_read = False
 
     @property
     def catalog(self):
@@ -210,10 +214,10 @@ class SearchEngine:
             with self._index_lock:
                 scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
         elif not lexical:
-            scores, keys = self._vector_search(vectors, k, allowed, where)
+            scores, keys = self._corrected_search(vectors, k, allowed, where)
         else:
             depth = max(k, self.config.search.fusion_depth)
-            vector_scores, vector_keys = self._vector_search(vectors, depth, allowed, where)
+            vector_scores, vector_keys = self._corrected_search(vectors, depth, allowed, where)
             scores, keys = self._fused(queries, vector_scores, vector_keys, k, depth, allowed,
                                        weights.get("lexical", 1.0))
         clock.lap("retrieve")
@@ -294,6 +298,48 @@ class SearchEngine:
         norms = np.linalg.norm(mixed, axis=1, keepdims=True)
         vectors[both] = np.where(norms > 0, mixed / np.maximum(norms, 1e-12), 0.0)
         return vectors
+
+    def _corrected_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None,
+                          where: Filter | None) -> tuple[np.ndarray, np.ndarray]:
+        """``_vector_search`` with the query bank's hubness correction, when the store has one: fetched
+        ``search.querybank_overfetch`` deeper, rescored, cut to ``k``."""
+        bank = self.querybank()
+        if bank is None:
+            return self._vector_search(vectors, k, allowed, where)
+        scores, keys = self._vector_search(vectors, k + self.config.search.querybank_overfetch, allowed, where)
+        return bank.apply(scores, keys, k)
+
+    # --- the query bank (vitrine.engine.querybank) ------------------------------------------------
+
+    def querybank(self) -> QueryBank | None:
+        """The store's query bank, if one was fitted in this embedder's space and ``search.querybank`` is on.
+        A bank measured with another embedder (the towers were retrained) is left unused, with a warning."""
+        if not self.config.search.querybank:
+            return None
+        if not self._querybank_read:
+            self._querybank_read = True
+            path = self.store.index_dir / BANK_FILE
+            bank = QueryBank.load(path) if path.is_file() else None
+            if bank is not None and bank.embedder != _as_json(self.embedder.describe()):
+                log.warning("%s was fitted with another embedder (%s); searches go uncorrected until "
+                            "'vitrine querybank' fits it again", path, _name(bank.embedder))
+                bank = None
+            self._querybank = bank
+        return self._querybank
+
+    def fit_querybank(self, queries: Sequence[Query], *, k: int | None = None, progress: bool = False) -> QueryBank:
+        """Measure every product's hubness over ``queries`` (past queries, no labels) and keep it in the
+        store (``index/querybank.npz``); vector searches apply it from then on (``search.querybank``)."""
+        if not queries:
+            raise VitrineError("no queries to fit the query bank with")
+        vectors = self._encode_queries(queries, {}, progress)
+        depth = min(self.config.search.querybank_depth, max(len(self._held_keys()), 1))
+        with self._write_lock:
+            bank = QueryBank.fit(vectors, lambda rows, d: self._vector_search(rows, d), depth=depth,
+                                 k=k or self.config.search.querybank_k, embedder=_as_json(self.embedder.describe()))
+            bank.save(self.store.index_dir / BANK_FILE)
+            self._querybank, self._querybank_read = bank, True
+        return bank
 
     def _vector_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None = None,
                        where: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -576,8 +622,10 @@ class SearchEngine:
                                    catalog={"products": len(self.catalog)})
 
     def describe(self) -> dict[str, Any]:
+        bank = self.querybank()
         return {"store": str(self.store.root), "products": len(self.catalog), "indexed": len(self._held_keys()),
-                "embedding": self.embedder.describe(), "index": self.index.describe()}
+                "embedding": self.embedder.describe(), "index": self.index.describe(),
+                "querybank": bank.describe() if bank else None}
 
 
 class _Stopwatch:
@@ -627,6 +675,11 @@ def open(store: str | Path | Store, *, config_overrides: dict[str, Any] | None =
 def _documents(entries: Sequence[Entry]) -> list[dict[str, Any]]:
     """Filter documents of index entries (their products' attributes, id and group)."""
     return [filter_document(entry.product) for entry in entries]
+
+
+def _as_json(description: dict[str, Any]) -> dict[str, Any]:
+    """A description as it reads back from JSON (tuples become lists), so saved and live ones compare equal."""
+    return json.loads(json.dumps(description, sort_keys=True))
 
 
 def _name(description: dict[str, Any] | None) -> str:
