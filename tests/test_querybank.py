@@ -126,6 +126,8 @@ def test_cli_fits_a_bank_from_a_query_log_and_names_a_bad_line(store: Store, tmp
     assert result.exit_code == 0, result.output
     assert f"query bank of {len(BANK)} queries (k = 2)" in result.output
     assert QueryBank.load(store.index_dir / BANK_FILE).k == 2
+    result = runner.invoke(app, ["querybank", str(store.root), str(log), "--k", "0"])
+    assert result.exit_code == 2 and "querybank k must be at least 1" in result.output
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "mug"}, {"relevant": {"mug": 1}}])
     result = runner.invoke(app, ["querybank", str(store.root), str(bad)])
     assert result.exit_code == 2

@@ -330,13 +330,15 @@ class SearchEngine:
     def fit_querybank(self, queries: Sequence[Query], *, k: int | None = None, progress: bool = False) -> QueryBank:
         """Measure every product's hubness over ``queries`` (past queries, no labels) and keep it in the
         store (``index/querybank.npz``); vector searches apply it from then on (``search.querybank``)."""
-        if not queries:
-            raise VitrineError("no queries to fit the query bank with")
+        k = self.config.search.querybank_k if k is None else k
+        if not queries or k < 1:  # before any encoding
+            raise VitrineError("no queries to fit the query bank with" if not queries else
+                               f"querybank k must be at least 1 (bank queries per product), got {k}")
         vectors = self._encode_queries(queries, {}, progress)
         depth = min(self.config.search.querybank_depth, max(len(self._held_keys()), 1))
         with self._write_lock:
-            bank = QueryBank.fit(vectors, lambda rows, d: self._vector_search(rows, d), depth=depth,
-                                 k=k or self.config.search.querybank_k, embedder=_as_json(self.embedder.describe()))
+            bank = QueryBank.fit(vectors, lambda rows, d: self._vector_search(rows, d), depth=depth, k=k,
+                                 embedder=_as_json(self.embedder.describe()))
             bank.save(self.store.index_dir / BANK_FILE)
             self._querybank, self._querybank_read = bank, True
         return bank

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vitrine.config import write_atomic
-from vitrine.errors import StoreError
+from vitrine.errors import StoreError, VitrineError
 
 BANK_FILE = "querybank.npz"
 
@@ -52,7 +52,7 @@ class QueryBank:
         A product found by fewer than ``k`` bank queries counts ``floor`` for each missing one. With ``depth``
         at least the number of products this is exact; deeper lists are slower to fit and nearer exact."""
         if k < 1:
-            raise ValueError(f"querybank k must be at least 1, got {k}")
+            raise VitrineError(f"querybank k must be at least 1 (bank queries per product), got {k}")
         if len(bank) == 0:
             raise StoreError("the query bank is empty: give it queries to measure hubness with")
         scores, keys = search(np.asarray(bank, dtype=np.float32), depth)
