@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import vitrine
 from conftest import write_jsonl
-from vitrine.catalog import Store, ingest, load_products
+from vitrine.catalog import Product, Store, ingest, load_products
 from vitrine.cli import app
 from vitrine.embedding import Query
 from vitrine.engine.querybank import BANK_FILE, QueryBank
@@ -36,39 +36,43 @@ def test_hubness_is_the_mean_of_each_products_k_highest_cosines():
     rng = np.random.default_rng(0)
     products, bank = unit_rows(rng, 12), unit_rows(rng, 30)
     keys = np.arange(100, 112)
-    fitted = QueryBank.fit(bank, exact_search(products, keys), k=3, depth=12, embedder={"kind": "test"})
+    fitted = QueryBank.fit(bank, exact_search(products, keys), keys, k=3, depth=12, embedder={"kind": "test"})
     expected = np.sort(bank @ products.T, axis=0)[-3:].mean(axis=0)  # exact: every product in every list
     np.testing.assert_allclose(fitted.hubness_of(keys), expected, atol=1e-6)
     assert fitted.queries == 30 and fitted.k == 3
 
-    shallow = QueryBank.fit(bank, exact_search(products, keys), k=3, depth=2, embedder={})
+    shallow = QueryBank.fit(bank, exact_search(products, keys), keys, k=3, depth=2, embedder={})
     kept = np.sort(bank @ products.T, axis=1)[:, -2:]  # what each bank query's top 2 kept
     assert shallow.floor == pytest.approx(float(kept.min()))
     for key, column in zip(keys, (bank @ products.T).T):
         reached = np.sort([c for c, row in zip(column, bank @ products.T) if c >= np.sort(row)[-2]])[::-1][:3]
         padded = list(reached) + [shallow.floor] * (3 - len(reached))
         assert shallow.hubness_of(np.array([key]))[0] == pytest.approx(np.mean(padded), abs=1e-6)
-    assert shallow.hubness_of(np.array([999]))[0] == pytest.approx(shallow.floor)  # a product added since
+    assert shallow.hubness_of(np.array([999]))[0] == pytest.approx(np.median(shallow.hubness_of(keys)))  # added since
+    hubless = exact_search(products[:6], keys[:6])  # the last six products: in the index, never reached
+    unreached = QueryBank.fit(bank, hubless, keys, k=3, depth=2, embedder={})
+    assert unreached.hubness_of(keys[6:]).tolist() == pytest.approx([unreached.floor] * 6)
 
 
 def test_apply_rescores_resorts_and_keeps_empty_slots_last():
-    bank = QueryBank(keys=np.array([1, 2, 3]), hubness=np.array([0.9, 0.1, 0.5], np.float32), floor=0.2, k=2,
-                     queries=5, embedder={})
+    bank = QueryBank(keys=np.array([1, 2, 3]), hubness=np.array([0.9, 0.1, 0.5], np.float32), floor=0.05,
+                     newcomer=0.2, k=2, queries=5, embedder={})
     scores = np.array([[0.80, 0.70, 0.65, 0.0], [0.50, 0.40, 0.0, 0.0]], np.float32)
     keys = np.array([[1, 2, 4, -1], [3, 2, -1, -1]])
     out_scores, out_keys = bank.apply(scores, keys, k=3)
-    # 1: 0.80 - 0.45 = 0.35; 2: 0.70 - 0.05 = 0.65; 4 (never reached: floor 0.2): 0.65 - 0.10 = 0.55
+    # 1: 0.80 - 0.45 = 0.35; 2: 0.70 - 0.05 = 0.65; 4 (added since the fit: 0.2): 0.65 - 0.10 = 0.55
     assert out_keys.tolist() == [[2, 4, 1], [2, 3, -1]]
     np.testing.assert_allclose(out_scores[0], [0.65, 0.55, 0.35], atol=1e-6)
     np.testing.assert_allclose(out_scores[1, :2], [0.35, 0.25], atol=1e-6)
 
 
 def test_bank_survives_a_round_trip_and_a_broken_file_is_one_line(tmp_path: Path):
-    bank = QueryBank(np.array([4, 9]), np.array([0.3, 0.6], np.float32), 0.1, 10, 40, {"kind": "trained", "dim": 8})
+    bank = QueryBank(np.array([4, 9]), np.array([0.3, 0.6], np.float32), 0.1, 0.45, 10, 40, {"kind": "trained"})
     bank.save(tmp_path / BANK_FILE)
     again = QueryBank.load(tmp_path / BANK_FILE)
-    assert (again.keys.tolist(), again.hubness.tolist(), again.floor, again.k, again.queries, again.embedder) == (
-        [4, 9], pytest.approx([0.3, 0.6]), pytest.approx(0.1), 10, 40, {"kind": "trained", "dim": 8})
+    assert (again.keys.tolist(), again.hubness.tolist(), again.floor, again.newcomer, again.k, again.queries,
+            again.embedder) == ([4, 9], pytest.approx([0.3, 0.6]), pytest.approx(0.1), pytest.approx(0.45), 10, 40,
+                                {"kind": "trained"})
     (tmp_path / "broken.npz").write_bytes(b"not a bank")
     with pytest.raises(StoreError, match="unreadable query bank"):
         QueryBank.load(tmp_path / "broken.npz")
@@ -117,6 +121,15 @@ def test_engine_serves_the_corrected_scores_until_the_embedder_changes(store: St
     assert "fitted with another embedder" in caplog.text
     other.config.search.querybank = False
     assert reweighted == pytest.approx(scores_of(other, "kitchen mug"), abs=1e-6)
+
+    engine.upsert([Product("teapot", "Blue Teapot", "A ceramic teapot for tea.")])  # added after the fit
+    newcomer = bank.hubness_of(np.array([engine.catalog.key_of("teapot")]))[0]
+    assert newcomer == pytest.approx(np.median(bank.hubness))
+    engine.config.search.querybank = False
+    before = {hit.product.id: hit.score for hit in engine.search(text="kitchen mug", k=5)}
+    engine.config.search.querybank = True
+    after = {hit.product.id: hit.score for hit in engine.search(text="kitchen mug", k=5)}
+    assert after["teapot"] == pytest.approx(before["teapot"] - 0.5 * newcomer, abs=1e-5)
 
 
 def test_cli_fits_a_bank_from_a_query_log_and_names_a_bad_line(store: Store, tmp_path: Path):

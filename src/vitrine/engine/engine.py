@@ -337,8 +337,8 @@ class SearchEngine:
         vectors = self._encode_queries(queries, {}, progress)
         depth = min(self.config.search.querybank_depth, max(len(self._held_keys()), 1))
         with self._write_lock:
-            bank = QueryBank.fit(vectors, lambda rows, d: self._vector_search(rows, d), depth=depth, k=k,
-                                 embedder=_as_json(self.embedder.describe()))
+            bank = QueryBank.fit(vectors, lambda rows, d: self._vector_search(rows, d), self._held_keys(),
+                                 depth=depth, k=k, embedder=_as_json(self.embedder.describe()))
             bank.save(self.store.index_dir / BANK_FILE)
             self._querybank, self._querybank_read = bank, True
         return bank

@@ -34,12 +34,14 @@ class QueryBank:
     """Hubness ``r_p`` of every product a bank query reached, fitted once (``fit``) and applied to searches."""
 
     keys: np.ndarray
-    """``(P,)`` sorted product keys with a hubness of their own."""
+    """``(P,)`` sorted keys of the products indexed at the fit."""
     hubness: np.ndarray
     """``(P,)`` their ``r_p``: the mean of their ``k`` highest cosines with the bank's queries."""
     floor: float
-    """``r_p`` of a product no bank query had within its top ``depth``: the lowest cosine any bank query kept
-    (products added since the fit, and ones far from every query)."""
+    """What a cosine a bank query did not keep counts as: the lowest cosine any bank query kept within its top
+    ``depth`` (a product no bank query reached has this hubness)."""
+    newcomer: float
+    """``r_p`` of a product added since the fit: the median product's (no evidence either way)."""
     k: int
     queries: int
     """Bank queries the hubness comes from."""
@@ -47,10 +49,11 @@ class QueryBank:
     """The embedder whose space the bank was measured in (``Embedder.describe()``)."""
 
     @classmethod
-    def fit(cls, bank: np.ndarray, search: Search, *, k: int, depth: int, embedder: dict[str, Any]) -> QueryBank:
-        """Each product's ``k`` highest cosines among the top ``depth`` results of every bank query, averaged.
-        A product found by fewer than ``k`` bank queries counts ``floor`` for each missing one. With ``depth``
-        at least the number of products this is exact; deeper lists are slower to fit and nearer exact."""
+    def fit(cls, bank: np.ndarray, search: Search, products: np.ndarray, *, k: int, depth: int,
+            embedder: dict[str, Any]) -> QueryBank:
+        """For each of ``products`` (keys), its ``k`` highest cosines among the top ``depth`` results of every bank
+        query, averaged; one found by fewer than ``k`` bank queries counts ``floor`` for each missing one. With
+        ``depth`` at least the number of products this is exact; deeper lists are slower to fit and nearer exact."""
         if k < 1:
             raise VitrineError(f"querybank k must be at least 1 (bank queries per product), got {k}")
         if len(bank) == 0:
@@ -61,20 +64,22 @@ class QueryBank:
         flat_keys, flat_scores = keys[found], scores[found].astype(np.float64)
         order = np.lexsort((-flat_scores, flat_keys))  # by product, each product's cosines highest first
         flat_keys, flat_scores = flat_keys[order], flat_scores[order]
-        products, starts, counts = np.unique(flat_keys, return_index=True, return_counts=True)
+        reached, starts, counts = np.unique(flat_keys, return_index=True, return_counts=True)
         rank = np.arange(len(flat_keys)) - np.repeat(starts, counts)  # place within the product's own run
         top = rank < k
-        sums = np.zeros(len(products))
+        products = np.union1d(np.asarray(products, dtype=np.int64), reached)
+        sums, found_by = np.zeros(len(products)), np.zeros(len(products))
         np.add.at(sums, np.searchsorted(products, flat_keys[top]), flat_scores[top])
-        hubness = (sums + floor * np.maximum(k - counts, 0)) / k
-        return cls(products.astype(np.int64), hubness.astype(np.float32), floor, k, len(bank), embedder)
+        found_by[np.searchsorted(products, reached)] = counts
+        hubness = ((sums + floor * np.maximum(k - found_by, 0)) / k).astype(np.float32)
+        return cls(products, hubness, floor, float(np.median(hubness)), k, len(bank), embedder)
 
     def hubness_of(self, keys: np.ndarray) -> np.ndarray:
-        """``r_p`` for product ``keys`` (any shape); ``floor`` for keys the bank never reached."""
+        """``r_p`` for product ``keys`` (any shape); ``newcomer`` for products added since the fit."""
         keys = np.asarray(keys, dtype=np.int64)
         at = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))
         known = (self.keys[at] == keys) if len(self.keys) else np.zeros(keys.shape, dtype=bool)
-        return np.where(known, self.hubness[at] if len(self.keys) else self.floor, self.floor).astype(np.float32)
+        return np.where(known, self.hubness[at] if len(self.keys) else self.newcomer, self.newcomer).astype(np.float32)
 
     def apply(self, scores: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``(scores, keys)`` rescored ``s - r_p / 2``, re-sorted, cut to ``k``; empty slots (key -1)
@@ -86,19 +91,20 @@ class QueryBank:
 
     def describe(self) -> dict[str, Any]:
         return {"queries": self.queries, "k": self.k, "products": int(len(self.keys)), "floor": round(self.floor, 4),
+                "median": round(self.newcomer, 4),
                 "hubness_max": round(float(self.hubness.max()), 4) if len(self.hubness) else None}
 
     def save(self, path: Path) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, keys=self.keys, hubness=self.hubness, floor=self.floor, k=self.k, queries=self.queries,
-                 embedder=json.dumps(self.embedder, sort_keys=True))
+        np.savez(buffer, keys=self.keys, hubness=self.hubness, floor=self.floor, newcomer=self.newcomer, k=self.k,
+                 queries=self.queries, embedder=json.dumps(self.embedder, sort_keys=True))
         write_atomic(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> QueryBank:
         try:
             with np.load(Path(path)) as data:
-                return cls(data["keys"], data["hubness"], float(data["floor"]), int(data["k"]), int(data["queries"]),
-                           json.loads(str(data["embedder"])))
+                return cls(data["keys"], data["hubness"], float(data["floor"]), float(data["newcomer"]), int(data["k"]),
+                           int(data["queries"]), json.loads(str(data["embedder"])))
         except (OSError, ValueError, KeyError) as exc:
             raise StoreError(f"{path}: unreadable query bank ({exc}); fit it again with 'vitrine querybank'") from None
