@@ -213,8 +213,8 @@ def querybank(
 
     A product's hubness is the mean of its k highest cosines with the bank's queries (CSLS; querybank
     normalisation). Products that sit near very many queries win queries that are not theirs; this takes part of
-    that back. Give it queries people really ask (a sample of the search log), not the training queries: hubs are
-    where real queries fall. Fitted in the current embedder's space: after retraining the towers, fit it again.
+    that back. Give it queries people really ask (a sample of the search log), not the training queries and never
+    the catalog's own titles (those sit on the products that should win): hubs are where real queries fall. Fitted in the current embedder's space: after retraining the towers, fit it again.
     vitrine index STORE --set search.querybank=false serves without it.
     """
     from vitrine.catalog import load_queries
