@@ -72,7 +72,8 @@ class QueryBank:
         np.add.at(sums, np.searchsorted(products, flat_keys[top]), flat_scores[top])
         found_by[np.searchsorted(products, reached)] = counts
         hubness = ((sums + floor * np.maximum(k - found_by, 0)) / k).astype(np.float32)
-        return cls(products, hubness, floor, float(np.median(hubness)), k, len(bank), embedder)
+        newcomer = float(np.median(hubness)) if len(hubness) else floor  # an empty index: nothing to compare with
+        return cls(products, hubness, floor, newcomer, k, len(bank), embedder)
 
     def hubness_of(self, keys: np.ndarray) -> np.ndarray:
         """``r_p`` for product ``keys`` (any shape); ``newcomer`` for products added since the fit."""
