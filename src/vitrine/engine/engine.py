@@ -22,7 +22,7 @@ from vitrine.embedding.prototypes import HEAD_FILE
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel, TowerBlock
-from vitrine.engine.querybank import BANK_FILE, QueryBank
+from vitrine.engine.querybank import BANK_FILE, QueryBank, checked_k
 from vitrine.governance.saliency import SaliencyModel, crop
 from vitrine.errors import ProductExistsError, StoreError, UnknownProductError, VitrineError
 from vitrine.engine.entries import Entry, entries_of
@@ -330,10 +330,9 @@ class SearchEngine:
     def fit_querybank(self, queries: Sequence[Query], *, k: int | None = None, progress: bool = False) -> QueryBank:
         """Measure every product's hubness over ``queries`` (past queries, no labels) and keep it in the
         store (``index/querybank.npz``); vector searches apply it from then on (``search.querybank``)."""
-        k = self.config.search.querybank_k if k is None else k
-        if not queries or k < 1:  # before any encoding
-            raise VitrineError("no queries to fit the query bank with" if not queries else
-                               f"querybank k must be at least 1 (bank queries per product), got {k}")
+        k = checked_k(self.config.search.querybank_k if k is None else k)  # before any encoding
+        if not queries:
+            raise VitrineError("no queries to fit the query bank with")
         vectors = self._encode_queries(queries, {}, progress)
         depth = min(self.config.search.querybank_depth, max(len(self._held_keys()), 1))
         with self._write_lock:

@@ -29,6 +29,13 @@ Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 """``(vectors, depth) -> (scores, keys)``, each ``(len(vectors), depth)``; key -1 where a row ran out."""
 
 
+def checked_k(k: int) -> int:
+    """``k`` if it can make a hubness (at least one bank query per product), else a one-line user error."""
+    if k < 1:
+        raise VitrineError(f"querybank k must be at least 1 (bank queries per product), got {k}")
+    return k
+
+
 @dataclass
 class QueryBank:
     """Hubness ``r_p`` of every product a bank query reached, fitted once (``fit``) and applied to searches."""
@@ -54,8 +61,7 @@ class QueryBank:
         """For each of ``products`` (keys), its ``k`` highest cosines among the top ``depth`` results of every bank
         query, averaged; one found by fewer than ``k`` bank queries counts ``floor`` for each missing one. With
         ``depth`` at least the number of products this is exact; deeper lists are slower to fit and nearer exact."""
-        if k < 1:
-            raise VitrineError(f"querybank k must be at least 1 (bank queries per product), got {k}")
+        k = checked_k(k)
         if len(bank) == 0:
             raise StoreError("the query bank is empty: give it queries to measure hubness with")
         scores, keys = search(np.asarray(bank, dtype=np.float32), depth)
@@ -78,9 +84,10 @@ class QueryBank:
     def hubness_of(self, keys: np.ndarray) -> np.ndarray:
         """``r_p`` for product ``keys`` (any shape); ``newcomer`` for products added since the fit."""
         keys = np.asarray(keys, dtype=np.int64)
-        at = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))
-        known = (self.keys[at] == keys) if len(self.keys) else np.zeros(keys.shape, dtype=bool)
-        return np.where(known, self.hubness[at] if len(self.keys) else self.newcomer, self.newcomer).astype(np.float32)
+        if not len(self.keys):
+            return np.full(keys.shape, self.newcomer, dtype=np.float32)
+        at = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
+        return np.where(self.keys[at] == keys, self.hubness[at], self.newcomer).astype(np.float32)
 
     def apply(self, scores: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows of ``(scores, keys)`` rescored ``s - r_p / 2``, re-sorted, cut to ``k``; empty slots (key -1)
