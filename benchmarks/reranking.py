@@ -3,12 +3,16 @@ calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
         [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N] \
-        [--zero-shot-weight W]
+        [--zero-shot-weight W] [--retriever towers|prototype]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query. With
 ``--zero-shot-weight W`` the retrievers are served beside the frozen backbones' zero-shot vectors
-(``embedding.zero_shot_weight``), and the reranker reads that ensemble's vectors.
+(``embedding.zero_shot_weight``), and the reranker reads that ensemble's vectors. With ``--retriever
+prototype`` Grocery's retrievers (every fold's and the val one) are issue 4's best single model instead of
+contrastive towers: prototype-ID training, stages 1-3, EfficientNet-Lite0 at 288 px without an image
+projection, stage 3 as a classifier (``vitrine train --stage3-recipe classifier``; top 5 blocks, 8 epochs).
+Use another ``--work`` for it: retrievers are reused by name.
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -47,11 +51,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained_embeddings import build_store  # noqa: E402  (one way to build benchmark stores)
 
+from vitrine.config import STAGE3_RECIPES  # noqa: E402
+
 K = 50
 CALIBRATORS = ("platt", "temperature", "isotonic")
 VARIANTS = [("retrieval only", None, "retrieval"), ("pointwise", "full", "pointwise"),
             ("chunk listwise", "pairwise", "local"), ("+ NULL", "pairwise+null", "listwise"),
             ("+ absolute scorer", "full", "absolute"), ("+ hybrid merge", "full", "hybrid")]
+PROTOTYPE_RETRIEVER = {"training.objective": "prototype", "prototype.stages": "1,2,3",
+                       "encoders.image": "efficientnet-lite0@288", "training.image_projection": "none",
+                       "prototype.stage3_unfreeze": 5, "prototype.stage3_epochs": 8, **STAGE3_RECIPES["classifier"]}
+"""``--retriever prototype``: the settings of issue 4's ``efficientnet-lite0@288:native`` model (BENCHMARKS.md,
+session 20), its best single model on Grocery's seen products."""
 
 
 def train_retriever(store, splits, name: str, keys: set[str] | None, overrides: dict[str, Any]) -> None:
@@ -429,6 +440,9 @@ def main() -> None:
     parser.add_argument("--zero-shot-weight", type=float, default=0.0,
                         help="serve the retrievers beside the frozen backbones' zero-shot vectors with this weight "
                              "(embedding.zero_shot_weight; 0 = towers alone)")
+    parser.add_argument("--retriever", choices=("towers", "prototype"), default="towers",
+                        help="Grocery's retrievers: contrastive towers (default) or the prototype-ID model of issue 4 "
+                             "(PROTOTYPE_RETRIEVER); CrowdFlower keeps its towers")
     parser.add_argument("--seeds", type=int, default=3,
                         help="train the ablation's models with this many seeds and report their mean (the SD over "
                              "seeds beside it); calibration, latency and the parts table use seed 0")
@@ -440,7 +454,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     start = time.perf_counter()
     datasets = {
-        "grocery": (f"grocery:{data / 'grocery-store'}", {}, False),
+        "grocery": (f"grocery:{data / 'grocery-store'}", PROTOTYPE_RETRIEVER if args.retriever == "prototype" else {},
+                    False),
         # The best CrowdFlower retriever of the trained-embeddings benchmark: no keyword pairs, + BM25 (search.fusion).
         "crowdflower": (f"crowdflower:{data / 'crowdflower-search-relevance'}",
                         {"training.keyword_pairs": False, "training.keyword_mask": 2.0}, True),

@@ -107,6 +107,26 @@ def test_the_reranker_keeps_every_training_query_as_history(trained_store: Path)
     assert best[0] < 0.99 and count[0] == 2
 
 
+def test_reranked_searches_take_candidates_without_the_query_bank(trained_store: Path, tmp_path: Path):
+    """The reranker learnt from lists no query bank had touched, so its candidates keep their plain scores."""
+    from vitrine.embedding import Query
+
+    store = tmp_path / "store"
+    shutil.copytree(trained_store, store)
+    vitrine.open(store).fit_querybank([Query(text=t) for t in ("coffee mug", "tea cup", "ceramic mug", "mug")], k=2)
+    with_bank, without = vitrine.open(store), vitrine.open(store, config_overrides={"search.querybank": False})
+    assert with_bank.querybank() is not None
+
+    def served(engine, **options) -> list[tuple[str, float]]:
+        return [(h.product.id, h.score) for h in engine.search(text="a mug for hot tea", k=4, **options)]
+
+    plain_scores = dict(served(without))
+    for product, score in served(with_bank):  # the bank is in force for plain searches
+        assert score < plain_scores[product] - 0.01
+    for strategy in ("hybrid", "pointwise"):
+        assert served(with_bank, rerank=strategy, candidates=4) == served(without, rerank=strategy, candidates=4)
+
+
 def test_rerank_errors_are_one_line(built_store: Path):
     store = built_store  # nothing here writes to it
     with pytest.raises(StoreError, match="no reranker here"):

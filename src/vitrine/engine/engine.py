@@ -209,15 +209,18 @@ class SearchEngine:
         vectors = self._encode_queries(queries, weights, progress)
         clock.lap("encode")
         k_out, k = k, (max(k, self.config.search.modifier_depth) if modifiers else k)
+        # A reranker learnt its retrieval-score inputs from lists no query bank had corrected
+        # (train-reranker's fold retrievers have no bank): it is handed candidates scored the same way.
+        corrected = not rerank
         if prototypes is not None:
             scores, keys = self._vector_search(vectors, k, allowed, where)
             with self._index_lock:
                 scores, keys = prototypes.search(vectors, k, scores, keys, self.index.reconstruct)
         elif not lexical:
-            scores, keys = self._corrected_search(vectors, k, allowed, where)
+            scores, keys = self._corrected_search(vectors, k, allowed, where, corrected)
         else:
             depth = max(k, self.config.search.fusion_depth)
-            vector_scores, vector_keys = self._corrected_search(vectors, depth, allowed, where)
+            vector_scores, vector_keys = self._corrected_search(vectors, depth, allowed, where, corrected)
             scores, keys = self._fused(queries, vector_scores, vector_keys, k, depth, allowed,
                                        weights.get("lexical", 1.0))
         clock.lap("retrieve")
@@ -300,10 +303,10 @@ class SearchEngine:
         return vectors
 
     def _corrected_search(self, vectors: np.ndarray, k: int, allowed: np.ndarray | None,
-                          where: Filter | None) -> tuple[np.ndarray, np.ndarray]:
-        """``_vector_search`` with the query bank's hubness correction, when the store has one: fetched
-        ``search.querybank_overfetch`` deeper, rescored, cut to ``k``."""
-        bank = self.querybank()
+                          where: Filter | None, corrected: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``_vector_search`` with the query bank's hubness correction, when the store has one and
+        ``corrected``: fetched ``search.querybank_overfetch`` deeper, rescored, cut to ``k``."""
+        bank = self.querybank() if corrected else None
         if bank is None:
             return self._vector_search(vectors, k, allowed, where)
         scores, keys = self._vector_search(vectors, k + self.config.search.querybank_overfetch, allowed, where)
