@@ -365,9 +365,12 @@ def test_trained_like_takes_a_models_training_settings(tmp_path, caplog):
     (folder / "training.json").write_text(json.dumps({
         "training": {"objective": "prototype", "epochs": 2, "unfreeze_blocks": 5, "from_an_older_version": 1},
         "prototype": {"margin": 0.3, "stages": "1,2"}, "result": {"epochs": 2}}))
+    (folder / "config.json").write_text(json.dumps({"text_encoder": "minilm", "image_encoder":
+                                                    "efficientnet-lite2@288/top5"}))
     config = Config().with_overrides({"training.epochs": 30, "rerank.epochs": 7})
     like = trained_like(config, folder)
     assert (like.training.objective, like.training.epochs, like.training.unfreeze_blocks) == ("prototype", 2, 5)
+    assert (like.encoders.text, like.encoders.image) == ("minilm", "efficientnet-lite2@288")  # its backbones
     assert (like.prototype.margin, like.prototype.stages) == (0.3, "1,2")
     assert like.rerank.epochs == 7 and like.training.lr == config.training.lr  # the rest is the store's
     assert trained_like(config, tmp_path / "elsewhere") == config

@@ -365,7 +365,8 @@ def train_reranker(
     target = _store_with_settings(store, None, set_, must_exist=True)
     overrides = {**({"rerank.epochs": epochs} if epochs else {}), **({"rerank.candidates": candidates} if candidates else {}),
                  **({"rerank.model": name} if name else {})}
-    # Fold retrievers train as the store's towers were trained (their training.json), unless --set says otherwise.
+    # Fold retrievers train as the store's towers were trained (their training.json and backbones), unless --set
+    # says otherwise.
     config = _towers_settings(target).with_overrides({**parse_assignments(set_ or []), **overrides})
     _train_reranker(target, load_splits(data, protocol=protocol), config)
     if name:

@@ -124,4 +124,17 @@ def trained_like(config: Config, folder: Path) -> Config:
     for section in TRAINED_SECTIONS:
         known = {field.name for field in fields(getattr(config, section))}
         overrides.update({f"{section}.{key}": value for key, value in report.get(section, {}).items() if key in known})
+    overrides.update(_backbones_of(Path(folder)))
     return config.with_overrides(overrides, source=str(Path(folder) / "training.json"))
+
+
+def _backbones_of(folder: Path) -> dict[str, str]:
+    """``encoders.text`` / ``encoders.image`` as the model in ``folder`` was trained on them (its ``config.json``
+    names them with the ``/topN`` its training unfroze, which the training settings add back): the store's
+    own may have changed since, or never named them (``--set`` on the training command)."""
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {f"encoders.{kind}": with_top_blocks(saved[f"{kind}_encoder"], 0) for kind in ("text", "image")
+            if isinstance(saved.get(f"{kind}_encoder"), str)}
