@@ -3,7 +3,7 @@ calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
         [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N] \
-        [--zero-shot-weight W] [--retriever towers|prototype]
+        [--zero-shot-weight W] [--retriever towers|prototype] [--protocol seen|new]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query. With
@@ -12,7 +12,9 @@ with BM25 by the default fusion, convex since session 12) gives K = 50 candidate
 prototype`` Grocery's retrievers (every fold's and the val one) are issue 4's best single model instead of
 contrastive towers: prototype-ID training, stages 1-3, EfficientNet-Lite0 at 288 px without an image
 projection, stage 3 as a classifier (``vitrine train --stage3-recipe classifier``; top 5 blocks, 8 epochs).
-Use another ``--work`` for it: retrievers are reused by name.
+Use another ``--work`` for it: retrievers are reused by name. ``--protocol new`` trains Grocery's retrievers and
+reranker without the products of issue 3's new-products protocol (``fine_id % 4 == 3``: no training photo, no query
+history) and adds each method's hit@1 on the val photos of those never-trained products (another ``--work`` again).
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -113,15 +115,17 @@ def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: i
 
 
 def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
-            folds_scheme: str = "dissimilar", fold_count: int = 3, zero_shot_weight: float = 0.0):
-    """(train lists (cross-fitted), val lists, table, lexical) for one dataset."""
+            folds_scheme: str = "dissimilar", fold_count: int = 3, zero_shot_weight: float = 0.0,
+            protocol: str = "seen"):
+    """(store, train lists (cross-fitted), dev lists, val lists, table, lexical, history, which val lists are about
+    never-trained products) for one dataset."""
     import vitrine
     from vitrine.catalog.datasets import load_splits
     from vitrine.config import RerankConfig
     from vitrine.rerank.features import ProductTable, catalog_entries, product_table
     from vitrine.rerank.train import build_lists, query_history, training_queries, val_queries
 
-    splits = load_splits(spec)
+    splits = load_splits(spec, protocol=protocol)
     store = build_store(work / data_name, splits)
     products = {p.id: p for p in store.catalog}
     queries = training_queries(splits, products)
@@ -164,7 +168,8 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed)
     dev = [found for found, key in zip(train_lists, train_keys) if key in held]
     train = [found for found, key in zip(train_lists, train_keys) if key not in held]
-    return store, train, dev, val_lists, table, lexical, history
+    never_trained = np.array([bool(set(q.relevant) & splits.held_out) for q in splits.val])
+    return store, train, dev, val_lists, table, lexical, history, never_trained
 
 
 def list_quality(lists) -> dict[str, float]:
@@ -204,7 +209,7 @@ def without_vectors(lists):
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
                 latency_queries: int, results: dict, out_dir: Path, changes: dict[str, Any] | None = None,
                 folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3,
-                zero_shot_weight: float = 0.0) -> None:
+                zero_shot_weight: float = 0.0, protocol: str = "seen") -> None:
     from dataclasses import replace
 
     from vitrine.config import RerankConfig
@@ -213,8 +218,9 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     from vitrine.rerank.train import calibrate, evaluate_queries, fit_listwise, train_reranker
 
     print(f"\n== {name} ==", flush=True)
-    store, *groups, table, lexical, history = prepare(name, spec, name, work, overrides, fuse_lexical, folds_scheme,
-                                                      fold_count, zero_shot_weight)
+    store, *groups, table, lexical, history, never_trained = prepare(name, spec, name, work, overrides, fuse_lexical,
+                                                                     folds_scheme, fold_count, zero_shot_weight,
+                                                                     protocol)
     config = replace(RerankConfig(), **(changes or {}))
     # Lists are built with every input; the default reranker reads the scalars only.
     with_vectors = groups
@@ -255,6 +261,12 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
                                                                    per_query[other][metric])
                                          for metric in ("instance_hit_rate", "ndcg@10")}
                    for other in ("pointwise", "retrieval only")}
+    if never_trained.any():  # --protocol new: the never-trained products' own queries
+        for label in rows:
+            rows[label]["never_trained_hit_rate"] = float(per_query[label]["instance_hit_rate"][never_trained].mean())
+        comparisons["hybrid - retrieval only, never-trained products"] = {"instance_hit_rate": paired_difference(
+            per_query["+ hybrid merge"]["instance_hit_rate"][never_trained],
+            per_query["retrieval only"]["instance_hit_rate"][never_trained])}
     seed0_rows = {label: mean_metrics(values) for label, values in per_seed[0].items()}
     parts = ablate_parts(with_vectors, config, seed0_rows)
 
@@ -388,13 +400,15 @@ STRATEGY_LATENCY = ("pointwise", "hybrid", "sliding")
 def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int,
                   spread: dict[str, dict[str, float]] | None = None) -> None:
     columns = ["instance_hit_rate", "concept_hit_rate@1", "ndcg@10"]
+    columns += [c for c in ("never_trained_hit_rate",) if any(c in row for row in rows.values())]
     print(f"\n{name} val, K = {K} candidates ({queries} queries)")
     print("| method | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, row in rows.items():
         # Rows that cannot vary with the seed (retrieval) show no spread.
         varies = bool(spread) and any(spread[label].values())
-        cells = [f"{row[c]:.4f}" + (f" ± {spread[label][c]:.4f}" if varies else "") for c in columns]
+        cells = [f"{row[c]:.4f}" + (f" ± {spread[label][c]:.4f}" if varies and c in spread[label] else "")
+                 for c in columns]
         print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
@@ -443,6 +457,9 @@ def main() -> None:
     parser.add_argument("--retriever", choices=("towers", "prototype"), default="towers",
                         help="Grocery's retrievers: contrastive towers (default) or the prototype-ID model of issue 4 "
                              "(PROTOTYPE_RETRIEVER); CrowdFlower keeps its towers")
+    parser.add_argument("--protocol", choices=("seen", "new"), default="seen",
+                        help="Grocery: 'new' trains without the never-trained products of issue 3's protocol and "
+                             "reports hit@1 on their val photos too")
     parser.add_argument("--seeds", type=int, default=3,
                         help="train the ablation's models with this many seeds and report their mean (the SD over "
                              "seeds beside it); calibration, latency and the parts table use seed 0")
@@ -464,7 +481,8 @@ def main() -> None:
         spec, overrides, fuse = datasets[name.strip()]
         changes = {key: value for key, value in (("epochs", args.epochs), ("layers", args.layers)) if value}
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
-                    changes, args.folds, args.fold_count, args.seeds, args.zero_shot_weight)
+                    changes, args.folds, args.fold_count, args.seeds, args.zero_shot_weight,
+                    args.protocol if name.strip() == "grocery" else "seen")
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
