@@ -93,7 +93,7 @@ def embedder_for(store, name: str | None, zero_shot_weight: float = 0.0):
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
 
-def fold_keys(queries, vectors: np.ndarray, scheme: str, count: int) -> list[set[str]]:
+def fold_keys(queries, vectors: np.ndarray, scheme: str, count: int, whole: float = 0.0) -> list[set[str]]:
     """The query keys of each cross-fitting fold: ``dissimilar`` keeps look-alike queries of a product in
     one fold (``cross_fit_folds`` on zero-shot vectors), ``random`` deals queries at random."""
     from vitrine.rerank.train import cross_fit_folds
@@ -101,16 +101,17 @@ def fold_keys(queries, vectors: np.ndarray, scheme: str, count: int) -> list[set
     if scheme == "random":
         order = np.random.default_rng(0).permutation(len(queries))
         return [{queries[i].key for i in order[f::count]} for f in range(count)]
-    assigned = cross_fit_folds(queries, vectors, count)
+    assigned = cross_fit_folds(queries, vectors, count, whole=whole)
     return [{q.key for q, fold in zip(queries, assigned) if fold == f} for f in range(count)]
 
 
-def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: int) -> set[str]:
+def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: int, whole: float = 0.0) -> set[str]:
     """The training queries held back to pick the epoch and calibrate r, whole look-alike clusters
     (``held_back``) unless folds are ``random``."""
     from vitrine.rerank.train import held_back, split_dev
 
-    _, dev = split_dev(queries, fraction, seed) if scheme == "random" else held_back(queries, vectors, fraction, seed)
+    _, dev = (split_dev(queries, fraction, seed) if scheme == "random"
+              else held_back(queries, vectors, fraction, seed, whole))
     return {queries[i].key for i in dev}
 
 
@@ -123,15 +124,19 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     from vitrine.catalog.datasets import load_splits
     from vitrine.config import RerankConfig
     from vitrine.rerank.features import ProductTable, catalog_entries, product_table
-    from vitrine.rerank.train import build_lists, query_history, training_queries, val_queries
+    from vitrine.rerank.train import build_lists, query_history, training_queries, unseen_share, val_queries
 
     splits = load_splits(spec, protocol=protocol)
     store = build_store(work / data_name, splits)
     products = {p.id: p for p in store.catalog}
     queries = training_queries(splits, products)
     zero_shot = embedder_for(store, None).encode_queries([q.query for q in queries])
-    folds = fold_keys(queries, zero_shot, folds_scheme, fold_count)
-    prefix = ("" if folds_scheme == "random" else f"{folds_scheme}-") + ("" if fold_count == 2 else f"{fold_count}-")
+    config = RerankConfig()
+    # rerank.new_products: as many products held out whole from a fold as the catalog has products without queries.
+    whole = unseen_share(queries, len(products)) if config.new_products else 0.0
+    folds = fold_keys(queries, zero_shot, folds_scheme, fold_count, whole)
+    prefix = (("" if folds_scheme == "random" else f"{folds_scheme}-") + ("" if fold_count == 2 else f"{fold_count}-")
+              + (f"whole{whole:.2f}-" if whole else ""))  # retrievers are reused by name: the name says the folds
     for f in range(fold_count):
         others = set().union(*(folds[g] for g in range(fold_count) if g != f))
         train_retriever(store, splits, f"{prefix}fold{f}", others, overrides)
@@ -159,13 +164,12 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     history = query_history(queries, engine.embedder.encode_queries([q.query for q in queries]), table)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=lexical,
                             fuse_lexical=fuse_lexical, history=history)
-    print(f"  lists: {len(train_lists)} train (cross-fitted), {len(val_lists)} val, history {len(history)} past "
-          f"queries, {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"  lists: {len(train_lists)} train (cross-fitted; a share {whole:.2f} of the products held out whole), "
+          f"{len(val_lists)} val, history {len(history)} past queries, {time.perf_counter() - start:.0f} s", flush=True)
     # How alike the two kinds of list are: a reranker learns the mistakes of the training lists' retrievers.
     print("  retrieval order, training lists: " + _summary(list_quality(train_lists)) + "; val lists: "
           + _summary(list_quality(val_lists)), flush=True)
-    config = RerankConfig()
-    held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed)
+    held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed, whole)
     dev = [found for found, key in zip(train_lists, train_keys) if key in held]
     train = [found for found, key in zip(train_lists, train_keys) if key not in held]
     never_trained = np.array([bool(set(q.relevant) & splits.held_out) for q in splits.val])

@@ -270,6 +270,32 @@ def test_cross_fit_folds_keep_look_alike_queries_of_a_product_together():
     assert abs(int((folds == 0).sum()) - int((folds == 1).sum())) <= 6  # the larger burst goes to the emptier fold
 
 
+def test_cross_fit_folds_hold_the_catalogs_share_of_new_products_out_whole():
+    from vitrine.embedding import Query
+    from vitrine.rerank.train import LabelledList, cross_fit_folds, unseen_share
+
+    rng = np.random.default_rng(1)
+    queries, vectors = [], []
+    for product in range(8):  # 8 products with queries in a catalog of 12: a third have none
+        for _ in range(6):
+            queries.append(LabelledList(Query(text=f"p{product}"), {f"p{product}": 0, "other": 3}, f"q{len(queries)}"))
+            vectors.append(rng.normal(size=8))
+    vectors = np.array(vectors, dtype=np.float32)
+    share = unseen_share(queries, 12)
+    assert share == pytest.approx(1 / 3) and unseen_share(queries, 8) == 0.0 and unseen_share(queries, 0) == 0.0
+    product_of = np.array([int(q.query.text[1:]) for q in queries])
+
+    def folds_per_product(whole: float, seed: int) -> list[int]:
+        folds = cross_fit_folds(queries, vectors, folds=3, seed=seed, whole=whole)
+        return [len(set(folds[product_of == p].tolist())) for p in range(8)]
+
+    for seed in range(3):
+        spread = folds_per_product(share, seed)
+        assert sorted(spread) == [1] * round(share * 8) + [3] * (8 - round(share * 8))  # 3 of 8 whole, the rest split
+        assert folds_per_product(0.0, seed) == [3] * 8
+    assert np.array_equal(cross_fit_folds(queries, vectors, 3, 0), cross_fit_folds(queries, vectors, 3, 0, 0.0))
+
+
 def test_levels_mappings():
     assert [from_crowdflower(r) for r in (4, 3, 2, 1)] == [0, 1, 2, 3]
     assert [from_grade(g) for g in (3, 2, 1, 0)] == [0, 1, 2, 3]

@@ -190,6 +190,7 @@ def test_train_reranker_cross_fits_over_trained_towers(built_store: Path, tmp_pa
     assert "cross-fitted, 2 folds" in result.output
     report = json.loads((store / "models" / "rerank" / "training.json").read_text())
     assert report["cross_fit_folds"] == 2 and report["train_lists"] + report["dev_lists"] == 12
+    assert report["unseen_share"] == 0.0  # every product has queries: no product held out whole
     folds = [json.loads((store / "models" / f"rerank-fold{f}" / "training.json").read_text()) for f in (0, 1)]
     # Each fold retriever saw only the other fold's share of the 12 training queries: together, each once.
     assert sum(fold["examples"] - fold["keyword_examples"] for fold in folds) == 12

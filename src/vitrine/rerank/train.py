@@ -147,10 +147,13 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
     return lists
 
 
-def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds: int = 2, seed: int = 0) -> np.ndarray:
+def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds: int = 2, seed: int = 0,
+                    whole: float = 0.0) -> np.ndarray:
     """The fold of each training query for cross-fitting, with look-alike queries of one product kept in
     one fold: each product's queries are split by k-means (k = ``folds``) on their ``vectors`` (any
-    embedder's; the zero-shot one will do), one cluster to each fold, the largest to the emptiest.
+    embedder's; the zero-shot one will do), one cluster to each fold, the largest to the emptiest. A
+    ``whole`` share of the products (drawn at random) keep all their queries in one fold instead, the
+    emptiest: in that fold's lists they are products the retriever and the history never met.
 
     Why: training photos are often taken in bursts, so a random fold split leaves a near-copy of nearly
     every query in the other fold. The retriever trained on the other fold then "knows" the query, and
@@ -170,8 +173,14 @@ def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds:
         instances = [pid for pid, level in query.levels.items() if level == INSTANCE]
         (by_product[instances[0]] if len(instances) == 1 else loose).append(row)
     sizes = np.zeros(folds, dtype=np.int64)
-    for product in sorted(by_product):
+    products = sorted(by_product)
+    kept_whole = set(rng.choice(products, round(whole * len(products)), replace=False).tolist()) if whole else set()
+    for product in products:
         rows = np.array(by_product[product])
+        if product in kept_whole:
+            fold = int(np.argmin(sizes))
+            assigned[rows], sizes[fold] = fold, sizes[fold] + len(rows)
+            continue
         if len(rows) < folds:
             loose.extend(rows.tolist())
             continue
@@ -186,14 +195,21 @@ def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds:
     return assigned
 
 
+def unseen_share(queries: Sequence[LabelledList], catalog_size: int) -> float:
+    """The share of a catalog of ``catalog_size`` products that no query in ``queries`` is an instance match for:
+    products a served reranker meets with no query history and no training behind them."""
+    about = {pid for query in queries for pid, level in query.levels.items() if level == INSTANCE}
+    return max(0.0, 1.0 - len(about) / catalog_size) if catalog_size else 0.0
+
+
 def held_back(queries: Sequence[LabelledList], vectors: np.ndarray, fraction: float,
-              seed: int) -> tuple[list[int], list[int]]:
+              seed: int, whole: float = 0.0) -> tuple[list[int], list[int]]:
     """(train, dev) indices with whole look-alike clusters held back: one of ``round(1 / fraction)``
     ``cross_fit_folds`` folds. A random dev split keeps near-copies of its queries in training, and then
     picks the epoch that has memorised them best."""
     if len(queries) < 10 or fraction <= 0:
         return list(range(len(queries))), []
-    assigned = cross_fit_folds(queries, vectors, max(2, round(1 / fraction)), seed)
+    assigned = cross_fit_folds(queries, vectors, max(2, round(1 / fraction)), seed, whole)
     return [i for i, fold in enumerate(assigned) if fold != 0], [i for i, fold in enumerate(assigned) if fold == 0]
 
 
@@ -440,12 +456,12 @@ FoldRetriever = Callable[[int, set[str]], Embedder]
 
 def cross_fitted_lists(queries: Sequence[LabelledList], vectors: np.ndarray, entries, retriever: FoldRetriever,
                        config: RerankConfig, *, lexical: LexicalIndex | None = None, fuse_lexical: bool = False,
-                       rrf_k: int = 60, fusion: str = SearchConfig.fusion,
+                       rrf_k: int = 60, fusion: str = SearchConfig.fusion, whole: float = 0.0,
                        progress: bool = False) -> list[CandidateList]:
     """Each query's list from a retriever trained without its fold (``cross_fit_folds`` on ``vectors``), with
     the other folds' queries as its history: what a val query meets, a retriever and a history that have
     never seen it. ``entries``: the catalog's ``(key, version, product)`` for the fold retrievers' tables."""
-    folds = cross_fit_folds(queries, vectors, config.cross_fit, config.seed)
+    folds = cross_fit_folds(queries, vectors, config.cross_fit, config.seed, whole)
     lists: list[CandidateList | None] = [None] * len(queries)
     for fold in range(config.cross_fit):
         inside = np.flatnonzero(folds == fold)
@@ -476,13 +492,15 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     queries = training_queries(splits, products)
     # Encoded once: for the held-back clusters, the history and the lists.
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
-    train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed)
+    whole = unseen_share(queries, len(products)) if config.new_products else 0.0
+    train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed, whole)
     history = query_history(queries, vectors, table) if config.history else None
     # Every fold needs queries of its own and a retriever trained on the others'.
     cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
     if cross_fit:
         lists = cross_fitted_lists(queries, vectors, catalog_entries(store), fold_retriever, config, lexical=lexical,
-                                   fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, progress=progress)
+                                   fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, whole=whole,
+                                   progress=progress)
     else:
         lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
                             rrf_k=rrf_k, fusion=fusion, history=history, vector_inputs=config.vector_inputs,
@@ -492,7 +510,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
-                   "cross_fit_folds": cross_fit,
+                   "cross_fit_folds": cross_fit, "unseen_share": whole,
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
     report["plots"] = [path.name for path in save_plots(reranker, [lists[i] for i in dev_rows], report, folder)]
