@@ -387,7 +387,7 @@ class RerankConfig:
     """Cross-fitting (and the held-back queries) put every query of some products in one fold, so their lists
     come from a retriever and a query history that never met the product: what a search meets for a product
     nobody has searched for yet. The share is the catalog's own, measured, not set: the products no training
-    query is an instance match for (Grocery's new-products protocol: 21 of 81). Without it the reranker learns
+    query is an instance match for (Grocery's new-products protocol: 20 of 81). Without it the reranker learns
     that an instance match always has past queries, and on Grocery it buried the never-trained products
     (their hit@1 0.389 → 0.051; BENCHMARKS.md, session 22). No effect when every product has queries. Without
     cross-fitting (zero-shot vectors) only the held-back queries hold products out whole: the training lists'
