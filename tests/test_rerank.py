@@ -218,6 +218,9 @@ def test_query_history_evidence_by_hand(tmp_path: Path):
     best, count = history.evidence(query, [9, 99, 7], exclude="c")  # 9's only past query is the query itself
     np.testing.assert_allclose(best, [NO_HISTORY, NO_HISTORY, 0.8], rtol=1e-6)
     np.testing.assert_array_equal(count, [0, 0, 2])
+    best, count = history.evidence(query, [7, 9], exclude=["a", "b", "unknown"])  # several queries left out
+    np.testing.assert_allclose(best, [NO_HISTORY, 1.4 / np.sqrt(2)], rtol=1e-6)
+    np.testing.assert_array_equal(count, [0, 1])
     history.save(tmp_path)
     loaded = QueryHistory.load(tmp_path)
     np.testing.assert_allclose(loaded.evidence(query, [7, 9])[0], history.evidence(query, [7, 9])[0], atol=1e-3)
@@ -272,7 +275,7 @@ def test_cross_fit_folds_keep_look_alike_queries_of_a_product_together():
 
 def test_cross_fit_folds_hold_the_catalogs_share_of_new_products_out_whole():
     from vitrine.embedding import Query
-    from vitrine.rerank.train import LabelledList, cross_fit_folds, unseen_share
+    from vitrine.rerank.train import LabelledList, cross_fit_folds, unseen_share, whole_products
 
     rng = np.random.default_rng(1)
     queries, vectors = [], []
@@ -292,6 +295,9 @@ def test_cross_fit_folds_hold_the_catalogs_share_of_new_products_out_whole():
     for seed in range(3):
         spread = folds_per_product(share, seed)
         assert sorted(spread) == [1] * round(share * 8) + [3] * (8 - round(share * 8))  # 3 of 8 whole, the rest split
+        kept = whole_products(queries, share, seed)  # the same products, for lists built without folds
+        assert {int(p[1:]) for p in kept} == {p for p in range(8) if spread[p] == 1}
+        assert all(sorted(rows) == np.flatnonzero(product_of == int(p[1:])).tolist() for p, rows in kept.items())
         assert folds_per_product(0.0, seed) == [3] * 8
     assert np.array_equal(cross_fit_folds(queries, vectors, 3, 0), cross_fit_folds(queries, vectors, 3, 0, 0.0))
 

@@ -127,6 +127,43 @@ def test_reranked_searches_take_candidates_without_the_query_bank(trained_store:
         assert served(with_bank, rerank=strategy, candidates=4) == served(without, rerank=strategy, candidates=4)
 
 
+def test_train_reranker_hides_a_share_of_products_from_the_history_like_new_listings(built_store: Path,
+                                                                                     tmp_path: Path):
+    """One product of four has no training query: a quarter of the others (one) is held out whole, its queries
+    built as lists that see none of its past queries, as a new listing's first shoppers would."""
+    store = tmp_path / "store"
+    shutil.copytree(built_store, store)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"query_text": text, "product_id": pid, "grade": 3}
+                                                   for pid, texts in QUERIES.items() if pid != "cone" for text in texts])
+    result = run("train-reranker", store, "--data", pairs, "--epochs", "2", "--set", "rerank.dim=16")
+    assert result.exit_code == 0, result.output
+    report = json.loads((store / "models" / "rerank" / "training.json").read_text())
+    assert report["unseen_share"] == pytest.approx(0.25) and report["queries_held_out_whole"] == 3
+    result = run("train-reranker", store, "--data", pairs, "--epochs", "2", "--set", "rerank.dim=16",
+                 "--set", "rerank.new_products=false", "--name", "plain")
+    report = json.loads((store / "models" / "plain" / "training.json").read_text())
+    assert report["unseen_share"] == 0.0 and report["queries_held_out_whole"] == 0
+
+    from vitrine.catalog.datasets import load_splits
+    from vitrine.rerank import product_table
+    from vitrine.rerank.history import NO_HISTORY
+    from vitrine.rerank.train import build_lists, query_history, training_queries
+
+    engine = vitrine.open(store)
+    table = product_table(engine.store, engine.embedder)
+    queries = training_queries(load_splits(str(pairs)), {p.id: p for p in engine.store.catalog})
+    vectors = engine.embedder.encode_queries([q.query for q in queries])
+    history = query_history(queries, vectors, table)
+    mugs = [q.key for q in queries if q.levels.get("mug") == 0]
+    mug = engine.catalog.key_of("mug")
+    for hidden, seen in ((None, True), ({key: mugs for key in mugs}, False)):
+        lists = build_lists(queries, engine.embedder, table, k=4, history=history, query_vectors=vectors, hidden=hidden)
+        for query, found in zip(queries, lists):
+            if query.key in mugs:  # the mug's other past queries are seen, or hidden as a new listing's would be
+                cosine = found.items[list(found.keys).index(mug), found.spec.column("history_cos")]
+                assert (cosine > NO_HISTORY) == seen
+
+
 def test_rerank_errors_are_one_line(built_store: Path):
     store = built_store  # nothing here writes to it
     with pytest.raises(StoreError, match="no reranker here"):

@@ -71,9 +71,9 @@ class QueryHistory:
         return len(self.keys) / len(self._segment_keys) if len(self._segment_keys) else 0.0
 
     def evidence(self, query: np.ndarray, keys: Sequence[int],
-                 exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 exclude: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
-        and how many past queries there were, leaving out the rows of query ``exclude``. Compares the query
+        and how many past queries there were, leaving out the rows of query ``exclude`` (or of several queries). Compares the query
         with the candidates' rows only, once they are a small part of the history: the cost then grows with
         the candidates' history, not with the whole history's."""
         keys = np.asarray(keys, dtype=np.int64)
@@ -102,8 +102,8 @@ class QueryHistory:
             rows, bounds, pick = self._by_key, self._segment_starts, segment[known]
             similarity = (torch.from_numpy(self.vectors) @ query).numpy()[rows]
         present = np.ones(len(rows), dtype=np.float32)
-        if exclude is not None and exclude in self._rows_of_source:
-            own_rows = self._rows_of_source[exclude]
+        own_rows = self._rows_from(exclude)
+        if len(own_rows):
             own = np.isin(rows, own_rows) if gathered else self._position_of_row[own_rows]
             similarity[own], present[own] = -np.inf, 0.0
         run_best = np.maximum.reduceat(similarity, bounds)[pick]
@@ -111,6 +111,12 @@ class QueryHistory:
         seen = run_count > 0  # a product whose only past query is ``exclude`` has none
         best[known[seen]], count[known[seen]] = run_best[seen], run_count[seen]
         return best, count
+
+    def _rows_from(self, sources: str | Sequence[str] | None) -> np.ndarray:
+        """The rows that came from the query ``sources`` (one key or several; unknown keys have none)."""
+        names = [] if sources is None else [sources] if isinstance(sources, str) else sources
+        found = [self._rows_of_source[name] for name in names if name in self._rows_of_source]
+        return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
 
     def save(self, folder: Path) -> None:
         buffer = io.BytesIO()

@@ -111,12 +111,13 @@ def query_history(queries: Sequence[LabelledList], query_vectors: np.ndarray, ta
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
                 fusion: str = SearchConfig.fusion, history: QueryHistory | None = None, vector_inputs: bool = True,
-                query_vectors: np.ndarray | None = None, batch_size: int = 64,
-                progress: bool = False) -> list[CandidateList]:
+                query_vectors: np.ndarray | None = None, hidden: Mapping[str, Sequence[str]] | None = None,
+                batch_size: int = 64, progress: bool = False) -> list[CandidateList]:
     """Each query's top-``k`` from ``embedder`` over the table (fused with BM25 if ``fuse_lexical``), as
     feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
     ``vector_inputs``: the raw vectors are model inputs too (``FeatureSpec.vectors``); ``query_vectors``:
-    the queries already encoded by ``embedder`` (encoded here if not given)."""
+    the queries already encoded by ``embedder`` (encoded here if not given); ``hidden``: per query key, the keys
+    of other queries whose rows of ``history`` its features must not see either."""
     builder = FeatureBuilder(table, lexical, history, vector_inputs)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
@@ -139,7 +140,9 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
             ideal = np.sort(np.array([to_gain(level) for pid, level in query.levels.items()
                                       if level < IRRELEVANT and pid not in query.exclude], dtype=np.float32))[::-1]
             built = builder.build(vector, query.query.text, query.query.image is not None, found,
-                                  [score for _, score in keep], levels, ideal.copy(), exclude=query.key)
+                                  [score for _, score in keep], levels, ideal.copy(),
+                                  exclude=[query.key, *hidden[query.key]] if hidden and query.key in hidden
+                                  else query.key)
             built.labelled = np.array([id_of[key] in query.levels for key in found], dtype=bool)
             lists.append(built)
         bar.update(len(batch))
@@ -167,14 +170,10 @@ def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds:
 
     rng = np.random.default_rng(seed)
     assigned = np.full(len(queries), -1, dtype=np.int64)
-    by_product: dict[str, list[int]] = defaultdict(list)
-    loose = []
-    for row, query in enumerate(queries):
-        instances = [pid for pid, level in query.levels.items() if level == INSTANCE]
-        (by_product[instances[0]] if len(instances) == 1 else loose).append(row)
+    by_product, loose = _by_instance(queries)
     sizes = np.zeros(folds, dtype=np.int64)
     products = sorted(by_product)
-    kept_whole = set(rng.choice(products, round(whole * len(products)), replace=False).tolist()) if whole else set()
+    kept_whole = _drawn_whole(products, whole, rng)
     for product in products:
         rows = np.array(by_product[product])
         if product in kept_whole:
@@ -193,6 +192,27 @@ def cross_fit_folds(queries: Sequence[LabelledList], vectors: np.ndarray, folds:
     for i, row in enumerate(rng.permutation(loose)):
         assigned[row] = i % folds
     return assigned
+
+
+def _by_instance(queries: Sequence[LabelledList]) -> tuple[dict[str, list[int]], list[int]]:
+    """The rows of the queries with a single instance match, by that product; the other rows."""
+    by_product: dict[str, list[int]] = defaultdict(list)
+    loose = []
+    for row, query in enumerate(queries):
+        instances = [pid for pid, level in query.levels.items() if level == INSTANCE]
+        (by_product[instances[0]] if len(instances) == 1 else loose).append(row)
+    return by_product, loose
+
+
+def _drawn_whole(products: Sequence[str], whole: float, rng: np.random.Generator) -> set[str]:
+    return set(rng.choice(products, round(whole * len(products)), replace=False).tolist()) if whole else set()
+
+
+def whole_products(queries: Sequence[LabelledList], whole: float, seed: int = 0) -> dict[str, list[int]]:
+    """The products ``cross_fit_folds`` (same ``whole`` and ``seed``) keeps whole, with the rows of their queries."""
+    by_product, _ = _by_instance(queries)
+    return {product: by_product[product]
+            for product in _drawn_whole(sorted(by_product), whole, np.random.default_rng(seed))}
 
 
 def unseen_share(queries: Sequence[LabelledList], catalog_size: int) -> float:
@@ -494,6 +514,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
     whole = unseen_share(queries, len(products)) if config.new_products else 0.0
     train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed, whole)
+    kept = whole_products(queries, whole, config.seed)
     history = query_history(queries, vectors, table) if config.history else None
     # Every fold needs queries of its own and a retriever trained on the others'.
     cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
@@ -502,15 +523,19 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
                                    fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, whole=whole,
                                    progress=progress)
     else:
+        # No fold retriever to hide them from: the products held out whole are hidden from the history, each of
+        # their queries seeing none of the product's past queries, as a new listing's first shoppers do.
+        hidden = {queries[row].key: [queries[other].key for other in rows]
+                  for rows in kept.values() for row in rows}
         lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
                             rrf_k=rrf_k, fusion=fusion, history=history, vector_inputs=config.vector_inputs,
-                            query_vectors=vectors,
-                            progress=progress)
+                            query_vectors=vectors, hidden=hidden, progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
                    "cross_fit_folds": cross_fit, "unseen_share": whole,
+                   "queries_held_out_whole": sum(len(rows) for rows in kept.values()),
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
     report["plots"] = [path.name for path in save_plots(reranker, [lists[i] for i in dev_rows], report, folder)]
