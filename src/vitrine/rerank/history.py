@@ -73,9 +73,9 @@ class QueryHistory:
     def evidence(self, query: np.ndarray, keys: Sequence[int],
                  exclude: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per key: the best cosine of ``query`` with the product's past queries (``NO_HISTORY`` if none)
-        and how many past queries there were, leaving out the rows of query ``exclude`` (or of several queries). Compares the query
-        with the candidates' rows only, once they are a small part of the history: the cost then grows with
-        the candidates' history, not with the whole history's."""
+        and how many past queries there were, leaving out the rows of query ``exclude`` (or of several queries).
+        Compares the query with the candidates' rows only, once they are a small part of the history: the cost
+        then grows with the candidates' history, not with the whole history's."""
         keys = np.asarray(keys, dtype=np.int64)
         best = np.full(len(keys), NO_HISTORY, dtype=np.float32)
         count = np.zeros(len(keys), dtype=np.float32)
