@@ -117,7 +117,7 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
     feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
     ``vector_inputs``: the raw vectors are model inputs too (``FeatureSpec.vectors``); ``query_vectors``:
     the queries already encoded by ``embedder`` (encoded here if not given); ``hidden``: per query key, the keys
-    of other queries whose rows of ``history`` its features must not see either."""
+    of the queries (its own among them) whose rows of ``history`` its features must not see."""
     builder = FeatureBuilder(table, lexical, history, vector_inputs)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
@@ -141,8 +141,7 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
                                       if level < IRRELEVANT and pid not in query.exclude], dtype=np.float32))[::-1]
             built = builder.build(vector, query.query.text, query.query.image is not None, found,
                                   [score for _, score in keep], levels, ideal.copy(),
-                                  exclude=[query.key, *hidden[query.key]] if hidden and query.key in hidden
-                                  else query.key)
+                                  exclude=(hidden or {}).get(query.key, query.key))
             built.labelled = np.array([id_of[key] in query.levels for key in found], dtype=bool)
             lists.append(built)
         bar.update(len(batch))
