@@ -3,7 +3,7 @@ calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
         [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N] \
-        [--zero-shot-weight W] [--retriever towers|prototype] [--protocol seen|new]
+        [--zero-shot-weight W] [--retriever towers|prototype|zero-shot] [--protocol seen|new] [--no-new-products]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query. With
@@ -15,6 +15,9 @@ projection, stage 3 as a classifier (``vitrine train --stage3-recipe classifier`
 Use another ``--work`` for it: retrievers are reused by name. ``--protocol new`` trains Grocery's retrievers and
 reranker without the products of issue 3's new-products protocol (``fine_id % 4 == 3``: no training photo, no query
 history) and adds each method's hit@1 on the val photos of those never-trained products (another ``--work`` again).
+``--retriever zero-shot`` builds every list from the zero-shot vectors (no retriever trained, so nothing to
+cross-fit: the path ``vitrine train-reranker`` takes over a store without trained towers, where
+``rerank.new_products`` hides the products it holds out whole from their own queries' history instead).
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -117,23 +120,52 @@ def dev_keys(queries, vectors: np.ndarray, scheme: str, fraction: float, seed: i
 
 def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
             folds_scheme: str = "dissimilar", fold_count: int = 3, zero_shot_weight: float = 0.0,
-            protocol: str = "seen"):
+            protocol: str = "seen", zero_shot_lists: bool = False, new_products: bool = True):
     """(store, train lists (cross-fitted), dev lists, val lists, table, lexical, history, which val lists are about
-    never-trained products) for one dataset."""
-    import vitrine
+    never-trained products) for one dataset; with ``zero_shot_lists``, every list from the zero-shot vectors."""
     from vitrine.catalog.datasets import load_splits
     from vitrine.config import RerankConfig
-    from vitrine.rerank.features import ProductTable, catalog_entries, product_table
-    from vitrine.rerank.train import build_lists, query_history, training_queries, unseen_share, val_queries
+    from vitrine.rerank.train import training_queries, unseen_share
 
     splits = load_splits(spec, protocol=protocol)
     store = build_store(work / data_name, splits)
     products = {p.id: p for p in store.catalog}
     queries = training_queries(splits, products)
     zero_shot = embedder_for(store, None).encode_queries([q.query for q in queries])
-    config = RerankConfig()
+    config = RerankConfig(new_products=new_products)
     # rerank.new_products: as many products held out whole from a fold as the catalog has products without queries.
     whole = unseen_share(queries, len(products)) if config.new_products else 0.0
+    start = time.perf_counter()
+    if zero_shot_lists:
+        train_lists, train_keys, val_lists, table, lexical, history = zero_shot_lists_of(
+            store, splits, queries, zero_shot, fuse_lexical, whole, config.seed)
+        how = "from the zero-shot vectors"
+    else:
+        train_lists, train_keys, val_lists, table, lexical, history = cross_fitted(
+            store, splits, queries, zero_shot, overrides, fuse_lexical, folds_scheme, fold_count, zero_shot_weight,
+            whole)
+        how = "cross-fitted"
+    print(f"  lists: {len(train_lists)} train ({how}; a share {whole:.2f} of the products held out whole), "
+          f"{len(val_lists)} val, history {len(history)} past queries, {time.perf_counter() - start:.0f} s", flush=True)
+    # How alike the two kinds of list are: a reranker learns the mistakes of the training lists' retrievers.
+    print("  retrieval order, training lists: " + _summary(list_quality(train_lists)) + "; val lists: "
+          + _summary(list_quality(val_lists)), flush=True)
+    held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed, whole)
+    dev = [found for found, key in zip(train_lists, train_keys) if key in held]
+    train = [found for found, key in zip(train_lists, train_keys) if key not in held]
+    never_trained = np.array([bool(set(q.relevant) & splits.held_out) for q in splits.val])
+    return store, train, dev, val_lists, table, lexical, history, never_trained
+
+
+def cross_fitted(store, splits, queries, zero_shot: np.ndarray, overrides: dict[str, Any], fuse_lexical: bool,
+                 folds_scheme: str, fold_count: int, zero_shot_weight: float, whole: float):
+    """(train lists, their query keys, val lists, table, lexical, history): each fold's lists from a retriever
+    trained on the other folds, the val lists from one trained on them all."""
+    import vitrine
+    from vitrine.rerank.features import ProductTable, catalog_entries, product_table
+    from vitrine.rerank.train import build_lists, query_history, val_queries
+
+    products = {p.id: p for p in store.catalog}
     folds = fold_keys(queries, zero_shot, folds_scheme, fold_count, whole)
     prefix = (("" if folds_scheme == "random" else f"{folds_scheme}-") + ("" if fold_count == 2 else f"{fold_count}-")
               + (f"whole{whole:.2f}-" if whole else ""))  # retrievers are reused by name: the name says the folds
@@ -148,7 +180,6 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     lexical = engine.lexical
     entries = catalog_entries(store)
     train_lists, train_keys = [], []
-    start = time.perf_counter()
     for f in range(fold_count):
         # The fold's retriever was trained on the other folds' queries: they are its history, as the
         # whole training split is the val retriever's.
@@ -164,16 +195,28 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     history = query_history(queries, engine.embedder.encode_queries([q.query for q in queries]), table)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=lexical,
                             fuse_lexical=fuse_lexical, history=history)
-    print(f"  lists: {len(train_lists)} train (cross-fitted; a share {whole:.2f} of the products held out whole), "
-          f"{len(val_lists)} val, history {len(history)} past queries, {time.perf_counter() - start:.0f} s", flush=True)
-    # How alike the two kinds of list are: a reranker learns the mistakes of the training lists' retrievers.
-    print("  retrieval order, training lists: " + _summary(list_quality(train_lists)) + "; val lists: "
-          + _summary(list_quality(val_lists)), flush=True)
-    held = dev_keys(queries, zero_shot, folds_scheme, config.dev_fraction, config.seed, whole)
-    dev = [found for found, key in zip(train_lists, train_keys) if key in held]
-    train = [found for found, key in zip(train_lists, train_keys) if key not in held]
-    never_trained = np.array([bool(set(q.relevant) & splits.held_out) for q in splits.val])
-    return store, train, dev, val_lists, table, lexical, history, never_trained
+    return train_lists, train_keys, val_lists, table, lexical, history
+
+
+def zero_shot_lists_of(store, splits, queries, zero_shot: np.ndarray, fuse_lexical: bool, whole: float, seed: int):
+    """(train lists, their query keys, val lists, table, lexical, history) from the zero-shot vectors, as
+    ``vitrine train-reranker`` builds them over a store without trained towers: no fold retrievers, every
+    training query in the history, the products held out whole hidden from their own queries' lists."""
+    import vitrine
+    from vitrine.rerank.features import product_table
+    from vitrine.rerank.train import build_lists, hidden_history, query_history, val_queries
+
+    products = {p.id: p for p in store.catalog}
+    store.config({"embedding.kind": "zeroshot"}).save(store.config_path)
+    engine = vitrine.open(store)
+    engine.sync(progress=False)
+    table = product_table(store, engine.embedder)
+    history = query_history(queries, zero_shot, table)
+    train_lists = build_lists(queries, engine.embedder, table, k=K, lexical=engine.lexical, fuse_lexical=fuse_lexical,
+                              history=history, query_vectors=zero_shot, hidden=hidden_history(queries, whole, seed))
+    val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=engine.lexical,
+                            fuse_lexical=fuse_lexical, history=history)
+    return train_lists, [q.key for q in queries], val_lists, table, engine.lexical, history
 
 
 def list_quality(lists) -> dict[str, float]:
@@ -213,7 +256,8 @@ def without_vectors(lists):
 def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fuse_lexical: bool,
                 latency_queries: int, results: dict, out_dir: Path, changes: dict[str, Any] | None = None,
                 folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3,
-                zero_shot_weight: float = 0.0, protocol: str = "seen") -> None:
+                zero_shot_weight: float = 0.0, protocol: str = "seen", zero_shot_lists: bool = False,
+                new_products: bool = True) -> None:
     from dataclasses import replace
 
     from vitrine.config import RerankConfig
@@ -224,8 +268,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     print(f"\n== {name} ==", flush=True)
     store, *groups, table, lexical, history, never_trained = prepare(name, spec, name, work, overrides, fuse_lexical,
                                                                      folds_scheme, fold_count, zero_shot_weight,
-                                                                     protocol)
-    config = replace(RerankConfig(), **(changes or {}))
+                                                                     protocol, zero_shot_lists, new_products)
+    config = replace(RerankConfig(new_products=new_products), **(changes or {}))
     # Lists are built with every input; the default reranker reads the scalars only.
     with_vectors = groups
     groups = groups if config.vector_inputs else [without_vectors(group) for group in groups]
@@ -458,9 +502,13 @@ def main() -> None:
     parser.add_argument("--zero-shot-weight", type=float, default=0.0,
                         help="serve the retrievers beside the frozen backbones' zero-shot vectors with this weight "
                              "(embedding.zero_shot_weight; 0 = towers alone)")
-    parser.add_argument("--retriever", choices=("towers", "prototype"), default="towers",
+    parser.add_argument("--retriever", choices=("towers", "prototype", "zero-shot"), default="towers",
                         help="Grocery's retrievers: contrastive towers (default) or the prototype-ID model of issue 4 "
-                             "(PROTOTYPE_RETRIEVER); CrowdFlower keeps its towers")
+                             "(PROTOTYPE_RETRIEVER; CrowdFlower keeps its towers); zero-shot: every dataset's lists "
+                             "from the zero-shot vectors, no retriever trained, nothing cross-fitted")
+    parser.add_argument("--new-products", action=argparse.BooleanOptionalAction, default=True,
+                        help="rerank.new_products: hold a share of the products out whole, as many as the catalog "
+                             "has without training queries (--no-new-products: the lists before that setting)")
     parser.add_argument("--protocol", choices=("seen", "new"), default="seen",
                         help="Grocery: 'new' trains without the never-trained products of issue 3's protocol and "
                              "reports hit@1 on their val photos too")
@@ -486,7 +534,8 @@ def main() -> None:
         changes = {key: value for key, value in (("epochs", args.epochs), ("layers", args.layers)) if value}
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
                     changes, args.folds, args.fold_count, args.seeds, args.zero_shot_weight,
-                    args.protocol if name.strip() == "grocery" else "seen")
+                    args.protocol if name.strip() == "grocery" else "seen", args.retriever == "zero-shot",
+                    args.new_products)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))

@@ -214,6 +214,15 @@ def whole_products(queries: Sequence[LabelledList], whole: float, seed: int = 0)
             for product in _drawn_whole(sorted(by_product), whole, np.random.default_rng(seed))}
 
 
+def hidden_history(queries: Sequence[LabelledList], whole: float, seed: int = 0) -> dict[str, list[str]]:
+    """Per query about a product ``whole_products`` holds out whole: the keys of every query about that product
+    (its own among them), the history rows its list must not see. What a retriever trained without the product
+    does for cross-fitted lists, for lists without fold retrievers: its shoppers meet a product nobody searched
+    for before, as a new listing's first shoppers do."""
+    kept = whole_products(queries, whole, seed)
+    return {queries[row].key: [queries[other].key for other in rows] for rows in kept.values() for row in rows}
+
+
 def unseen_share(queries: Sequence[LabelledList], catalog_size: int) -> float:
     """The share of a catalog of ``catalog_size`` products that no query in ``queries`` is an instance match for:
     products a served reranker meets with no query history and no training behind them."""
@@ -513,7 +522,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
     whole = unseen_share(queries, len(products)) if config.new_products else 0.0
     train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed, whole)
-    kept = whole_products(queries, whole, config.seed)
+    hidden = hidden_history(queries, whole, config.seed)
     history = query_history(queries, vectors, table) if config.history else None
     # Every fold needs queries of its own and a retriever trained on the others'.
     cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
@@ -522,10 +531,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
                                    fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, whole=whole,
                                    progress=progress)
     else:
-        # No fold retriever to hide them from: the products held out whole are hidden from the history, each of
-        # their queries seeing none of the product's past queries, as a new listing's first shoppers do.
-        hidden = {queries[row].key: [queries[other].key for other in rows]
-                  for rows in kept.values() for row in rows}
+        # No fold retriever to hide them from: the products held out whole are hidden from the history.
         lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
                             rrf_k=rrf_k, fusion=fusion, history=history, vector_inputs=config.vector_inputs,
                             query_vectors=vectors, hidden=hidden, progress=progress)
@@ -534,7 +540,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
                    "cross_fit_folds": cross_fit, "unseen_share": whole,
-                   "queries_held_out_whole": sum(len(rows) for rows in kept.values()),
+                   "queries_held_out_whole": len(hidden),
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
     report["plots"] = [path.name for path in save_plots(reranker, [lists[i] for i in dev_rows], report, folder)]
