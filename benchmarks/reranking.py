@@ -17,7 +17,7 @@ reranker without the products of issue 3's new-products protocol (``fine_id % 4 
 history) and adds each method's hit@1 on the val photos of those never-trained products (another ``--work`` again).
 ``--retriever zero-shot`` builds every list from the zero-shot vectors (no retriever trained, so nothing to
 cross-fit: the path ``vitrine train-reranker`` takes over a store without trained towers, where
-``rerank.new_products`` hides the products it holds out whole from their own queries' history instead).
+``rerank.new_products`` leaves the products it holds out whole out of the training lists' history instead).
 
 Training lists are *cross-fitted*: the training queries are split in folds (``--fold-count``, 3); a
 retriever trained on the other folds' queries builds each fold's lists, so the reranker learns from the
@@ -200,11 +200,11 @@ def cross_fitted(store, splits, queries, zero_shot: np.ndarray, overrides: dict[
 
 def zero_shot_lists_of(store, splits, queries, zero_shot: np.ndarray, fuse_lexical: bool, whole: float, seed: int):
     """(train lists, their query keys, val lists, table, lexical, history) from the zero-shot vectors, as
-    ``vitrine train-reranker`` builds them over a store without trained towers: no fold retrievers, every
-    training query in the history, the products held out whole hidden from their own queries' lists."""
+    ``vitrine train-reranker`` builds them over a store without trained towers: no fold retrievers, the training
+    lists' history without the products held out whole, the val lists' with every training query."""
     import vitrine
     from vitrine.rerank.features import product_table
-    from vitrine.rerank.train import build_lists, hidden_history, query_history, val_queries
+    from vitrine.rerank.train import build_lists, held_out_whole, history_without, query_history, val_queries
 
     products = {p.id: p for p in store.catalog}
     store.config({"embedding.kind": "zeroshot"}).save(store.config_path)
@@ -212,8 +212,9 @@ def zero_shot_lists_of(store, splits, queries, zero_shot: np.ndarray, fuse_lexic
     engine.sync(progress=False)
     table = product_table(store, engine.embedder)
     history = query_history(queries, zero_shot, table)
+    past = history_without(queries, zero_shot, table, held_out_whole(queries, whole, seed))
     train_lists = build_lists(queries, engine.embedder, table, k=K, lexical=engine.lexical, fuse_lexical=fuse_lexical,
-                              history=history, query_vectors=zero_shot, hidden=hidden_history(queries, whole, seed))
+                              history=past, query_vectors=zero_shot)
     val_lists = build_lists(val_queries(splits, products), engine.embedder, table, k=K, lexical=engine.lexical,
                             fuse_lexical=fuse_lexical, history=history)
     return train_lists, [q.key for q in queries], val_lists, table, engine.lexical, history

@@ -129,8 +129,8 @@ def test_reranked_searches_take_candidates_without_the_query_bank(trained_store:
 
 def test_train_reranker_hides_a_share_of_products_from_the_history_like_new_listings(built_store: Path,
                                                                                      tmp_path: Path):
-    """One product of four has no training query: a quarter of the others (one) is held out whole, its queries
-    built as lists that see none of its past queries, as a new listing's first shoppers would."""
+    """One product of four has no training query: a quarter of the others (one) is held out whole, left out of the
+    history every training list reads, as a new listing is absent from a shop's logs."""
     store = tmp_path / "store"
     shutil.copytree(built_store, store)
     asked = {pid: texts for pid, texts in QUERIES.items() if pid != "cone"}
@@ -146,23 +146,25 @@ def test_train_reranker_hides_a_share_of_products_from_the_history_like_new_list
     assert report["unseen_share"] == 0.0 and report["queries_held_out_whole"] == 0
 
     from vitrine.catalog.datasets import load_splits
+    from vitrine.config import RerankConfig
     from vitrine.rerank import product_table
     from vitrine.rerank.history import NO_HISTORY
-    from vitrine.rerank.train import build_lists, query_history, training_queries
+    from vitrine.rerank.train import build_lists, held_out_whole, history_without, training_queries
 
     engine = vitrine.open(store)
     table = product_table(engine.store, engine.embedder)
     queries = training_queries(load_splits(str(pairs)), {p.id: p for p in engine.store.catalog})
     vectors = engine.embedder.encode_queries([q.query for q in queries])
-    history = query_history(queries, vectors, table)
-    mugs = [q.key for q in queries if q.levels.get("mug") == 0]
-    mug = engine.catalog.key_of("mug")
-    for hidden, seen in ((None, True), ({key: mugs for key in mugs}, False)):
-        lists = build_lists(queries, engine.embedder, table, k=4, history=history, query_vectors=vectors, hidden=hidden)
-        for query, found in zip(queries, lists):
-            if query.key in mugs:  # the mug's other past queries are seen, or hidden as a new listing's would be
-                cosine = found.items[list(found.keys).index(mug), found.spec.column("history_cos")]
-                assert (cosine > NO_HISTORY) == seen
+    held = held_out_whole(queries, 0.25, RerankConfig().seed)
+    products = {pid for q in queries if q.key in held for pid, level in q.levels.items() if level == 0}
+    assert len(held) == 3 and len(products) == 1  # all three queries of one product
+    held_key = engine.catalog.key_of(products.pop())
+    lists = build_lists(queries, engine.embedder, table, k=4, history=history_without(queries, vectors, table, held),
+                        query_vectors=vectors)
+    column = lists[0].spec.column("history_cos")
+    for found in lists:  # the held product has no past query in any list; the others have theirs
+        for key, cosine in zip(found.keys, found.items[:, column]):
+            assert (cosine > NO_HISTORY) == (key != held_key and key != engine.catalog.key_of("cone"))
 
 
 def test_rerank_errors_are_one_line(built_store: Path):

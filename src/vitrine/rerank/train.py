@@ -111,13 +111,12 @@ def query_history(queries: Sequence[LabelledList], query_vectors: np.ndarray, ta
 def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: ProductTable, *, k: int,
                 lexical: LexicalIndex | None = None, fuse_lexical: bool = False, rrf_k: int = 60, depth: int = 100,
                 fusion: str = SearchConfig.fusion, history: QueryHistory | None = None, vector_inputs: bool = True,
-                query_vectors: np.ndarray | None = None, hidden: Mapping[str, Sequence[str]] | None = None,
-                batch_size: int = 64, progress: bool = False) -> list[CandidateList]:
+                query_vectors: np.ndarray | None = None, batch_size: int = 64,
+                progress: bool = False) -> list[CandidateList]:
     """Each query's top-``k`` from ``embedder`` over the table (fused with BM25 if ``fuse_lexical``), as
     feature lists labelled with levels. A query's own rows of ``history`` are left out of its features;
     ``vector_inputs``: the raw vectors are model inputs too (``FeatureSpec.vectors``); ``query_vectors``:
-    the queries already encoded by ``embedder`` (encoded here if not given); ``hidden``: per query key, the keys
-    of the queries (its own among them) whose rows of ``history`` its features must not see."""
+    the queries already encoded by ``embedder`` (encoded here if not given)."""
     builder = FeatureBuilder(table, lexical, history, vector_inputs)
     key_of = {pid: int(key) for pid, key in zip(table.ids, table.keys.tolist())}
     id_of = dict(zip(table.keys.tolist(), table.ids))
@@ -141,7 +140,7 @@ def build_lists(queries: Sequence[LabelledList], embedder: Embedder, table: Prod
                                       if level < IRRELEVANT and pid not in query.exclude], dtype=np.float32))[::-1]
             built = builder.build(vector, query.query.text, query.query.image is not None, found,
                                   [score for _, score in keep], levels, ideal.copy(),
-                                  exclude=(hidden or {}).get(query.key, query.key))
+                                  exclude=query.key)
             built.labelled = np.array([id_of[key] in query.levels for key in found], dtype=bool)
             lists.append(built)
         bar.update(len(batch))
@@ -214,13 +213,16 @@ def whole_products(queries: Sequence[LabelledList], whole: float, seed: int = 0)
             for product in _drawn_whole(sorted(by_product), whole, np.random.default_rng(seed))}
 
 
-def hidden_history(queries: Sequence[LabelledList], whole: float, seed: int = 0) -> dict[str, list[str]]:
-    """Per query about a product ``whole_products`` holds out whole: the keys of every query about that product
-    (its own among them), the history rows its list must not see. What a retriever trained without the product
-    does for cross-fitted lists, for lists without fold retrievers: its shoppers meet a product nobody searched
-    for before, as a new listing's first shoppers do."""
-    kept = whole_products(queries, whole, seed)
-    return {queries[row].key: [queries[other].key for other in rows] for rows in kept.values() for row in rows}
+def held_out_whole(queries: Sequence[LabelledList], whole: float, seed: int = 0) -> set[str]:
+    """The keys of the queries about the products ``whole_products`` holds out whole (same ``whole`` and ``seed``)."""
+    return {queries[row].key for rows in whole_products(queries, whole, seed).values() for row in rows}
+
+
+def history_without(queries: Sequence[LabelledList], query_vectors: np.ndarray, table: ProductTable,
+                    left_out: set[str]) -> QueryHistory:
+    """``query_history`` of the queries whose keys are not in ``left_out``."""
+    keep = [row for row, query in enumerate(queries) if query.key not in left_out]
+    return query_history([queries[row] for row in keep], np.asarray(query_vectors)[keep], table)
 
 
 def unseen_share(queries: Sequence[LabelledList], catalog_size: int) -> float:
@@ -522,7 +524,7 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
     vectors = embedder.encode_queries([q.query for q in queries], progress=progress)
     whole = unseen_share(queries, len(products)) if config.new_products else 0.0
     train_rows, dev_rows = held_back(queries, vectors, config.dev_fraction, config.seed, whole)
-    hidden = hidden_history(queries, whole, config.seed)
+    held = held_out_whole(queries, whole, config.seed)
     history = query_history(queries, vectors, table) if config.history else None
     # Every fold needs queries of its own and a retriever trained on the others'.
     cross_fit = config.cross_fit if fold_retriever is not None and 1 < config.cross_fit <= len(queries) // 2 else 0
@@ -531,16 +533,19 @@ def train_store_reranker(store, splits: Splits, embedder: Embedder, table: Produ
                                    fuse_lexical=fuse_lexical, rrf_k=rrf_k, fusion=fusion, whole=whole,
                                    progress=progress)
     else:
-        # No fold retriever to hide them from: the products held out whole are hidden from the history.
+        # No fold retriever to keep them from: the products held out whole are left out of the history every
+        # training list reads, as a fold's history lacks them (hiding them from their own queries' lists alone
+        # taught the reranker that a product without history is often the match); the served history keeps them.
+        lists_history = history_without(queries, vectors, table, held) if history is not None else None
         lists = build_lists(queries, embedder, table, k=config.candidates, lexical=lexical, fuse_lexical=fuse_lexical,
-                            rrf_k=rrf_k, fusion=fusion, history=history, vector_inputs=config.vector_inputs,
-                            query_vectors=vectors, hidden=hidden, progress=progress)
+                            rrf_k=rrf_k, fusion=fusion, history=lists_history, vector_inputs=config.vector_inputs,
+                            query_vectors=vectors, progress=progress)
     reranker, report = train_reranker([lists[i] for i in train_rows], [lists[i] for i in dev_rows], config,
                                       embedding=embedder.describe(), history=history, progress=progress)
     folder = Path(store.models_dir) / (name or config.model)
     report.update({"name": folder.name, "data": splits.name, "queries": len(queries), "candidates": config.candidates,
                    "cross_fit_folds": cross_fit, "unseen_share": whole,
-                   "queries_held_out_whole": len(hidden),
+                   "queries_held_out_whole": len(held),
                    "fuse_lexical": fuse_lexical, "config": asdict(config)})
     reranker.save(folder, extra={"fuse_lexical": fuse_lexical})
     report["plots"] = [path.name for path in save_plots(reranker, [lists[i] for i in dev_rows], report, folder)]
