@@ -390,8 +390,9 @@ class RerankConfig:
     query is an instance match for (Grocery's new-products protocol: 20 of 81). Without it the reranker learns
     that an instance match always has past queries, and on Grocery it buried the never-trained products
     (their hit@1 0.389 → 0.051; BENCHMARKS.md, session 22). No effect when every product has queries. Without
-    cross-fitting (zero-shot vectors, which no training has seen) the same products' past queries are hidden from
-    the history their own lists read."""
+    cross-fitting (zero-shot vectors, which no training has seen) the same products are left out of the history
+    every training list reads, as a fold's history lacks them (hiding them from their own queries' lists alone
+    cost seen products much of what the history gave them: BENCHMARKS.md, session 23)."""
     patience: int = 6
     seed: int = 0
 

@@ -37,7 +37,7 @@ NO_HISTORY = -1.0
 class QueryHistory:
     vectors: np.ndarray
     """``(N, D)`` unit rows: past query vectors, kept in float16 (as saved): half the memory of a shop's history,
-    and the scan every reranked query makes reads half the bytes (at 1,280-d, 2.2x faster on this CPU)."""
+    and the scan every reranked query makes reads half the bytes (at 1,280-d, about twice as fast on this CPU)."""
     keys: np.ndarray
     """``(N,)`` the catalog key of the product each past query led to."""
     sources: list[str]
