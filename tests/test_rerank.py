@@ -190,7 +190,7 @@ def test_query_history_evidence_matches_a_loop_over_candidates():
             for key, b, c in zip(candidates, best, count):
                 rows = [i for i in range(300) if keys[i] == key and sources[i] != exclude]
                 assert c == len(rows)
-                # float16 rows (half a unit in the fourth decimal): the same rows' best, not a near neighbour's
+                # float16 rows: cosines good to about three decimals
                 assert b == pytest.approx(max(vectors[rows] @ query) if rows else NO_HISTORY, abs=1e-3)
     best, count = history.evidence(query, [])
     assert best.shape == count.shape == (0,)
