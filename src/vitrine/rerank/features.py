@@ -247,10 +247,9 @@ class FeatureBuilder:
 
     def build(self, query_vector: np.ndarray, query_text: str | None, query_has_image: bool,
               keys: Sequence[int], retrieval: Sequence[float], levels: np.ndarray | None = None,
-              ideal: np.ndarray | None = None, exclude: str | Sequence[str] | None = None,
+              ideal: np.ndarray | None = None, exclude: str | None = None,
               relations: str = "cosines") -> CandidateList:
-        """``exclude``: the key of the query itself (or keys of several queries), whose rows of the history it must
-        not see. ``relations``:
+        """``exclude``: the key of the query itself, whose rows of the history it must not see. ``relations``:
         how the list carries what relates its candidates (``RELATION_FORMS``): ``cosines`` between every pair
         (``similarity``; for training), the candidates' ``vectors`` (``relation_vectors``; serving: the chunk
         model computes the cosines it reads), or ``none`` (for strategies that never read them)."""
