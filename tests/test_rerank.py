@@ -204,6 +204,31 @@ def test_ece_of_a_perfect_predictor_is_small():
     assert expected_calibration_error(p, rng.random(20000) < p) < 0.02
 
 
+
+def test_ece_interval_resamples_whole_queries_and_chance_ece_shrinks_with_the_split():
+    from vitrine.rerank.calibration import chance_ece, ece_interval
+
+    rng = np.random.default_rng(8)
+
+    def queries(count: int, shift: float):
+        """50 candidates a query; each query's true match rate is r moved by its own offset (hard and easy
+        queries), so candidates of one query are not independent draws."""
+        p = [rng.random(50) for _ in range(count)]
+        y = [rng.random(50) < np.clip(q + rng.normal(0, shift), 0, 1) for q in p]
+        return p, y
+
+    few, many = queries(30, 0.2), queries(480, 0.2)
+    point, low, high = ece_interval(*few)
+    assert point == pytest.approx(expected_calibration_error(np.concatenate(few[0]), np.concatenate(few[1])))
+    assert low < point < high
+    _, low_many, high_many = ece_interval(*many)
+    assert high_many - low_many < (high - low) / 2  # 16 times the queries: about a quarter of the width
+    # Per-query offsets are miscalibration a bigger split does not average away; independent draws do.
+    assert ece_interval(*queries(480, 0.0))[0] < ece_interval(*many)[0]
+    floor_few, floor_many = chance_ece(np.concatenate(few[0])), chance_ece(np.concatenate(many[0]))
+    assert floor_many < floor_few / 2 and floor_many < 0.01
+    assert ece_interval([np.array([0.2, 0.9])], [np.array([False, True])]) == (pytest.approx(0.15),) * 3
+
 # --- levels and metrics ----------------------------------------------------------------------
 
 def test_query_history_evidence_by_hand(tmp_path: Path):

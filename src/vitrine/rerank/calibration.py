@@ -13,6 +13,7 @@ on held-back queries (the reranker's dev split), never on the lists it was train
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,39 @@ def expected_calibration_error(probabilities: np.ndarray, outcomes: np.ndarray, 
     if len(probabilities) == 0:
         return 0.0
     which = np.minimum((probabilities * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(outcomes[in_bin].mean() - probabilities[in_bin].mean())
-    return float(error)
+    # share_b · |accuracy_b − confidence_b| = |Σ_b outcomes − Σ_b probabilities| / n
+    gaps = np.bincount(which, outcomes, bins) - np.bincount(which, probabilities, bins)
+    return float(np.abs(gaps).sum() / len(probabilities))
+
+
+def ece_interval(probabilities: Sequence[np.ndarray], outcomes: Sequence[np.ndarray], bins: int = 10,
+                 confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """ECE over every query's candidates and a percentile bootstrap interval that resamples whole queries
+    (``probabilities[i]``, ``outcomes[i]``: query i's candidates): one query's candidates share its
+    difficulty, so they are not independent draws. ``(ece, low, high)``."""
+    flat_p, flat_y = np.concatenate(probabilities), np.concatenate(outcomes)
+    point = expected_calibration_error(flat_p, flat_y, bins)
+    if len(probabilities) < 2:
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(probabilities)])
+    rows = [np.flatnonzero(owner == i) for i in range(len(probabilities))]
+    draws = []
+    for _ in range(resamples):
+        picked = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
+        draws.append(expected_calibration_error(flat_p[picked], flat_y[picked], bins))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return point, float(low), float(high)
+
+
+def chance_ece(probabilities: np.ndarray, bins: int = 10, draws: int = 500, seed: int = 0) -> float:
+    """The mean ECE of a perfectly calibrated predictor making these predictions (outcomes drawn from the
+    predictions themselves): how much ECE a split this size shows from sampling alone."""
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([expected_calibration_error(probabilities, rng.random(len(probabilities)) < probabilities,
+                                                     bins) for _ in range(draws)]))
 
 
 def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 10,
