@@ -418,6 +418,11 @@ def _train_reranker(target, splits, config: Config) -> dict[str, Any]:
               f"listwise best epoch {listwise['best_epoch']} of {listwise['epochs']} (0: the retriever's own order), "
               f"dev ECE of r {report['calibration'].get('dev_ece_raw', float('nan')):.3f} → "
               f"{report['calibration'].get('dev_ece_calibrated', float('nan')):.3f}")
+    if "dev_ece_held_out" in report["calibration"]:
+        low, high = report["calibration"]["dev_ece_held_out_95%"]
+        out.print(f"ECE of r on queries the calibrator has not seen (each half of the held-back queries calibrated "
+                  f"on the other): {report['calibration']['dev_ece_held_out']:.3f}, 95% interval over queries "
+                  f"[{low:.3f}, {high:.3f}]")
     if report["dev_ndcg@10"]:
         out.print("held-back queries, NDCG@10: " + ", ".join(f"{name} {value:.3f}" for name, value in
                                                             report["dev_ndcg@10"].items())

@@ -134,7 +134,9 @@ def ece_interval(probabilities: Sequence[np.ndarray], outcomes: Sequence[np.ndar
                  confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """ECE over every query's candidates and a percentile bootstrap interval that resamples whole queries
     (``probabilities[i]``, ``outcomes[i]``: query i's candidates): one query's candidates share its
-    difficulty, so they are not independent draws. ``(ece, low, high)``."""
+    difficulty, so they are not independent draws. ``(ece, low, high)``. A percentile interval: every resample
+    adds its own sampling noise to the bins, so for an r that is close to calibrated the interval can sit wholly
+    above the point estimate."""
     flat_p, flat_y = np.concatenate(probabilities), np.concatenate(outcomes)
     point = expected_calibration_error(flat_p, flat_y, bins)
     if len(probabilities) < 2:

@@ -28,7 +28,8 @@ from vitrine.embedding import Embedder, Query
 from vitrine.errors import VitrineError
 from vitrine.index import LexicalIndex
 from vitrine.progress import progress_bar
-from vitrine.rerank.calibration import Calibrator, expected_calibration_error, reliability_diagram, softmax
+from vitrine.rerank.calibration import (Calibrator, ece_interval, expected_calibration_error,
+                                        reliability_diagram, softmax)
 from vitrine.rerank.features import (RELATIONS, CandidateList, FeatureBuilder, FeatureSpec, ProductTable,
                                      catalog_entries, retrieve)
 from vitrine.rerank.history import QueryHistory
@@ -400,15 +401,29 @@ def level_logits(reranker: Reranker, lists: Sequence[CandidateList]) -> tuple[np
             np.concatenate([found.levels for found in lists]))
 
 
-def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> dict[str, float]:
-    """Fit the calibrator of r on the dev lists; returns the dev ECE before and after."""
+def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str, seed: int = 0) -> dict[str, Any]:
+    """Fit the calibrator of r on the dev lists. Returns the dev ECE before and after, and, since the
+    calibrator was fitted on those very lists, an estimate for queries it has not seen: each half of the dev
+    queries calibrated by a calibrator fitted on the other half (``dev_ece_held_out``, with a 95% interval
+    over resampled queries)."""
     if not dev or reranker.listwise is None:
         return {}
     logits, levels = level_logits(reranker, dev)
     before = expected_calibration_error(softmax(logits)[:, 0], levels == INSTANCE)
     reranker.calibrator = Calibrator.fit(kind, logits, levels)
     after = expected_calibration_error(reranker.calibrator(logits), levels == INSTANCE)
-    return {"dev_ece_raw": before, "dev_ece_calibrated": after}
+    report: dict[str, Any] = {"dev_ece_raw": before, "dev_ece_calibrated": after}
+    if len(dev) >= 4:
+        half = np.random.default_rng(seed).permutation(len(dev)) % 2
+        owner = np.repeat(half, [len(found) for found in dev])
+        held_out = np.zeros(len(levels))
+        for side in (0, 1):
+            fitted = Calibrator.fit(kind, logits[owner != side], levels[owner != side])
+            held_out[owner == side] = fitted(logits[owner == side])
+        bounds = np.cumsum([len(found) for found in dev])[:-1]
+        ece, low, high = ece_interval(np.split(held_out, bounds), np.split(levels == INSTANCE, bounds))
+        report.update({"dev_ece_held_out": ece, "dev_ece_held_out_95%": [low, high]})
+    return report
 
 
 def plot_training(report: Mapping[str, Any], path: Path) -> Path:
