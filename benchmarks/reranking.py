@@ -39,8 +39,8 @@ and image vectors bias it). A second
 table switches those four on and off for the hybrid (``PARTS``). Held-back
 training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
 Calibration: the ECE of r per seed; for seed 0 a 95% interval over resampled val queries and the ECE a perfectly
-calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads, feature building + model + merge, with the models in
-ONNX Runtime (as served) and in eager PyTorch.
+calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads,
+feature building + model + merge, with the models in ONNX Runtime (as served) and in eager PyTorch.
 """
 
 from __future__ import annotations

@@ -204,7 +204,6 @@ def test_ece_of_a_perfect_predictor_is_small():
     assert expected_calibration_error(p, rng.random(20000) < p) < 0.02
 
 
-
 def test_ece_interval_resamples_whole_queries_and_chance_ece_shrinks_with_the_split():
     from vitrine.rerank.calibration import chance_ece, ece_interval
 
@@ -228,6 +227,7 @@ def test_ece_interval_resamples_whole_queries_and_chance_ece_shrinks_with_the_sp
     floor_few, floor_many = chance_ece(np.concatenate(few[0])), chance_ece(np.concatenate(many[0]))
     assert floor_many < floor_few / 2 and floor_many < 0.01
     assert ece_interval([np.array([0.2, 0.9])], [np.array([False, True])]) == (pytest.approx(0.15),) * 3
+
 
 # --- levels and metrics ----------------------------------------------------------------------
 
@@ -417,7 +417,6 @@ def test_training_lowers_the_loss_and_beats_retrieval_order():
     assert evaluate_lists(reranker, dev, "listwise")["ndcg@10"] > evaluate_lists(reranker, dev, "retrieval")["ndcg@10"] + 0.1
 
 
-
 def test_calibration_reports_what_r_reads_on_queries_the_calibrator_has_not_seen():
     """Isotonic regression fitted on the dev lists all but matches them (its dev ECE is near 0), so that figure
     says little about new queries; each half calibrated by the other half's fit says more, and is larger."""
@@ -431,6 +430,7 @@ def test_calibration_reports_what_r_reads_on_queries_the_calibrator_has_not_seen
     assert report["dev_ece_calibrated"] < 0.01 and report["dev_ece_held_out"] > 0.03
     assert low < report["dev_ece_held_out"] < high
     assert "dev_ece_held_out" not in calibrate(reranker, dev[:3], "isotonic")  # too few queries to halve
+
 
 def test_untrained_models_with_a_retrieval_prior_rank_as_the_retriever():
     spec = FeatureSpec(DIM)

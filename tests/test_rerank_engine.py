@@ -127,7 +127,6 @@ def test_reranked_searches_take_candidates_without_the_query_bank(trained_store:
         assert served(with_bank, rerank=strategy, candidates=4) == served(without, rerank=strategy, candidates=4)
 
 
-
 def test_train_reranker_says_what_r_reads_on_queries_its_calibrator_has_not_seen(built_store: Path, tmp_path: Path):
     store = tmp_path / "store"
     shutil.copytree(built_store, store)
@@ -141,6 +140,7 @@ def test_train_reranker_says_what_r_reads_on_queries_its_calibrator_has_not_seen
     assert 0.0 <= low <= high <= 1.0 and 0.0 <= calibration["dev_ece_held_out"] <= 1.0
     assert (f"ECE of r on queries the calibrator has not seen (each half of the held-back queries calibrated on the "
             f"other): {calibration['dev_ece_held_out']:.3f}") in " ".join(result.output.split())
+
 
 def test_train_reranker_hides_a_share_of_products_from_the_history_like_new_listings(built_store: Path,
                                                                                      tmp_path: Path):

@@ -401,7 +401,7 @@ def level_logits(reranker: Reranker, lists: Sequence[CandidateList]) -> tuple[np
             np.concatenate([found.levels for found in lists]))
 
 
-def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str, seed: int = 0) -> dict[str, Any]:
+def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> dict[str, Any]:
     """Fit the calibrator of r on the dev lists. Returns the dev ECE before and after, and, since the
     calibrator was fitted on those very lists, an estimate for queries it has not seen: each half of the dev
     queries calibrated by a calibrator fitted on the other half (``dev_ece_held_out``, with a 95% interval
@@ -414,7 +414,7 @@ def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str, seed:
     after = expected_calibration_error(reranker.calibrator(logits), levels == INSTANCE)
     report: dict[str, Any] = {"dev_ece_raw": before, "dev_ece_calibrated": after}
     if len(dev) >= 4:
-        half = np.random.default_rng(seed).permutation(len(dev)) % 2
+        half = np.random.default_rng(0).permutation(len(dev)) % 2
         owner = np.repeat(half, [len(found) for found in dev])
         held_out = np.zeros(len(levels))
         for side in (0, 1):
