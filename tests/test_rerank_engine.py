@@ -14,6 +14,7 @@ import vitrine
 from conftest import write_jsonl
 from vitrine.cli import app
 from vitrine.errors import StoreError
+from vitrine.rerank.calibration import expected_calibration_error
 
 QUERIES = {"apple": ["red apple", "sweet apple fruit", "crisp apple"],
            "mug": ["coffee mug", "tea cup", "ceramic mug"],
@@ -75,9 +76,21 @@ def test_eval_measures_a_reranker_as_search_serves_it(trained_store: Path, tmp_p
     report = json.loads(sorted((trained_store / "reports").glob("eval-q-*.json"))[-1].read_text())
     assert report["rerank"] == "hybrid" and report["candidates"] == 4
     engine = vitrine.open(trained_store)
+    r, matches = [], []
     for query in report["per_query"]:
         served = engine.search(text=query["text"], k=4, rerank="hybrid", candidates=4)
         assert query["ranked"] == [h.product.id for h in served]
+        r += [h.score for h in served]
+        matches += [query["relevant"].get(h.product.id, 0) == max(query["relevant"].values()) for h in served]
+    # r's calibration against the labels: each query is about the product it grades highest (the store has four
+    # products, all among the 4 candidates).
+    calibration = report["calibration"]
+    assert calibration["candidates"] == 8 and calibration["share_exact"] == pytest.approx(2 / 8)
+    assert calibration["ece"] == pytest.approx(expected_calibration_error(np.array(r), np.array(matches)))
+    assert calibration["mean_r"] == pytest.approx(np.mean(r))
+    assert "r = P(exact match) over 8 reranked candidates: ECE" in " ".join(result.output.split())
+    result = run("eval", trained_store, queries, "--rerank", "pointwise", "--candidates", "4")
+    assert result.exit_code == 0 and "ECE" not in result.output  # its scores are not r
     result = run("eval", trained_store, queries, "--rerank", "telepathic")
     assert result.exit_code == 2 and "telepathic" in result.output and "Traceback" not in result.output
 

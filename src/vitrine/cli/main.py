@@ -174,7 +174,8 @@ def eval_(
         help="vector, or prototype: ID recognition with the trained prototype head (default: search.channel).")] = None,
     rerank: Annotated[Optional[str], typer.Option(
         help="Rerank each query's candidates with the store's trained reranker: hybrid, listwise, pointwise or "
-             "sliding (default: off).")] = None,
+             "sliding (default: off). With hybrid, also how well its score r = P(exact match) is calibrated on "
+             "these labels (ECE, with an interval over queries).")] = None,
     candidates: Annotated[Optional[int], typer.Option(
         help="--rerank: how many retrieved products the reranker orders (default: rerank.candidates).")] = None,
 ) -> None:
@@ -193,6 +194,8 @@ def eval_(
                       rerank=rerank, candidates=candidates)
     out.print(f"{report.queries} queries; {report.searched()}")
     out.print(_metrics_table(report))
+    if report.calibration:
+        out.print(report.calibration_line())
     json_path, md_path = report.write(engine.store.reports_dir)
     out.print(f"reports: {json_path} and {md_path}")
 

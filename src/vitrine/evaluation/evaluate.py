@@ -9,12 +9,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vitrine.catalog import LabelledQuery
 from vitrine.config import write_atomic
 from vitrine.embedding import Query
 from vitrine.engine import SearchEngine
 from vitrine.evaluation.metrics import mean_metrics, query_metrics
 from vitrine.progress import progress_bar
+from vitrine.rerank.calibration import chance_ece, ece_interval
+
+R_STRATEGIES = ("hybrid", "absolute")
+"""Rerank strategies whose scores are the calibrated r = P(instance match)."""
 
 
 @dataclass
@@ -38,6 +44,11 @@ class EvalReport:
     channel: str = "vector"
     rerank: str | None = None
     candidates: int | None = None
+    calibration: dict[str, Any] | None = None
+    """With a strategy whose scores are r = P(instance match) (``hybrid``, ``absolute``): r's ECE over the
+    reranked candidates against the labels (a product with the query's highest grade is a match, see
+    ``exact_matches``; unlabelled products are not), its 95% interval over resampled queries, the ECE a perfectly calibrated r of these values would read, the share
+    of exact matches and r's mean."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,6 +59,8 @@ class EvalReport:
                  + (f"; {self.unknown_products} relevant ids are not in the catalog" if self.unknown_products else ""),
                  "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in self.metrics.items()]
+        if self.calibration:
+            lines += ["", self.calibration_line()]
         misses = [q for q in self.per_query if q.metrics.get("recall@1", 1.0) < 1.0][:20]
         if misses:
             lines += ["", "## First queries whose best product was not ranked first", "",
@@ -55,6 +68,13 @@ class EvalReport:
             lines += [f"| {q.text or Path(q.image or '').name} | {', '.join(q.relevant)} | {', '.join(q.ranked[:3])} |"
                       for q in misses]
         return "\n".join(lines) + "\n"
+
+    def calibration_line(self) -> str:
+        c = self.calibration or {}
+        low, high = c["ece_95%"]
+        return (f"r = P(exact match) over {c['candidates']} reranked candidates: ECE {c['ece']:.4f} (95% interval "
+                f"over queries [{low:.4f}, {high:.4f}]; a perfectly calibrated r would read {c['ece_by_chance']:.4f}), "
+                f"mean r {c['mean_r']:.3f} against a share {c['share_exact']:.3f} of exact matches")
 
     def searched(self) -> str:
         """How the rankings were made, in words."""
@@ -81,6 +101,9 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
     known = {product.id for product in engine.catalog}
     start = time.perf_counter()
     results: list[QueryResult] = []
+    scored_r = rerank in R_STRATEGIES
+    r_values: list[np.ndarray] = []
+    exact: list[np.ndarray] = []
     bar = progress_bar(total=len(queries), enabled=progress, desc=f"eval {name}", unit=" queries")
     for offset in range(0, len(queries), batch_size):
         batch = queries[offset:offset + batch_size]
@@ -92,9 +115,32 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
             ranked = [hit.product.id for hit in ranking if hit.product.id not in query.exclude][:depth]
             results.append(QueryResult(query.where, query.text, query.image, query.relevant, ranked[:10],
                                        query_metrics(ranked, query.relevant)))
+            if scored_r:
+                reranked = [hit for hit in ranking[:candidates] if hit.product.id not in query.exclude]
+                r_values.append(np.array([hit.score for hit in reranked], dtype=np.float64))
+                matches = exact_matches(query)
+                exact.append(np.array([hit.product.id in matches for hit in reranked], dtype=bool))
         bar.update(len(batch))
     bar.close()
     unknown = sum(1 for q in queries for pid in q.relevant if pid not in known)
     return EvalReport(name=name, queries=len(queries), metrics=mean_metrics([r.metrics for r in results]),
                       seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown,
-                      channel=channel, rerank=rerank, candidates=candidates)
+                      channel=channel, rerank=rerank, candidates=candidates,
+                      calibration=r_calibration(r_values, exact) if scored_r else None)
+
+
+def exact_matches(query: LabelledQuery) -> set[str]:
+    """The products a query is about: those with its highest grade (what recall@1 asks for first). A photo list
+    or a group names them with one grade; graded labels (CrowdFlower, JSONL 0-3) give the top grade to them."""
+    top = max((grade for grade in query.relevant.values() if grade > 0), default=None)
+    return {pid for pid, grade in query.relevant.items() if top is not None and grade == top}
+
+
+def r_calibration(r_values: Sequence[np.ndarray], exact: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """How well the reranker's r = P(exact match) is calibrated on labelled queries (see ``EvalReport``)."""
+    if not any(len(values) for values in r_values):
+        return None
+    ece, low, high = ece_interval(r_values, exact)
+    flat_r, flat_exact = np.concatenate(r_values), np.concatenate(exact)
+    return {"ece": ece, "ece_95%": [low, high], "ece_by_chance": chance_ece(flat_r), "candidates": len(flat_r),
+            "mean_r": float(flat_r.mean()), "share_exact": float(flat_exact.mean())}
