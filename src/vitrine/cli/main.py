@@ -424,8 +424,8 @@ def _train_reranker(target, splits, config: Config) -> dict[str, Any]:
     if "dev_ece_held_out" in report["calibration"]:
         low, high = report["calibration"]["dev_ece_held_out_95%"]
         out.print(f"ECE of r on queries the calibrator has not seen (each half of the held-back queries calibrated "
-                  f"on the other): {report['calibration']['dev_ece_held_out']:.3f}, 95% interval over queries "
-                  f"[{low:.3f}, {high:.3f}]")
+                  f"on the other): {report['calibration']['dev_ece_held_out']:.3f}; over resampled sets of those "
+                  f"queries, 95% of ECEs within [{low:.3f}, {high:.3f}]")
     if report["dev_ndcg@10"]:
         out.print("held-back queries, NDCG@10: " + ", ".join(f"{name} {value:.3f}" for name, value in
                                                             report["dev_ndcg@10"].items())

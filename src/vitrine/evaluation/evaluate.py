@@ -47,8 +47,8 @@ class EvalReport:
     calibration: dict[str, Any] | None = None
     """With a strategy whose scores are r = P(instance match) (``hybrid``, ``absolute``): r's ECE over the
     reranked candidates against the labels (a product with the query's highest grade is a match, see
-    ``exact_matches``; unlabelled products are not), its 95% interval over resampled queries, the ECE a perfectly calibrated r of these values would read, the share
-    of exact matches and r's mean."""
+    ``exact_matches``; unlabelled products are not), the range of 95% of its values over resampled query
+    sets, the ECE a perfectly calibrated r of these values would read, the share of exact matches and r's mean."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,9 +72,10 @@ class EvalReport:
     def calibration_line(self) -> str:
         c = self.calibration or {}
         low, high = c["ece_95%"]
-        return (f"r = P(exact match) over {c['candidates']} reranked candidates: ECE {c['ece']:.4f} (95% interval "
-                f"over queries [{low:.4f}, {high:.4f}]; a perfectly calibrated r would read {c['ece_by_chance']:.4f}), "
-                f"mean r {c['mean_r']:.3f} against a share {c['share_exact']:.3f} of exact matches")
+        return (f"r = P(exact match) over {c['candidates']} reranked candidates: ECE {c['ece']:.4f} (over resampled "
+                f"query sets 95% within [{low:.4f}, {high:.4f}]; a perfectly calibrated r would read "
+                f"{c['ece_by_chance']:.4f}), mean r {c['mean_r']:.3f} against a share {c['share_exact']:.3f} of "
+                "exact matches")
 
     def searched(self) -> str:
         """How the rankings were made, in words."""

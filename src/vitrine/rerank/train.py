@@ -404,8 +404,8 @@ def level_logits(reranker: Reranker, lists: Sequence[CandidateList]) -> tuple[np
 def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> dict[str, Any]:
     """Fit the calibrator of r on the dev lists. Returns the dev ECE before and after, and, since the
     calibrator was fitted on those very lists, an estimate for queries it has not seen: each half of the dev
-    queries calibrated by a calibrator fitted on the other half (``dev_ece_held_out``, with a 95% interval
-    over resampled queries)."""
+    queries calibrated by a calibrator fitted on the other half (``dev_ece_held_out``, with the range of 95%
+    of its values over resampled sets of those queries)."""
     if not dev or reranker.listwise is None:
         return {}
     logits, levels = level_logits(reranker, dev)
