@@ -122,6 +122,18 @@ def test_quiet_unless_verbose(built_store: Path, caplog):
     assert not chatter, [r.getMessage() for r in chatter]  # bm25s sets its own logger to DEBUG
 
 
+def test_a_fresh_process_stays_quiet_too(built_store: Path):
+    """In its own process the CLI imports bm25s after setting up logging, and bm25s then sets its logger to DEBUG
+    again on import: its chatter must still not reach the terminal."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from vitrine.cli import main; main()", "search", str(built_store),
+                           "--text", "coffee mug", "--lexical", "-k", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "mug" in done.stdout and "DEBUG" not in done.stderr + done.stdout
+
+
 def test_set_keeps_settings_in_the_store(built_store: Path, tmp_path: Path):
     import shutil
 

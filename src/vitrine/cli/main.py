@@ -55,6 +55,9 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wh
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for name in LOUD_LIBRARIES:  # they set their own loggers to DEBUG, which the root level cannot quiet
         logging.getLogger(name).setLevel(level)
+    # ... and one imported later (commands import lazily) sets it again: the handler's level holds regardless.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
 
 
 @app.command()
