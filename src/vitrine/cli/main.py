@@ -178,7 +178,7 @@ def eval_(
     rerank: Annotated[Optional[str], typer.Option(
         help="Rerank each query's candidates with the store's trained reranker: hybrid, listwise, pointwise or "
              "sliding (default: off). With hybrid, also how well its score r = P(exact match) is calibrated on "
-             "these labels (ECE, with an interval over queries).")] = None,
+             "these labels (ECE, and its range over resampled query sets).")] = None,
     candidates: Annotated[Optional[int], typer.Option(
         help="--rerank: how many retrieved products the reranker orders (default: rerank.candidates).")] = None,
 ) -> None:
