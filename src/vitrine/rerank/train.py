@@ -413,17 +413,27 @@ def calibrate(reranker: Reranker, dev: Sequence[CandidateList], kind: str) -> di
     reranker.calibrator = Calibrator.fit(kind, logits, levels)
     after = expected_calibration_error(reranker.calibrator(logits), levels == INSTANCE)
     report: dict[str, Any] = {"dev_ece_raw": before, "dev_ece_calibrated": after}
-    if len(dev) >= 4:
-        half = np.random.default_rng(0).permutation(len(dev)) % 2
-        owner = np.repeat(half, [len(found) for found in dev])
-        held_out = np.zeros(len(levels))
-        for side in (0, 1):
-            fitted = Calibrator.fit(kind, logits[owner != side], levels[owner != side])
-            held_out[owner == side] = fitted(logits[owner == side])
+    held_out = calibrated_by_other_half(logits, levels, [len(found) for found in dev], kind)
+    if held_out is not None:
         bounds = np.cumsum([len(found) for found in dev])[:-1]
         ece, low, high = ece_interval(np.split(held_out, bounds), np.split(levels == INSTANCE, bounds))
         report.update({"dev_ece_held_out": ece, "dev_ece_held_out_95%": [low, high]})
     return report
+
+
+def calibrated_by_other_half(logits: np.ndarray, levels: np.ndarray, sizes: Sequence[int],
+                             kind: str) -> np.ndarray | None:
+    """r for the candidates of lists of ``sizes`` (their ``logits`` and ``levels`` concatenated), each half of the
+    lists calibrated by a calibrator fitted on the other half: r as a calibrator meets queries it has not seen.
+    ``None`` with fewer than 4 lists."""
+    if len(sizes) < 4:
+        return None
+    owner = np.repeat(np.random.default_rng(0).permutation(len(sizes)) % 2, sizes)
+    held_out = np.zeros(len(levels))
+    for side in (0, 1):
+        fitted = Calibrator.fit(kind, logits[owner != side], levels[owner != side])
+        held_out[owner == side] = fitted(logits[owner == side])
+    return held_out
 
 
 def plot_training(report: Mapping[str, Any], path: Path) -> Path:
@@ -456,16 +466,20 @@ def plot_training(report: Mapping[str, Any], path: Path) -> Path:
 
 def save_plots(reranker: Reranker, dev: Sequence[CandidateList], report: Mapping[str, Any], folder: Path) -> list[Path]:
     """``training.png`` (loss and held-back NDCG per epoch) and, with held-back lists, ``reliability.png``
-    (r before and after calibration on them)."""
+    (r before and after calibration on them, and with each half of them calibrated on the other)."""
     plots = [plot_training(report, folder / "training.png")]
     if dev and reranker.listwise is not None:
         logits, levels = level_logits(reranker, dev)
         matches = levels == INSTANCE
         curves = {"raw": (softmax(logits)[:, 0], matches)}
         if reranker.calibrator.kind != "none":
-            curves[f"calibrated ({reranker.calibrator.kind})"] = (reranker.calibrator(logits), matches)
+            kind = reranker.calibrator.kind
+            curves[f"calibrated ({kind}) on them"] = (reranker.calibrator(logits), matches)
+            held_out = calibrated_by_other_half(logits, levels, [len(found) for found in dev], kind)
+            if held_out is not None:
+                curves[f"each half calibrated ({kind}) on the other"] = (held_out, matches)
         plots.append(reliability_diagram(curves, folder / "reliability.png",
-                                         title=f"r on the {len(dev)} held-back lists (calibrated on them)"))
+                                         title=f"r on the {len(dev)} held-back lists"))
     return plots
 
 
