@@ -89,6 +89,8 @@ def test_eval_measures_a_reranker_as_search_serves_it(trained_store: Path, tmp_p
     assert calibration["ece"] == pytest.approx(expected_calibration_error(np.array(r), np.array(matches)))
     assert calibration["mean_r"] == pytest.approx(np.mean(r))
     assert "r = P(exact match) over 8 reranked candidates: ECE" in " ".join(result.output.split())
+    markdown = sorted((trained_store / "reports").glob("eval-q-*.md"))[-1].read_text()
+    assert f"ECE {calibration['ece']:.4f} (over resampled query sets 95% within" in markdown
     result = run("eval", trained_store, queries, "--rerank", "pointwise", "--candidates", "4")
     assert result.exit_code == 0 and "ECE" not in result.output  # its scores are not r
     result = run("eval", trained_store, queries, "--rerank", "telepathic")
