@@ -142,8 +142,8 @@ def ece_interval(probabilities: Sequence[np.ndarray], outcomes: Sequence[np.ndar
     if len(probabilities) < 2:
         return point, point, point
     rng = np.random.default_rng(seed)
-    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(probabilities)])
-    rows = [np.flatnonzero(owner == i) for i in range(len(probabilities))]
+    ends = np.cumsum([len(p) for p in probabilities])
+    rows = [np.arange(end - len(p), end) for p, end in zip(probabilities, ends)]  # each query's candidates
     draws = []
     for _ in range(resamples):
         picked = np.concatenate([rows[i] for i in rng.integers(0, len(rows), len(rows))])
