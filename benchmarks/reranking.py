@@ -38,8 +38,8 @@ trained on) and relational attention in the chunk model (candidate-candidate cos
 and image vectors bias it). A second
 table switches those four on and off for the hybrid (``PARTS``). Held-back
 training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
-Calibration: the ECE of r per seed; for seed 0 a 95% interval over resampled val queries and the ECE a perfectly
-calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads,
+Calibration: the ECE of r per seed; for seed 0 the range of 95% of its values over resampled sets of val queries and
+the ECE a perfectly calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads,
 feature building + model + merge, with the models in ONNX Runtime (as served) and in eager PyTorch.
 """
 
@@ -331,8 +331,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         calibrate(fitted, dev, kind)
         curves[kind] = fitted.calibrator(logits)
     calibration = {f"ece_{kind}": expected_calibration_error(r, matches) for kind, r in curves.items()}
-    # How far the split itself moves ECE: an interval over resampled val queries, and what a perfectly calibrated
-    # r of these values would read on this many candidates.
+    # How far the split itself moves ECE: its range over resampled sets of val queries, and what a perfectly
+    # calibrated r of these values would read on this many candidates.
     per_query_r = [entry["r"] for entry in entries]
     _, low, high = ece_interval(per_query_r, [found.levels == 0 for found in val_lists])
     calibration.update({"temperature": full.calibrator.temperature if full.calibrator.kind == "temperature" else None,
