@@ -14,7 +14,7 @@ from vitrine.config import RerankConfig
 from vitrine.rerank import (Calibrator, CandidateList, FeatureSpec, ProductTable, Reranker, chunk_slices,
                             expected_calibration_error, hybrid_merge, merge_chunks, null_loss,
                             pairwise_discordant_loss, sliding_window)
-from vitrine.rerank.calibration import reliability_diagram, softmax
+from vitrine.rerank.calibration import reliability_bins, reliability_diagram, softmax
 from vitrine.errors import StoreError
 from vitrine.rerank.features import RELATIONS
 from vitrine.rerank.levels import from_crowdflower, from_grade, grocery_levels, levels_for
@@ -149,6 +149,17 @@ def test_calibration_reduces_ece(kind: str, tmp_path: Path):
         assert calibrator.temperature == pytest.approx(4.0, rel=0.15)
     path = reliability_diagram({"raw": (raw, levels == 0), kind: (calibrated, levels == 0)}, tmp_path / "r.png")
     assert path.stat().st_size > 1000
+
+
+def test_reliability_bins_are_the_diagrams_points_and_weigh_up_to_the_ece():
+    r = np.array([0.05, 0.05, 0.15, 0.95, 0.97, 1.0])
+    hit = np.array([0, 1, 0, 1, 1, 0], dtype=bool)
+    bins = reliability_bins(r, hit)
+    assert [(b["low"], b["count"]) for b in bins] == [(0.0, 2), (pytest.approx(0.1), 1), (pytest.approx(0.9), 3)]
+    assert [b["observed"] for b in bins] == pytest.approx([0.5, 0.0, 2 / 3])
+    assert bins[2]["mean"] == pytest.approx((0.95 + 0.97 + 1.0) / 3)  # r = 1 falls in the last bin, not an 11th
+    ece = sum(b["count"] * abs(b["observed"] - b["mean"]) for b in bins) / len(r)
+    assert ece == pytest.approx(expected_calibration_error(r, hit))
 
 
 def test_platt_removes_a_bias_temperature_cannot():

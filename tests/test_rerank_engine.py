@@ -91,8 +91,18 @@ def test_eval_measures_a_reranker_as_search_serves_it(trained_store: Path, tmp_p
     assert "r = P(exact match) over 8 reranked candidates: ECE" in " ".join(result.output.split())
     markdown = sorted((trained_store / "reports").glob("eval-q-*.md"))[-1].read_text()
     assert f"ECE {calibration['ece']:.4f} (over resampled query sets 95% within" in markdown
+    # The reliability diagram's points: the candidates per bin of r and the share of exact matches among them.
+    r, matches = np.array(r), np.array(matches)
+    which = np.minimum((r * 10).astype(int), 9)
+    assert [(b["count"], b["observed"]) for b in calibration["bins"]] == [
+        (int((which == k).sum()), pytest.approx(matches[which == k].mean())) for k in sorted(set(which))]
+    assert f"| {calibration['bins'][0]['count']} | {calibration['bins'][0]['mean']:.3f} |" in markdown
+    plot = sorted((trained_store / "reports").glob("eval-q-*-reliability.png"))[-1]
+    assert f"![reliability of r]({plot.name})" in markdown and str(plot) in " ".join(result.output.split())
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = run("eval", trained_store, queries, "--rerank", "pointwise", "--candidates", "4")
     assert result.exit_code == 0 and "ECE" not in result.output  # its scores are not r
+    assert "reliability.png" not in result.output
     result = run("eval", trained_store, queries, "--rerank", "telepathic")
     assert result.exit_code == 2 and "telepathic" in result.output and "Traceback" not in result.output
 

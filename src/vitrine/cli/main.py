@@ -199,8 +199,7 @@ def eval_(
     out.print(_metrics_table(report))
     if report.calibration:
         out.print(report.calibration_line())
-    json_path, md_path = report.write(engine.store.reports_dir)
-    out.print(f"reports: {json_path} and {md_path}")
+    out.print("reports: " + ", ".join(str(path) for path in report.write(engine.store.reports_dir)))
 
 
 @app.command()

@@ -17,7 +17,7 @@ from vitrine.embedding import Query
 from vitrine.engine import SearchEngine
 from vitrine.evaluation.metrics import mean_metrics, query_metrics
 from vitrine.progress import progress_bar
-from vitrine.rerank.calibration import chance_ece, ece_interval
+from vitrine.rerank.calibration import chance_ece, ece_interval, plot_reliability, reliability_bins
 
 R_STRATEGIES = ("hybrid", "absolute")
 """Rerank strategies whose scores are the calibrated r = P(instance match)."""
@@ -48,19 +48,22 @@ class EvalReport:
     """With a strategy whose scores are r = P(instance match) (``hybrid``, ``absolute``): r's ECE over the
     reranked candidates against the labels (a product with the query's highest grade is a match, see
     ``exact_matches``; unlabelled products are not), the range of 95% of its values over resampled query
-    sets, the ECE a perfectly calibrated r of these values would read, the share of exact matches and r's mean."""
+    sets, the ECE a perfectly calibrated r of these values would read, the share of exact matches and r's mean,
+    and per bin of r the points of its reliability diagram (``bins``; drawn beside the reports by ``write``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def markdown(self) -> str:
+    def markdown(self, reliability_plot: str | None = None) -> str:
+        """The report as markdown; ``reliability_plot``: the file name of r's reliability diagram, to show it."""
         lines = [f"# Evaluation: {self.name}", "",
                  f"{self.queries} queries in {self.seconds:.1f} s; {self.searched()}"
                  + (f"; {self.unknown_products} relevant ids are not in the catalog" if self.unknown_products else ""),
                  "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in self.metrics.items()]
         if self.calibration:
-            lines += ["", self.calibration_line()]
+            lines += ["", self.calibration_line(), *self._reliability_table()]
+            lines += ["", f"![reliability of r]({reliability_plot})"] if reliability_plot else []
         misses = [q for q in self.per_query if q.metrics.get("recall@1", 1.0) < 1.0][:20]
         if misses:
             lines += ["", "## First queries whose best product was not ranked first", "",
@@ -77,18 +80,32 @@ class EvalReport:
                 f"{c['ece_by_chance']:.4f}), mean r {c['mean_r']:.3f} against a share {c['share_exact']:.3f} of "
                 "exact matches")
 
+    def _reliability_table(self) -> list[str]:
+        bins = (self.calibration or {}).get("bins") or []
+        return (["", "| r | candidates | mean r | share of exact matches |", "|---|---|---|---|"]
+                + [f"| {b['low']:.1f}-{b['high']:.1f} | {b['count']} | {b['mean']:.3f} | {b['observed']:.3f} |"
+                   for b in bins]) if bins else []
+
     def searched(self) -> str:
         """How the rankings were made, in words."""
         how = "ID recognition (prototype channel)" if self.channel == "prototype" else "vector search"
         return how + (f", the top {self.candidates} reranked by {self.rerank}" if self.rerank else "")
 
-    def write(self, folder: Path) -> tuple[Path, Path]:
+    def write(self, folder: Path) -> list[Path]:
+        """The JSON and markdown reports in ``folder`` and, when r was measured, its reliability diagram (PNG)."""
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"eval-{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+        written = [json_path, md_path]
+        if (self.calibration or {}).get("bins"):
+            c = self.calibration
+            written.append(plot_reliability(
+                {f"r (ECE {c['ece']:.3f})": c["bins"]}, stem.with_name(stem.name + "-reliability.png"),
+                title=f"r = P(exact match) on {self.queries} queries ({self.rerank})",
+                ylabel="observed share of exact matches"))
         write_atomic(json_path, json.dumps(self.to_dict(), indent=2).encode())
-        write_atomic(md_path, self.markdown().encode())
-        return json_path, md_path
+        write_atomic(md_path, self.markdown(written[2].name if len(written) > 2 else None).encode())
+        return written
 
 
 def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: str = "queries",
@@ -144,4 +161,5 @@ def r_calibration(r_values: Sequence[np.ndarray], exact: Sequence[np.ndarray]) -
     ece, low, high = ece_interval(r_values, exact)
     flat_r, flat_exact = np.concatenate(r_values), np.concatenate(exact)
     return {"ece": ece, "ece_95%": [low, high], "ece_by_chance": chance_ece(flat_r), "candidates": len(flat_r),
-            "mean_r": float(flat_r.mean()), "share_exact": float(flat_exact.mean())}
+            "mean_r": float(flat_r.mean()), "share_exact": float(flat_exact.mean()),
+            "bins": reliability_bins(flat_r, flat_exact)}

@@ -162,9 +162,29 @@ def chance_ece(probabilities: np.ndarray, bins: int = 10, draws: int = 500, seed
                                                      bins) for _ in range(draws)]))
 
 
+def reliability_bins(probabilities: np.ndarray, outcomes: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The points of a reliability diagram: for each non-empty equal-width bin of predicted probability, its
+    edges, how many predictions fell in it, their mean and the observed share of positive outcomes."""
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    predicted, observed = np.bincount(which, probabilities, bins), np.bincount(which, outcomes, bins)
+    return [{"low": b / bins, "high": (b + 1) / bins, "count": int(counts[b]), "mean": float(predicted[b] / counts[b]),
+             "observed": float(observed[b] / counts[b])} for b in range(bins) if counts[b]]
+
+
 def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, bins: int = 10,
                         title: str = "reliability of r = P(instance match)") -> Path:
     """One line per named (probabilities, outcomes): observed frequency against mean prediction per bin."""
+    return plot_reliability({f"{name} (ECE {expected_calibration_error(p, y, bins):.3f})": reliability_bins(p, y, bins)
+                             for name, (p, y) in curves.items()}, path, title=title)
+
+
+def plot_reliability(curves: dict[str, Sequence[dict[str, float]]], path: Path,
+                     title: str = "reliability of r = P(instance match)",
+                     ylabel: str = "observed share of instance matches") -> Path:
+    """Draw ``reliability_bins`` output, one line per label, against the diagonal of perfect calibration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,16 +192,10 @@ def reliability_diagram(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: 
 
     figure, axis = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
-    for name, (probabilities, outcomes) in curves.items():
-        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-        outcomes = np.asarray(outcomes, dtype=np.float64).reshape(-1)
-        which = np.minimum((probabilities * bins).astype(int), bins - 1)
-        xs = [probabilities[which == b].mean() for b in range(bins) if (which == b).any()]
-        ys = [outcomes[which == b].mean() for b in range(bins) if (which == b).any()]
-        ece = expected_calibration_error(probabilities, outcomes, bins)
-        axis.plot(xs, ys, marker="o", markersize=3, label=f"{name} (ECE {ece:.3f})")
+    for label, points in curves.items():
+        axis.plot([b["mean"] for b in points], [b["observed"] for b in points], marker="o", markersize=3, label=label)
     axis.set_xlabel("predicted r")
-    axis.set_ylabel("observed share of instance matches")
+    axis.set_ylabel(ylabel)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.set_title(title, fontsize=9)
