@@ -3,7 +3,8 @@ calibration, in one run.
 
     python benchmarks/reranking.py [--data ../shared/data] [--work .vitrine/bench-rerank] \
         [--only grocery,crowdflower] [--json out.json] [--latency-queries 100] [--seeds 3] [--layers N] \
-        [--zero-shot-weight W] [--retriever towers|prototype|zero-shot] [--protocol seen|new] [--no-new-products]
+        [--zero-shot-weight W] [--retriever towers|prototype|zero-shot] [--protocol seen|new] [--no-new-products] \
+        [--cross-validate SEEDS]
 
 For each dataset: the best retriever we can afford (trained towers, default config; CrowdFlower fused
 with BM25 by the default fusion, convex since session 12) gives K = 50 candidates per query. With
@@ -41,6 +42,12 @@ training queries (epoch choice, calibration) are whole look-alike clusters (``he
 Calibration: the ECE of r per seed; for seed 0 the range of 95% of its values over resampled sets of val queries and
 the ECE a perfectly calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads,
 feature building + model + merge, with the models in ONNX Runtime (as served) and in eager PyTorch.
+
+``--cross-validate SEEDS`` measures retrieval, pointwise and hybrid once more on the training queries: each
+cross-fitting fold's lists (from a retriever that never saw the fold) are reranked by the default reranker trained
+on the other folds' lists, so every training query is ranked by models that never saw it; the hybrid's paired
+differences are given over those queries and over them together with val's. Val alone is a few hundred queries
+(CrowdFlower's 35); the training split has several times as many.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +105,21 @@ def embedder_for(store, name: str | None, zero_shot_weight: float = 0.0):
     return build_embedder(config, store.models_dir, None, FeatureCache(store.root / "cache" / "features.sqlite"))
 
 
+@dataclass
+class Folded:
+    """The training split's lists with what cross-validating a reranker over them takes: each list's query key, the
+    cross-fitting folds (a fold's lists come from a retriever that never saw the fold), the training queries and their
+    zero-shot vectors (the held-back part of the other folds is chosen by them, as ``prepare`` chooses it)."""
+
+    lists: list
+    keys: list[str]
+    folds: list[set[str]]
+    queries: list
+    vectors: np.ndarray
+    whole: float
+    scheme: str
+
+
 def fold_keys(queries, vectors: np.ndarray, scheme: str, count: int, whole: float = 0.0) -> list[set[str]]:
     """The query keys of each cross-fitting fold: ``dissimilar`` keeps look-alike queries of a product in
     one fold (``cross_fit_folds`` on zero-shot vectors), ``random`` deals queries at random."""
@@ -123,7 +146,8 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
             folds_scheme: str = "dissimilar", fold_count: int = 3, zero_shot_weight: float = 0.0,
             protocol: str = "seen", zero_shot_lists: bool = False, new_products: bool = True):
     """(store, train lists (cross-fitted), dev lists, val lists, table, lexical, history, which val lists are about
-    never-trained products) for one dataset; with ``zero_shot_lists``, every list from the zero-shot vectors."""
+    never-trained products, all training lists as ``Folded``) for one dataset; with ``zero_shot_lists``, every list
+    from the zero-shot vectors."""
     from vitrine.catalog.datasets import load_splits
     from vitrine.config import RerankConfig
     from vitrine.rerank.train import training_queries, unseen_share
@@ -155,7 +179,9 @@ def prepare(dataset: str, spec: str, data_name: str, work: Path, overrides: dict
     dev = [found for found, key in zip(train_lists, train_keys) if key in held]
     train = [found for found, key in zip(train_lists, train_keys) if key not in held]
     never_trained = np.array([bool(set(q.relevant) & splits.held_out) for q in splits.val])
-    return store, train, dev, val_lists, table, lexical, history, never_trained
+    folded = Folded(train_lists, train_keys, fold_keys(queries, zero_shot, folds_scheme, fold_count, whole), queries,
+                    zero_shot, whole, folds_scheme)
+    return store, train, dev, val_lists, table, lexical, history, never_trained, folded
 
 
 def cross_fitted(store, splits, queries, zero_shot: np.ndarray, overrides: dict[str, Any], fuse_lexical: bool,
@@ -231,6 +257,60 @@ def _summary(row: dict[str, float]) -> str:
     return ", ".join(f"{key} {row[key]:.4f}" for key in ("instance_hit_rate", "ndcg@10"))
 
 
+def as_configured(lists, config):
+    """The lists as a reranker of ``config`` reads them (built with every input; by default it reads the scalars)."""
+    lists = lists if config.vector_inputs else without_vectors(lists)
+    return lists if config.history else without_history(lists)
+
+
+CV_STRATEGIES = {"retrieval only": "retrieval", "pointwise": "pointwise", "+ hybrid merge": "hybrid"}
+
+
+def cross_validate(folded: Folded, config, seeds: int, val: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The training queries reranked by models that never saw them: for each cross-fitting fold, the default
+    reranker trained on the other folds' lists (their held-back part picks the epoch and calibrates r, as for val)
+    ranks the fold's lists. Per-query figures (mean over ``seeds``) of retrieval, pointwise and hybrid; the hybrid's
+    paired differences over these queries and over them together with val's (``val``: ``run_dataset``'s per-query
+    figures). On the same lists the difference between two rerankers needs no val split to be measured, and the
+    training split has many times val's queries."""
+    from dataclasses import replace
+
+    from vitrine.rerank.metrics import mean_metrics, paired_difference
+    from vitrine.rerank.train import evaluate_queries, train_reranker
+
+    index = {q.key: i for i, q in enumerate(folded.queries)}
+    runs: dict[str, list[dict[str, np.ndarray]]] = {label: [] for label in CV_STRATEGIES}
+    start = time.perf_counter()
+    for seed in range(seeds):
+        seeded = replace(config, seed=seed)
+        figures: dict[str, list[dict[str, np.ndarray]]] = {label: [] for label in CV_STRATEGIES}
+        for fold in folded.folds:
+            rest = [i for i, key in enumerate(folded.keys) if key not in fold]
+            rest_queries = [folded.queries[index[folded.keys[i]]] for i in rest]
+            held = dev_keys(rest_queries, folded.vectors[[index[folded.keys[i]] for i in rest]], folded.scheme,
+                            seeded.dev_fraction, seed, folded.whole)
+            reranker, _ = train_reranker([folded.lists[i] for i in rest if folded.keys[i] not in held],
+                                         [folded.lists[i] for i in rest if folded.keys[i] in held], seeded)
+            test = [found for found, key in zip(folded.lists, folded.keys) if key in fold]
+            for label, strategy in CV_STRATEGIES.items():
+                figures[label].append(evaluate_queries(reranker, test, strategy, K))
+        for label in CV_STRATEGIES:
+            runs[label].append({metric: np.concatenate([part[metric] for part in figures[label]])
+                                for metric in figures[label][0]})
+    per_query = {label: {metric: np.mean([run[metric] for run in runs[label]], axis=0) for metric in runs[label][0]}
+                 for label in CV_STRATEGIES}
+    pooled = {label: {metric: np.concatenate([per_query[label][metric], val[label][metric]])
+                      for metric in per_query[label]} for label in CV_STRATEGIES}
+    comparisons = {f"{where}: hybrid - {other}": {
+        metric: paired_difference(figures["+ hybrid merge"][metric], figures[other][metric])
+        for metric in ("instance_hit_rate", "ndcg@10")}
+        for where, figures in (("training queries", per_query), ("training and val queries", pooled))
+        for other in ("pointwise", "retrieval only")}
+    return {"rows": {label: mean_metrics(values) for label, values in per_query.items()},
+            "queries": len(folded.lists), "val_queries": len(next(iter(val.values()))["ndcg@10"]), "seeds": seeds,
+            "paired_differences": comparisons, "seconds": time.perf_counter() - start}
+
+
 def without_history(lists):
     """The same lists as a reranker without query history sees them (no product has past queries)."""
     from dataclasses import replace
@@ -259,7 +339,7 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
                 latency_queries: int, results: dict, out_dir: Path, changes: dict[str, Any] | None = None,
                 folds_scheme: str = "dissimilar", fold_count: int = 3, seeds: int = 3,
                 zero_shot_weight: float = 0.0, protocol: str = "seen", zero_shot_lists: bool = False,
-                new_products: bool = True) -> None:
+                new_products: bool = True, cv_seeds: int = 0) -> None:
     from dataclasses import replace
 
     from vitrine.config import RerankConfig
@@ -269,14 +349,13 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
     from vitrine.rerank.train import calibrate, evaluate_queries, fit_listwise, train_reranker
 
     print(f"\n== {name} ==", flush=True)
-    store, *groups, table, lexical, history, never_trained = prepare(name, spec, name, work, overrides, fuse_lexical,
-                                                                     folds_scheme, fold_count, zero_shot_weight,
-                                                                     protocol, zero_shot_lists, new_products)
+    store, *groups, table, lexical, history, never_trained, folded = prepare(
+        name, spec, name, work, overrides, fuse_lexical, folds_scheme, fold_count, zero_shot_weight, protocol,
+        zero_shot_lists, new_products)
     config = replace(RerankConfig(new_products=new_products), **(changes or {}))
     # Lists are built with every input; the default reranker reads the scalars only.
     with_vectors = groups
-    groups = groups if config.vector_inputs else [without_vectors(group) for group in groups]
-    train, dev, val_lists = groups if config.history else [without_history(group) for group in groups]
+    train, dev, val_lists = [as_configured(group, config) for group in groups]
     start = time.perf_counter()
     # Every model is trained once per seed: on val splits of a few hundred queries, the seed moves a
     # chunk model's hit-rate by about as much as the differences the targets ask about.
@@ -320,6 +399,8 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
             per_query["retrieval only"]["instance_hit_rate"][never_trained])}
     seed0_rows = {label: mean_metrics(values) for label, values in per_seed[0].items()}
     parts = ablate_parts(with_vectors, config, seed0_rows)
+    cross_validated = (cross_validate(replace(folded, lists=as_configured(folded.lists, config)), config, cv_seeds,
+                                      per_query) if cv_seeds else None)
 
     # calibration of r on val: raw softmax vs each calibrator fitted on the dev split (the default's is the model's)
     entries = full.chunk_scores(val_lists)
@@ -359,9 +440,11 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
                      "latency_ms": latency,
                      "train_s": train_s,
                      "train_lists": len(train), "dev_lists": len(dev), "val_lists": len(val_lists),
-                     "training": report}
+                     "training": report, "cross_validated": cross_validated}
     print_quality(f"{name} (mean over {seeds} seed(s) ± their SD)", rows, len(val_lists), spread)
     print_comparisons(name, comparisons)
+    if cross_validated:
+        print_cross_validated(name, cross_validated, fold_count)
     print_quality(f"{name} (hybrid: retrieval prior, scalar-only inputs, query history, relational attention)", parts,
                   len(val_lists))
     print(f"\n{name} calibration of r on val (seed 0; the last figure per seed): " + ", ".join(
@@ -455,10 +538,10 @@ STRATEGY_LATENCY = ("pointwise", "hybrid", "sliding")
 
 
 def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int,
-                  spread: dict[str, dict[str, float]] | None = None) -> None:
+                  spread: dict[str, dict[str, float]] | None = None, where: str = "val") -> None:
     columns = ["instance_hit_rate", "concept_hit_rate@1", "ndcg@10"]
     columns += [c for c in ("never_trained_hit_rate",) if any(c in row for row in rows.values())]
-    print(f"\n{name} val, K = {K} candidates ({queries} queries)")
+    print(f"\n{name} {where}, K = {K} candidates ({queries} queries)")
     print("| method | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for label, row in rows.items():
@@ -473,6 +556,17 @@ def print_comparisons(name: str, comparisons: dict[str, dict[str, tuple[float, f
     print(f"\n{name} paired differences on val queries (per-query figures averaged over seeds; "
           "mean [95% bootstrap interval]; an interval across 0 is a tie the split cannot break)")
     for label, metrics in comparisons.items():
+        print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+                                         for metric, (mean, low, high) in metrics.items()), flush=True)
+
+
+def print_cross_validated(name: str, figures: dict[str, Any], fold_count: int) -> None:
+    print_quality(name, figures["rows"], figures["queries"],
+                  where=f"training queries, cross-validated ({fold_count} folds, each reranked by models trained on "
+                        f"the others; mean over {figures['seeds']} seed(s); {figures['seconds']:.0f} s)")
+    print(f"\n{name} paired differences over {figures['queries']} training queries, and over them with the "
+          f"{figures['val_queries']} val queries (mean [95% bootstrap interval])")
+    for label, metrics in figures["paired_differences"].items():
         print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
                                          for metric, (mean, low, high) in metrics.items()), flush=True)
 
@@ -521,6 +615,9 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("seen", "new"), default="seen",
                         help="Grocery: 'new' trains without the never-trained products of issue 3's protocol and "
                              "reports hit@1 on their val photos too")
+    parser.add_argument("--cross-validate", type=int, default=0, metavar="SEEDS",
+                        help="also rerank every training query with models trained on the other cross-fitting folds "
+                             "(this many seeds; 0: off) and compare hybrid and pointwise over them and val together")
     parser.add_argument("--seeds", type=int, default=3,
                         help="train the ablation's models with this many seeds and report their mean (the SD over "
                              "seeds beside it); calibration, latency and the parts table use seed 0")
@@ -544,7 +641,7 @@ def main() -> None:
         run_dataset(name.strip(), spec, args.work, overrides, fuse, args.latency_queries, results, args.work,
                     changes, args.folds, args.fold_count, args.seeds, args.zero_shot_weight,
                     args.protocol if name.strip() == "grocery" else "seen", args.retriever == "zero-shot",
-                    args.new_products)
+                    args.new_products, args.cross_validate)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
