@@ -302,9 +302,9 @@ def cross_validate(folded: Folded, config, seeds: int, val: dict[str, dict[str, 
     pooled = {label: {metric: np.concatenate([per_query[label][metric], val[label][metric]])
                       for metric in per_query[label]} for label in CV_STRATEGIES}
     comparisons = {f"{where}: hybrid - {other}": {
-        metric: paired_difference(figures["+ hybrid merge"][metric], figures[other][metric])
+        metric: paired_difference(queries["+ hybrid merge"][metric], queries[other][metric])
         for metric in ("instance_hit_rate", "ndcg@10")}
-        for where, figures in (("training queries", per_query), ("training and val queries", pooled))
+        for where, queries in (("training queries", per_query), ("training and val queries", pooled))
         for other in ("pointwise", "retrieval only")}
     return {"rows": {label: mean_metrics(values) for label, values in per_query.items()},
             "queries": len(folded.lists), "val_queries": len(next(iter(val.values()))["ndcg@10"]), "seeds": seeds,
@@ -555,6 +555,10 @@ def print_quality(name: str, rows: dict[str, dict[str, float]], queries: int,
 def print_comparisons(name: str, comparisons: dict[str, dict[str, tuple[float, float, float]]]) -> None:
     print(f"\n{name} paired differences on val queries (per-query figures averaged over seeds; "
           "mean [95% bootstrap interval]; an interval across 0 is a tie the split cannot break)")
+    print_differences(comparisons)
+
+
+def print_differences(comparisons: dict[str, dict[str, tuple[float, float, float]]]) -> None:
     for label, metrics in comparisons.items():
         print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
                                          for metric, (mean, low, high) in metrics.items()), flush=True)
@@ -566,9 +570,7 @@ def print_cross_validated(name: str, figures: dict[str, Any], fold_count: int) -
                         f"the others; mean over {figures['seeds']} seed(s); {figures['seconds']:.0f} s)")
     print(f"\n{name} paired differences over {figures['queries']} training queries, and over them with the "
           f"{figures['val_queries']} val queries (mean [95% bootstrap interval])")
-    for label, metrics in figures["paired_differences"].items():
-        print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
-                                         for metric, (mean, low, high) in metrics.items()), flush=True)
+    print_differences(figures["paired_differences"])
 
 
 def print_latency(name: str, latency: dict[str, float], model_threads: int) -> None:

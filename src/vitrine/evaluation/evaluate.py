@@ -96,16 +96,19 @@ class EvalReport:
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"eval-{self.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-        written = [json_path, md_path]
-        if (self.calibration or {}).get("bins"):
-            c = self.calibration
-            written.append(plot_reliability(
-                {f"r (ECE {c['ece']:.3f})": c["bins"]}, stem.with_name(stem.name + "-reliability.png"),
-                title=f"r = P(exact match) on {self.queries} queries ({self.rerank})",
-                ylabel="observed share of exact matches"))
+        plot = self._plot_reliability(stem.with_name(stem.name + "-reliability.png"))
         write_atomic(json_path, json.dumps(self.to_dict(), indent=2).encode())
-        write_atomic(md_path, self.markdown(written[2].name if len(written) > 2 else None).encode())
-        return written
+        write_atomic(md_path, self.markdown(plot.name if plot else None).encode())
+        return [json_path, md_path] + ([plot] if plot else [])
+
+    def _plot_reliability(self, path: Path) -> Path | None:
+        """r's reliability diagram from the calibration's bins (None without them)."""
+        c = self.calibration or {}
+        if not c.get("bins"):
+            return None
+        return plot_reliability({f"r (ECE {c['ece']:.3f})": c["bins"]}, path,
+                                title=f"r = P(exact match) on {self.queries} queries ({self.rerank})",
+                                ylabel="observed share of exact matches")
 
 
 def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: str = "queries",
