@@ -72,6 +72,25 @@ def test_compare_two_eval_reports(built_store: Path, tmp_path: Path):
     assert result.exit_code == 2 and "not a JSON report" in result.output and "Traceback" not in result.output
 
 
+def test_eval_names_what_was_ranked_first_instead(built_store: Path, tmp_path: Path):
+    import shutil
+
+    store = shutil.copytree(built_store, tmp_path / "store")
+    queries = write_jsonl(tmp_path / "q.jsonl", [  # labelled as if a scarf search wanted the mug
+        {"text": "warm scarf", "relevant": {"mug": 1}},
+        {"text": "warm knitted scarf", "relevant": {"mug": 1}},
+        {"text": "coffee mug", "relevant": {"mug": 1}},
+    ])
+    result = run("eval", store, queries)
+    assert result.exit_code == 0, result.output
+    assert "2: Blue Coffee Mug (mug) -> Striped Wool Scarf (scarf)" in result.output
+    report = json.loads(next((store / "reports").glob("eval-q-*.json")).read_text())
+    assert report["confusions"] == [{"wanted": "mug", "given": "scarf", "queries": 2, "wanted_title": "Blue Coffee Mug",
+                                     "given_title": "Striped Wool Scarf"}]
+    markdown = next((store / "reports").glob("eval-q-*.md")).read_text()
+    assert "| Blue Coffee Mug (mug) | 3 | 1 | Striped Wool Scarf (scarf) |" in markdown
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     source = tmp_path / "p.jsonl"
     source.write_text('{"id": "a", "title": "A", "images": ["gone.png"]}\n')

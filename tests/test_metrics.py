@@ -3,7 +3,9 @@ import math
 import pytest
 
 from vitrine.errors import VitrineError
+from vitrine.evaluation import EvalReport, QueryResult
 from vitrine.evaluation.compare import compare_reports
+from vitrine.evaluation.confusions import confusions, hardest_products
 from vitrine.evaluation.metrics import (
     average_precision_at_k,
     mean_metrics,
@@ -94,3 +96,37 @@ def test_compare_counts_unpaired_queries_and_refuses_disjoint_reports():
         compare_reports(_report({"a": 1.0}), _report({"z": 1.0}))
     with pytest.raises(VitrineError, match="'ndcg@10' is not in both reports"):
         compare_reports(_report({"a": 1.0}), _report({"a": 0.0}), metrics=["ndcg@10"])
+
+
+def _result(relevant: dict[str, int], ranked: list[str]) -> QueryResult:
+    return QueryResult("q", None, None, relevant, ranked, {})
+
+
+def test_confusions_and_hardest_products_by_hand():
+    results = ([_result({"kiwi": 1}, ["onion", "kiwi"])] * 3 + [_result({"kiwi": 1}, ["potato"])]
+               + [_result({"kiwi": 1}, ["kiwi"])] + [_result({"peach": 1}, ["plum"])] * 2
+               + [_result({"milk": 1}, ["milk"])] * 4
+               + [_result({"tv": 2, "radio": 2, "cable": 1}, ["cable"])]  # two exact matches: no single one wanted
+               + [_result({"soup": 3, "bowl": 1}, ["bowl"])])  # graded: the top grade is the one wanted
+    title = {"kiwi": "Kiwi", "onion": "Yellow Onion"}.get
+    found = [(c.wanted, c.given, c.queries) for c in confusions(results)]
+    assert found == [("kiwi", "onion", 3), ("peach", "plum", 2), ("kiwi", "potato", 1), ("soup", "bowl", 1)]
+    first = confusions(results, lambda pid: title(pid) or "", top=1)[0]
+    assert (first.wanted_title, first.given_title) == ("Kiwi", "Yellow Onion")
+    rows = [(p.product, p.queries, p.first, p.instead) for p in hardest_products(results)]
+    # shares: peach 0/2, soup 0/1, kiwi 1/5; milk (4/4) and the two-match query are left out
+    assert rows == [("peach", 2, 0, "plum"), ("soup", 1, 0, "bowl"), ("kiwi", 5, 1, "onion")]
+    assert [p.product for p in hardest_products(results, top=1)] == ["peach"]
+
+
+def test_eval_report_tables_its_confusions():
+    results = [_result({"kiwi": 1}, ["onion"])] * 2 + [_result({"kiwi": 1}, ["kiwi"])]
+    title = {"kiwi": "Kiwi fruit", "onion": "Onion"}.get
+    report = EvalReport("q", 3, {"recall@1": 1 / 3}, 0.1, results,
+                        confusions=confusions(results, title), hardest=hardest_products(results, title))
+    markdown = report.markdown()
+    assert "| 2 | Kiwi fruit (kiwi) | Onion |" in markdown  # a title that spells the id does not repeat it
+    assert "| Kiwi fruit (kiwi) | 3 | 1 | Onion |" in markdown
+    assert report.confusion_line() == ("most frequent misses (queries: wanted -> ranked first): "
+                                       "2: Kiwi fruit (kiwi) -> Onion")
+    assert EvalReport("q", 1, {}, 0.1, results[2:]).confusion_line() is None

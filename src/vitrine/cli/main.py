@@ -199,6 +199,8 @@ def eval_(
     out.print(_metrics_table(report))
     if report.calibration:
         out.print(report.calibration_line())
+    if report.confusion_line():
+        out.print(report.confusion_line(), markup=False)
     out.print("reports: " + ", ".join(str(path) for path in report.write(engine.store.reports_dir)))
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from vitrine.catalog import LabelledQuery
 from vitrine.config import write_atomic
 from vitrine.embedding import Query
 from vitrine.engine import SearchEngine
+from vitrine.evaluation.confusions import Confusion, ProductRecall, confusions, hardest_products, top_graded
 from vitrine.evaluation.metrics import mean_metrics, query_metrics
 from vitrine.progress import progress_bar
 from vitrine.rerank.calibration import chance_ece, ece_interval, plot_reliability, reliability_bins
@@ -50,6 +52,10 @@ class EvalReport:
     ``exact_matches``; unlabelled products are not), the range of 95% of its values over resampled query
     sets, the ECE a perfectly calibrated r of these values would read, the share of exact matches and r's mean,
     and per bin of r the points of its reliability diagram (``bins``; drawn beside the reports by ``write``)."""
+    confusions: list[Confusion] = field(default_factory=list)
+    """The most frequent (wanted product, product ranked first instead) pairs over queries with one exact match."""
+    hardest: list[ProductRecall] = field(default_factory=list)
+    """The products those queries found first least often."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +70,7 @@ class EvalReport:
         if self.calibration:
             lines += ["", self.calibration_line(), *self._reliability_table()]
             lines += ["", f"![reliability of r]({reliability_plot})"] if reliability_plot else []
+        lines += self._confusion_tables()
         misses = [q for q in self.per_query if q.metrics.get("recall@1", 1.0) < 1.0][:20]
         if misses:
             lines += ["", "## First queries whose best product was not ranked first", "",
@@ -85,6 +92,28 @@ class EvalReport:
         return (["", "| r | candidates | mean r | share of exact matches |", "|---|---|---|---|"]
                 + [f"| {b['low']:.1f}-{b['high']:.1f} | {b['count']} | {b['mean']:.3f} | {b['observed']:.3f} |"
                    for b in bins]) if bins else []
+
+    def confusion_line(self, shown: int = 3) -> str | None:
+        """The most frequent confusions in one line, for a terminal (the markdown report tables more)."""
+        if not self.confusions:
+            return None
+        return "most frequent misses (queries: wanted -> ranked first): " + "; ".join(
+            f"{c.queries}: {_named(c.wanted, c.wanted_title)} -> {_named(c.given, c.given_title)}"
+            for c in self.confusions[:shown])
+
+    def _confusion_tables(self) -> list[str]:
+        lines = []
+        if self.confusions:
+            lines += ["", "## Ranked first instead of the product a query was about", "",
+                      "| queries | wanted | ranked first instead |", "|---|---|---|"]
+            lines += [f"| {c.queries} | {_named(c.wanted, c.wanted_title)} | {_named(c.given, c.given_title)} |"
+                      for c in self.confusions]
+        if self.hardest:
+            lines += ["", "## Products found first least often", "",
+                      "| product | queries | ranked first | most often first instead |", "|---|---|---|---|"]
+            lines += [f"| {_named(p.product, p.title)} | {p.queries} | {p.first} | {_named(p.instead, p.instead_title)} |"
+                      for p in self.hardest]
+        return lines
 
     def searched(self) -> str:
         """How the rankings were made, in words."""
@@ -144,17 +173,36 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
         bar.update(len(batch))
     bar.close()
     unknown = sum(1 for q in queries for pid in q.relevant if pid not in known)
+    title = _titles(engine)
     return EvalReport(name=name, queries=len(queries), metrics=mean_metrics([r.metrics for r in results]),
                       seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown,
                       channel=channel, rerank=rerank, candidates=candidates,
-                      calibration=r_calibration(r_values, exact) if scored_r else None)
+                      calibration=r_calibration(r_values, exact) if scored_r else None,
+                      confusions=confusions(results, title), hardest=hardest_products(results, title))
+
+
+def _titles(engine: SearchEngine) -> Callable[[str], str]:
+    def title(product_id: str) -> str:
+        return engine.catalog.get(product_id).title if product_id in engine.catalog else ""
+    return title
+
+
+def _named(product_id: str, title: str) -> str:
+    """A product as a report names it: its title, and its id where the title does not say it ("Royal Gala" says
+    "Royal-Gala"; "Samsung 40-inch TV" does not say "cf-0a3f")."""
+    if not title:
+        return product_id
+    return title if _letters(title) == _letters(product_id) else f"{title} ({product_id})"
+
+
+def _letters(name: str) -> str:
+    return re.sub(r"[\W_]+", "", name.lower())
 
 
 def exact_matches(query: LabelledQuery) -> set[str]:
     """The products a query is about: those with its highest grade (what recall@1 asks for first). A photo list
     or a group names them with one grade; graded labels (CrowdFlower, JSONL 0-3) give the top grade to them."""
-    top = max((grade for grade in query.relevant.values() if grade > 0), default=None)
-    return {pid for pid, grade in query.relevant.items() if top is not None and grade == top}
+    return top_graded(query.relevant)
 
 
 def r_calibration(r_values: Sequence[np.ndarray], exact: Sequence[np.ndarray]) -> dict[str, Any] | None:
