@@ -182,7 +182,8 @@ def eval_(
     candidates: Annotated[Optional[int], typer.Option(
         help="--rerank: how many retrieved products the reranker orders (default: rerank.candidates).")] = None,
 ) -> None:
-    """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR. Writes JSON + markdown reports.
+    """Score STORE on labelled queries: Recall@1/5/10, mAP@10, NDCG@10, MRR, and which products are ranked first in
+    place of the one a query was about. Writes JSON + markdown reports.
 
     Rankings are those 'vitrine search' gives with the same options: a channel or a reranker is measured as served.
     """
