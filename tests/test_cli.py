@@ -204,3 +204,6 @@ def test_demo_builds_a_store_with_both_channels(tmp_path: Path):
     models = json.loads(run("info", store).output)["models"]
     assert models["default"]["objective"] == "prototype" and models["default"]["stages"] == "1,2"
     assert models["default"]["in_use"] and models["rerank"]["in_use"]
+    from vitrine.catalog import Store
+
+    assert models["default"]["products"] == len(Store.open(store).catalog) > 0

@@ -6,6 +6,7 @@ from vitrine.errors import VitrineError
 from vitrine.evaluation import EvalReport, QueryResult
 from vitrine.evaluation.compare import compare_reports
 from vitrine.evaluation.confusions import confusions, hardest_products
+from vitrine.evaluation.evaluate import segments_by_training
 from vitrine.evaluation.metrics import (
     average_precision_at_k,
     mean_metrics,
@@ -130,3 +131,22 @@ def test_eval_report_tables_its_confusions():
     assert report.confusion_line() == ("most frequent misses (queries: wanted -> ranked first): "
                                        "2: Kiwi fruit (kiwi) -> Onion")
     assert EvalReport("q", 1, {}, 0.1, results[2:]).confusion_line() is None
+
+
+def test_metrics_split_by_whether_the_towers_trained_on_the_wanted_product():
+    def scored(relevant: dict[str, int], ranked: list[str]) -> QueryResult:
+        return QueryResult("q", None, None, relevant, ranked, query_metrics(ranked, relevant))
+
+    results = [scored({"kiwi": 1}, ["onion", "kiwi"]), scored({"kiwi": 1}, ["kiwi"]),  # never trained on
+               scored({"onion": 1}, ["onion"]), scored({"onion": 2, "kiwi": 1}, ["kiwi", "onion"]),  # trained on
+               scored({"onion": 1, "kiwi": 1}, ["onion"])]  # one of each: neither
+    segments = segments_by_training(results, {"onion", "leek"})
+    assert {name: part["queries"] for name, part in segments.items()} == {"trained on": 2, "never trained on": 2}
+    assert segments["never trained on"]["metrics"]["recall@1"] == 0.5
+    assert segments["never trained on"]["metrics"]["mrr"] == pytest.approx(0.75)
+    assert segments["trained on"]["metrics"]["recall@1"] == 0.75  # the graded query: one of its two relevant first
+    assert segments_by_training(results[2:4], {"onion"}) == {}  # no query about a never-trained product
+    assert segments_by_training(results, None) == {}  # zero-shot, or a model saved without its list
+    report = EvalReport("q", 5, mean_metrics([r.metrics for r in results]), 0.1, results, segments=segments)
+    assert "| metric | value | trained on (2) | never trained on (2) |" in report.markdown()
+    assert "| recall@1 | 0.6000 | 0.7500 | 0.5000 |" in report.markdown()

@@ -167,6 +167,20 @@ def test_held_out_products_are_not_trained_on(store, tmp_path):
                 progress=False)
     report = (store.models_dir / "default" / "training.json").read_text()
     assert '"products": 3' in report and '"cone"' in report
+    listed = (store.models_dir / "default" / "trained_products.txt").read_text().split()
+    assert listed == ["apple", "mug", "scarf"]
+
+    from vitrine.catalog import LabelledQuery
+    from vitrine.evaluation import evaluate
+
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    assert engine.trained_products() == {"apple", "mug", "scarf"}
+    queries = [LabelledQuery({"cone": 1}, text="traffic cone", where="q1"),
+               LabelledQuery({"scarf": 1}, text="scarf", where="q2"),
+               LabelledQuery({"mug": 1}, text="mug", where="q3")]
+    segments = evaluate(engine, queries, progress=False).segments
+    assert {name: part["queries"] for name, part in segments.items()} == {"trained on": 2, "never trained on": 1}
 
 
 def synthetic_set(queries: int = 30, products: int = 10, seed: int = 0):

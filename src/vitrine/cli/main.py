@@ -513,6 +513,7 @@ def trained_models(store: Store) -> dict[str, dict[str, Any]]:
             result = facts.get("result", {})
             models[name] = {"kind": "towers", "objective": facts.get("training", {}).get("objective"),
                             "stages": ",".join(sorted(facts.get("stages", {}))) or None,
+                            "products": facts.get("products"),
                             "epochs": result.get("epochs"), "best_epoch": result.get("best_epoch")}
         models[name]["in_use"] = name in serving
     return models
@@ -665,8 +666,11 @@ def _metrics_table(report) -> Table:
     table = Table(title=f"{report.name}: {report.queries} queries", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    segments = list(report.segments.items())
+    for name, part in segments:
+        table.add_column(f"{name} ({part['queries']})", justify="right")
     for metric, value in report.metrics.items():
-        table.add_row(metric, f"{value:.4f}")
+        table.add_row(metric, f"{value:.4f}", *(f"{part['metrics'][metric]:.4f}" for _, part in segments))
     return table
 
 

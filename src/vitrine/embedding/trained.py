@@ -14,9 +14,25 @@ import numpy as np
 import torch
 
 from vitrine.catalog.product import Product
+from vitrine.config import write_atomic
 from vitrine.embedding.base import Embedder, Query, product_image_features
 from vitrine.embedding.towers import TwoTowerModel
 from vitrine.encoders.base import ImageEncoder, TextEncoder
+
+
+TRAINED_PRODUCTS_FILE = "trained_products.txt"
+"""Beside a trained model: the ids of the catalog's products when it was trained (one a line), so that products
+added later, or held out, can be told apart from those the towers learned."""
+
+
+def save_trained_products(folder: Path, product_ids: Sequence[str]) -> None:
+    write_atomic(Path(folder) / TRAINED_PRODUCTS_FILE, "".join(f"{pid}\n" for pid in sorted(product_ids)).encode())
+
+
+def load_trained_products(folder: Path) -> set[str] | None:
+    """The products the model in ``folder`` was trained with, or None for a model saved without the list."""
+    path = Path(folder) / TRAINED_PRODUCTS_FILE
+    return set(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else None
 
 
 class TrainedEmbedder(Embedder):

@@ -19,6 +19,7 @@ from vitrine.catalog.sqlite import UpsertCounts
 from vitrine.config import Config, write_atomic
 from vitrine.embedding import Embedder, EnsembleEmbedder, Query, TrainedEmbedder
 from vitrine.embedding.prototypes import HEAD_FILE
+from vitrine.embedding.trained import load_trained_products
 from vitrine.encoders import FeatureCache
 from vitrine.engine.factory import build_embedder
 from vitrine.engine.prototype_channel import CHANNELS, PrototypeChannel, TowerBlock
@@ -239,6 +240,14 @@ class SearchEngine:
         trained = self.config.embedding.kind == "trained"
         heads = [self.store.models_dir / name / HEAD_FILE for name in self.config.embedding.models()]
         return [*CHANNELS] if trained and all(head.is_file() for head in heads) else ["vector"]
+
+    def trained_products(self) -> set[str] | None:
+        """The products the served towers were trained with (any of them, when several models are served), or None
+        for zero-shot embeddings or a model saved without its list. Products outside it were never trained on."""
+        if self.config.embedding.kind != "trained":
+            return None
+        lists = [load_trained_products(self.store.models_dir / name) for name in self.config.embedding.models()]
+        return None if any(ids is None for ids in lists) else set().union(*lists)
 
     def prototype_channel(self) -> PrototypeChannel:
         """ID recognition with the served models' prototype heads (``models/<embedding.model>`` and any

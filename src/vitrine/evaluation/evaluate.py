@@ -21,6 +21,8 @@ from vitrine.evaluation.metrics import mean_metrics, query_metrics
 from vitrine.progress import progress_bar
 from vitrine.rerank.calibration import chance_ece, ece_interval, plot_reliability, reliability_bins
 
+TRAINED_ON, NEVER_TRAINED_ON = "trained on", "never trained on"
+
 R_STRATEGIES = ("hybrid", "absolute")
 """Rerank strategies whose scores are the calibrated r = P(instance match)."""
 
@@ -56,6 +58,9 @@ class EvalReport:
     """The most frequent (wanted product, product ranked first instead) pairs over queries with one exact match."""
     hardest: list[ProductRecall] = field(default_factory=list)
     """The products those queries found first least often."""
+    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """With trained towers and queries about products they never trained on: ``{"trained on": {"queries": n,
+    "metrics": {...}}, "never trained on": {...}}`` (see ``segments_by_training``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,8 +70,12 @@ class EvalReport:
         lines = [f"# Evaluation: {self.name}", "",
                  f"{self.queries} queries in {self.seconds:.1f} s; {self.searched()}"
                  + (f"; {self.unknown_products} relevant ids are not in the catalog" if self.unknown_products else ""),
-                 "", "| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in self.metrics.items()]
+                 ""]
+        segments = list(self.segments.items())
+        lines += ["| metric | value |" + "".join(f" {name} ({part['queries']}) |" for name, part in segments),
+                  "|---|---|" + "---|" * len(segments)]
+        lines += [f"| {name} | {value:.4f} |" + "".join(f" {part['metrics'][name]:.4f} |" for _, part in segments)
+                  for name, value in self.metrics.items()]
         if self.calibration:
             lines += ["", self.calibration_line(), *self._reliability_table()]
             lines += ["", f"![reliability of r]({reliability_plot})"] if reliability_plot else []
@@ -111,8 +120,8 @@ class EvalReport:
         if self.hardest:
             lines += ["", "## Products found first least often", "",
                       "| product | queries | ranked first | most often first instead |", "|---|---|---|---|"]
-            lines += [f"| {_named(p.product, p.title)} | {p.queries} | {p.first} | {_named(p.instead, p.instead_title)} |"
-                      for p in self.hardest]
+            lines += [f"| {_named(row.product, row.title)} | {row.queries} | {row.first} | "
+                      f"{_named(row.instead, row.instead_title)} |" for row in self.hardest]
         return lines
 
     def searched(self) -> str:
@@ -174,11 +183,34 @@ def evaluate(engine: SearchEngine, queries: Sequence[LabelledQuery], *, name: st
     bar.close()
     unknown = sum(1 for q in queries for pid in q.relevant if pid not in known)
     title = _titles(engine)
+    segments = segments_by_training(results, engine.trained_products())
     return EvalReport(name=name, queries=len(queries), metrics=mean_metrics([r.metrics for r in results]),
                       seconds=time.perf_counter() - start, per_query=results, unknown_products=unknown,
                       channel=channel, rerank=rerank, candidates=candidates,
                       calibration=r_calibration(r_values, exact) if scored_r else None,
-                      confusions=confusions(results, title), hardest=hardest_products(results, title))
+                      confusions=confusions(results, title), hardest=hardest_products(results, title),
+                      segments=segments)
+
+
+def segments_by_training(results: Sequence[QueryResult], trained: set[str] | None) -> dict[str, dict[str, Any]]:
+    """The metrics over queries about products the towers ``trained`` on and over those about products they never
+    saw (new listings, held-out products): a query counts as "never trained on" when none of its exact matches was
+    trained on, "trained on" when all were, and neither when both kinds are among them. Empty when there is nothing
+    to split: no list of trained products, or no query about a never-trained one."""
+    if trained is None:
+        return {}
+    groups: dict[str, list[dict[str, float]]] = {TRAINED_ON: [], NEVER_TRAINED_ON: []}
+    for result in results:
+        exact = top_graded(result.relevant)
+        known = exact & trained
+        if exact and known == exact:
+            groups[TRAINED_ON].append(result.metrics)
+        elif exact and not known:
+            groups[NEVER_TRAINED_ON].append(result.metrics)
+    if not groups[NEVER_TRAINED_ON]:
+        return {}
+    return {name: {"queries": len(metrics), "metrics": mean_metrics(metrics)} for name, metrics in groups.items()
+            if metrics}
 
 
 def _titles(engine: SearchEngine) -> Callable[[str], str]:

@@ -12,6 +12,7 @@ from vitrine.catalog import Store
 from vitrine.catalog.product import Pair
 from vitrine.config import Config, write_atomic
 from vitrine.embedding.towers import IMAGE_PROJECTIONS
+from vitrine.embedding.trained import save_trained_products
 from vitrine.encoders import load_image_encoder, load_text_encoder, with_top_blocks
 from vitrine.errors import VitrineError
 from vitrine.training.data import build_training_set
@@ -51,6 +52,7 @@ def train_store(store: Store, pairs: Sequence[Pair], *, config: Config | None = 
         result = _train_prototype(store, products, pairs, text_encoder, config, name, held_out, resume, progress)
     else:
         result = _train_contrastive(store, products, pairs, config, name, held_out, resume, progress)
+    save_trained_products(store.models_dir / name, [p.id for p in products])
     if activate:
         store.config({"embedding.kind": "trained", "embedding.model": name}).save(store.config_path)
     return result
