@@ -279,8 +279,8 @@ def test_train_reranker_cross_fits_over_trained_towers(built_store: Path, tmp_pa
     # Each fold retriever was trained as the store's towers were: --epochs 2, which config.toml does not hold.
     assert engine.store.config().training.epochs != 2 and all(fold["training"]["epochs"] == 2 for fold in folds)
     models = json.loads(run("info", store).output)["models"]
-    assert models["towers"] == {"kind": "towers", "objective": "contrastive", "stages": None, "epochs": 2,
-                                "best_epoch": models["towers"]["best_epoch"], "in_use": True}
+    assert models["towers"] == {"kind": "towers", "objective": "contrastive", "stages": None, "products": 4,
+                                "epochs": 2, "best_epoch": models["towers"]["best_epoch"], "in_use": True}
     assert models["rerank"]["kind"] == "reranker" and models["rerank"]["in_use"]
     assert models["rerank"]["lists"] == report["train_lists"]
     assert [models[f"rerank-fold{f}"]["in_use"] for f in (0, 1)] == [False, False]
