@@ -416,6 +416,35 @@ def test_stage3_cannot_fine_tune_other_text_layers_than_stage1(store):  # noqa: 
         train_store(store, pairs, config=config, name="proto-mismatch", progress=False)
 
 
+def test_stage1_fine_tunes_the_image_top_stage2_keeps_it_stage3_trains_on(store, tmp_path):  # noqa: F811
+    """Issue 3's never-trained recipe (a contrastive warm-up with the backbone's top block fine-tuned) as stage 1."""
+    pairs = shopper_photos(tmp_path / "photos", per_product=2)
+    config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
+                           "training.unfreeze_blocks": 1, "prototype.stage1_epochs": 2,
+                           "prototype.stage2_epochs": 3, "prototype.stage3_unfreeze": 1})
+    train_store(store, pairs, config=config, name="proto-image1", progress=False)
+    folder = store.models_dir / "proto-image1"
+    stage1, stage2, final = (TwoTowerModel.load(folder / "stage1"), TwoTowerModel.load(folder / "stage2"),
+                             TwoTowerModel.load(folder))
+    pretrained = load_image_encoder("efficientnet-lite0@96/top1").top().state_dict()
+    block = lambda model: model.image_top.state_dict()  # noqa: E731
+    assert stage1.config.image_encoder == stage2.config.image_encoder == final.config.image_encoder
+    assert final.config.image_encoder.endswith("/top1")
+    assert any(not torch.equal(block(stage1)[name], value) for name, value in pretrained.items())  # stage 1 moved it
+    assert all(torch.equal(block(stage2)[name], value) for name, value in block(stage1).items())  # stage 2 froze it
+    assert not torch.equal(stage2.product_image.linear.weight, stage1.product_image.linear.weight)  # towers trained
+    assert any(not torch.equal(block(final)[name], value) for name, value in block(stage2).items())  # stage 3 on
+    engine = vitrine.open(store)
+    engine.sync(rebuild=True, progress=False)
+    photo = draw_product(tmp_path / "query.jpg", "stripes", (40, 150, 60), size=200, background=(170, 160, 150))
+    assert engine.search(image=photo, k=1)[0].product.id == "scarf"
+    assert engine.search(image=photo, k=1, channel="prototype")[0].product.id == "scarf"
+    mismatch = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
+                             "training.unfreeze_blocks": 1, "prototype.stage3_unfreeze": 2})
+    with pytest.raises(VitrineError, match="stage3_unfreeze must be 1, not 2"):
+        train_store(store, pairs, config=mismatch, name="proto-image-mismatch", progress=False)
+
+
 def test_a_model_without_image_projection_trains_stage3_on_its_own_schedule(store, tmp_path):  # noqa: F811
     pairs = shopper_photos(tmp_path / "photos", per_product=5)  # 4 products x (5 photos + 1 text): 24 queries
     config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",

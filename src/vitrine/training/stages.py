@@ -1,10 +1,13 @@
 """The three stages of prototype-ID training, each checkpointed in ``models/<name>/stage<N>/``:
 
-1. contrastive warm-up: the contrastive trainer, backbones frozen (cached pooled features);
+1. contrastive warm-up: the contrastive trainer, backbones frozen (cached pooled features), or with their top
+   blocks/layers fine-tuned as ``training.unfreeze_blocks`` / ``unfreeze_text_layers`` ask (issue 3's recipe);
 2. prototype head: the library is built (labels, or k-means over stage-1 embeddings), the head's rows
-   start at the prototype centroids, and head + towers train with the margin loss, backbones frozen;
+   start at the prototype centroids, and head + towers train with the margin loss, backbones frozen
+   (stage 1's fine-tuned tops included: their outputs are computed once);
 3. end-to-end: the image backbone's top blocks train too (on cached input maps), margin loss plus the
-   optional InfoNCE term, optionally at every Matryoshka prefix.
+   optional InfoNCE term, optionally at every Matryoshka prefix. After a stage 1 that fine-tuned some,
+   stage 3 goes on with the same blocks and layers.
 
 A stage whose folder holds a finished model is reused when resuming, so ``--stages 1,2`` followed by
 ``--stages 1,2,3 --resume`` trains stage 3 only. The last stage's towers are saved in
@@ -72,9 +75,14 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
         raise VitrineError(f"stage 1 fine-tunes the text model's top {stage1_text} layer(s), so stage 3 goes on "
                            f"with those: prototype.stage3_unfreeze_text must be 0 or {stage1_text}, "
                            f"not {proto.stage3_unfreeze_text}")
-    data, towers1, _, text_top = _training_set(inputs, unfreeze=0, unfreeze_text=stage1_text)
+    stage1_image = config.training.unfreeze_blocks
+    if stage1_image and 3 in stages and proto.stage3_unfreeze != stage1_image:
+        raise VitrineError(f"stage 1 fine-tunes the image backbone's top {stage1_image} block(s), so stage 3 goes on "
+                           f"with those: prototype.stage3_unfreeze must be {stage1_image}, "
+                           f"not {proto.stage3_unfreeze}")
+    data, towers1, image_top, text_top = _training_set(inputs, unfreeze=stage1_image, unfreeze_text=stage1_text)
     model, result = _stage1(inputs, data, towers1, folder / "stage1", run=1 in stages, resume=resume, report=report,
-                            text_top=text_top)
+                            image_top=image_top, text_top=text_top)
     if stages == [1]:  # contrastive only: no head to offer ID recognition with
         model.save(folder)
         (folder / "head.safetensors").unlink(missing_ok=True)
@@ -82,16 +90,16 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
     library, head = _library_and_head(inputs, data, model, folder, resume=resume, report=report)
     weights = model.state_dict()
     if 2 in stages:
-        # Stage 2 trains on frozen backbone features; stage 1's fine-tuned text layers are part of that
-        # backbone now, so they run once over every text rather than at every step.
-        pooled, towers = (data, towers1) if model.text_top is None else _through_frozen_text_top(data, towers1, model)
+        # Stage 2 trains on frozen backbone features; stage 1's fine-tuned blocks and layers are part of that
+        # backbone now, so they run once over every photo and text rather than at every step.
+        pooled, towers = _through_frozen_tops(data, towers1, model)
+        tops = model if model.image_top is not None or model.text_top is not None else None
         model, result = _prototype_stage(2, inputs, pooled, towers, folder / "stage2", library, head, weights,
-                                         resume=resume, report=report, frozen_text_top=model.text_top,
-                                         full_towers=towers1)
+                                         resume=resume, report=report, frozen_tops=tops, full_towers=towers1)
         weights = model.state_dict()
         del pooled
     if 3 in stages:
-        maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze,
+        maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=stage1_image or proto.stage3_unfreeze,
                                                            unfreeze_text=stage3_text)
         model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
                                          resume=resume, report=report, image_top=image_top, text_top=text_top)
@@ -140,16 +148,18 @@ def _reused(folder: Path) -> tuple[TwoTowerModel, TrainResult, dict]:
 
 
 def _stage1(inputs: StageInputs, data: TrainingSet, towers, folder: Path, *, run: bool, resume: bool,
-            report: dict, text_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
-    """Contrastive warm-up (with ``text_top``: the text model's top layers fine-tuned too, as
-    ``training.unfreeze_text_layers`` asks); without stage 1 (and none saved) later stages start from
-    the towers' PCA start."""
+            report: dict, image_top: torch.nn.Module | None = None,
+            text_top: torch.nn.Module | None = None) -> tuple[TwoTowerModel, TrainResult]:
+    """Contrastive warm-up (with ``image_top`` / ``text_top``: the backbones' top blocks / layers fine-tuned
+    too, as ``training.unfreeze_blocks`` / ``unfreeze_text_layers`` ask); without stage 1 (and none saved)
+    later stages start from the towers' PCA start."""
     if resume and _finished(folder):
         model, result, report["stages"]["1"] = _reused(folder)
         return model, result
     config = inputs.config
     training = replace(config.training, epochs=config.prototype.stage1_epochs or config.training.epochs)
-    trainer = ContrastiveTrainer(data, training, towers, folder, text_top=text_top, progress=inputs.progress)
+    trainer = ContrastiveTrainer(data, training, towers, folder, image_top=image_top, text_top=text_top,
+                                 progress=inputs.progress)
     if not run:
         if _finished(folder):
             model, result, report["stages"]["1"] = _reused(folder)
@@ -225,10 +235,11 @@ def _stage1_vectors(model: TwoTowerModel, data: TrainingSet, chunk: int = 512) -
 def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers, folder: Path,
                      library: PrototypeLibrary, head: PrototypeHead, weights: dict, *, resume: bool, report: dict,
                      image_top: torch.nn.Module | None = None, text_top: torch.nn.Module | None = None,
-                     frozen_text_top: torch.nn.Module | None = None,
+                     frozen_tops: TwoTowerModel | None = None,
                      full_towers=None) -> tuple[TwoTowerModel, TrainResult]:
-    """One margin-loss stage. With ``frozen_text_top`` the stage trained on text features already run
-    through it, and the saved model (``full_towers``) puts it back in front of the towers."""
+    """One margin-loss stage. With ``frozen_tops`` (a model whose fine-tuned image and text tops the stage's
+    features were already run through) the saved model (``full_towers``) puts those tops back in front of the
+    towers."""
     if resume and _finished(folder):
         model, result, report["stages"][str(stage)] = _reused(folder)
         head.weight.copy_(PrototypeHead.load(folder).weight)
@@ -250,7 +261,7 @@ def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers,
                                progress=inputs.progress)
     start = time.perf_counter()
     result = trainer.fit(resume=resume)
-    model = trainer.model if frozen_text_top is None else _with_text_top(trainer.model, frozen_text_top, full_towers)
+    model = trainer.model if frozen_tops is None else _with_tops(trainer.model, frozen_tops, full_towers)
     model.save(folder)
     head.save(folder)
     report["stages"][str(stage)] = _mark_finished(folder, result, time.perf_counter() - start)
@@ -258,27 +269,37 @@ def _prototype_stage(stage: int, inputs: StageInputs, data: TrainingSet, towers,
 
 
 @torch.no_grad()
-def _through_frozen_text_top(data: TrainingSet, towers: TowerConfig,
-                             model: TwoTowerModel) -> tuple[TrainingSet, TowerConfig]:
-    """``data`` with its text token states replaced by the sentence vectors ``model.text_top`` makes of
-    them, and the tower config for such pooled inputs."""
+def _through_frozen_tops(data: TrainingSet, towers: TowerConfig,
+                         model: TwoTowerModel) -> tuple[TrainingSet, TowerConfig]:
+    """``data`` with its text token states and image maps replaced by the pooled features ``model``'s
+    fine-tuned text and image tops make of them (each where the model has one), and the tower config for such
+    pooled inputs."""
     model.eval()
 
-    def pooled(states: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(states), towers.text_dim), dtype=np.float32)
-        for s in range(0, len(states), 256):
-            chunk = torch.from_numpy(np.ascontiguousarray(states[s:s + 256], dtype=np.float32))
-            out[s:s + 256] = model.text_features(chunk, chunk.abs().sum(dim=1) > 0).numpy()  # zero rows: no text
+    def pooled(inputs: np.ndarray, through, width: int) -> np.ndarray:
+        out = np.zeros((len(inputs), width), dtype=np.float32)
+        for s in range(0, len(inputs), 256):
+            chunk = torch.from_numpy(np.ascontiguousarray(inputs[s:s + 256], dtype=np.float32))
+            out[s:s + 256] = through(chunk, chunk.abs().sum(dim=1) > 0).numpy()  # zero rows: no text / no photo
         return out
 
-    return (replace(data, product_text=pooled(data.product_text), query_text=pooled(data.query_text)),
-            replace(towers, text_input_dim=0))
+    if model.text_top is not None:
+        data = replace(data, product_text=pooled(data.product_text, model.text_features, towers.text_dim),
+                       query_text=pooled(data.query_text, model.text_features, towers.text_dim))
+        towers = replace(towers, text_input_dim=0)
+    if model.image_top is not None:
+        data = replace(data, product_image=pooled(data.product_image, model.image_features, towers.image_dim),
+                       query_image=pooled(data.query_image, model.image_features, towers.image_dim))
+        # the stage's model takes pooled features: no top of its own (serving gets stage 1's back, _with_tops)
+        towers = replace(towers, image_input_dim=0, image_encoder=with_top_blocks(towers.image_encoder, 0))
+    return data, towers
 
 
-def _with_text_top(model: TwoTowerModel, text_top: torch.nn.Module, towers: TowerConfig) -> TwoTowerModel:
-    """Towers trained on pooled features behind the text top that pooled them: the model serving loads."""
-    full = TwoTowerModel(towers, text_top=text_top)
+def _with_tops(model: TwoTowerModel, tops: TwoTowerModel, towers: TowerConfig) -> TwoTowerModel:
+    """Towers trained on pooled features behind the fine-tuned tops of ``tops`` that pooled them: the model
+    serving loads."""
+    full = TwoTowerModel(towers, image_top=tops.image_top, text_top=tops.text_top)
     missing, unexpected = full.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not name.startswith("text_top.") for name in missing):
-        raise RuntimeError(f"towers do not fit the text top's model: missing {missing}, unexpected {unexpected}")
+    if unexpected or any(not name.startswith(("text_top.", "image_top.")) for name in missing):
+        raise RuntimeError(f"towers do not fit the tops' model: missing {missing}, unexpected {unexpected}")
     return full.eval()
