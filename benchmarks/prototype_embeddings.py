@@ -2,7 +2,7 @@
 
     python benchmarks/prototype_embeddings.py [--data ../shared/data] [--work .vitrine/bench] \\
         [--only grocery,shopee,head-scale] [--stage3-epochs 4] [--stage3-unfreeze 1] [--image-encoder NAME] \\
-        [--also-image-encoders NAME[:native],...] [--stage3-recipe classifier] \\
+        [--also-image-encoders NAME[:native],...] [--stage1-recipe top-block] [--stage3-recipe classifier] \\
         [--protocols seen,new] [--seed N] [--image-views N] [--lr-schedule cosine] [--juiced] \\
         [--patience N] \\
         [--shopee-epochs 10] [--ngrams BUCKETS] [--shopee-text LAYERS] [--shopee-stage1-epochs N] \\
@@ -30,6 +30,10 @@ none``: the fine-tuned backbone's pooled features are the space) and with the ``
 1e-3 (the unfrozen blocks 1e-4), a cosine schedule, no dev split (the schedule picks no epoch); models get a
 ``-classifier`` suffix. These are the settings of ``backbone_classifier_probe.py`` (common fine-tuning values,
 not searched on val).
+
+``--stage1-recipe top-block`` trains stage 1 as issue 3 trained its best model for never-trained products (the
+image backbone's top block fine-tuned, no modal gate, 8 epochs); stage 2 keeps that block frozen and stage 3 trains on
+it. Models get a ``-s1top-block`` suffix.
 
 ``head-scale`` is synthetic: U = 10^6 prototypes of D = 256 (float16 matrix), a batch of 128, one
 training step of the margin loss with full softmax vs the nearest 10% vs a random 10% of prototypes,
@@ -61,6 +65,15 @@ NATIVE = {"training.image_projection": "none", **STAGE3_RECIPES["classifier"]}
 """``NAME:native`` models: no image projection, stage 3 trained as a classifier (``vitrine.config.STAGE3_RECIPES``)."""
 
 STAGES = {"contrastive (stage 1)": "1", "+ prototype head (stage 2)": "1,2", "+ end-to-end (stage 3)": "1,2,3"}
+
+STAGE1_RECIPES: dict[str, dict[str, Any]] = {
+    "frozen": {},
+    "top-block": {"training.unfreeze_blocks": 1, "training.modal_gate": False, "prototype.stage1_epochs": 8,
+                  "prototype.stage3_unfreeze": 1},
+}
+"""Grocery's stage 1. ``frozen``: the contrastive warm-up on frozen backbone features. ``top-block``: issue 3's
+new-products recipe (its ``finetune`` section: EfficientNet's top block fine-tuned, no modal gate, 8 epochs), whose
+fine-tuned block stage 2 keeps frozen and stage 3 trains on (so stage 3 fine-tunes that one block)."""
 
 
 def staged_rows(spec: str, protocol: str, store, name: str, stages: dict[str, str], overrides: dict[str, Any],
@@ -136,7 +149,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
                  "training.image_views": args.image_views, "training.lr_schedule": args.lr_schedule,
                  "training.seed": args.seed,
                  **({"training.patience": args.patience} if args.patience else {}),
-                 **STAGE3_RECIPES[args.stage3_recipe]}
+                 **STAGE3_RECIPES[args.stage3_recipe], **STAGE1_RECIPES[args.stage1_recipe]}
     for protocol in args.protocols.split(","):
         splits = load_splits(spec, protocol=protocol)
         store = build_store(work / "grocery", splits,
@@ -146,6 +159,7 @@ def grocery(data: Path, work: Path, results: dict, args: argparse.Namespace) -> 
             store, train = juiced_store(store, splits, spec, protocol, work)
         rows = {"zero-shot": zero_shot_row(store, splits)}
         name = (f"{protocol}-prototype" + (f"-top{args.stage3_unfreeze}" if args.stage3_unfreeze != 1 else "")
+                + (f"-s1{args.stage1_recipe}" if args.stage1_recipe != "frozen" else "")
                 + (f"-views{args.image_views}" if args.image_views else "")
                 + (f"-{args.lr_schedule}" if args.lr_schedule != "constant" else "")
                 + (f"-{args.stage3_recipe}" if args.stage3_recipe != "towers" else "")
@@ -325,6 +339,10 @@ def main() -> None:
                              "efficientnet-lite2@288,efficientnet-lite0@288:native) and measure them alone and served "
                              "together with the main model (embedding.also); ':native' trains one without an image "
                              "projection, with the classifier stage-3 recipe")
+    parser.add_argument("--stage1-recipe", choices=list(STAGE1_RECIPES), default="frozen",
+                        help="Grocery: stage 1 on frozen features, or issue 3's new-products recipe (top-block: the "
+                             "top block fine-tuned in stage 1, kept by stage 2, trained on by stage 3; no modal gate; "
+                             "8 epochs; models get a -s1top-block suffix)")
     parser.add_argument("--stage3-recipe", choices=list(STAGE3_RECIPES), default="towers",
                         help="Grocery: stage 3 with the training settings of stages 1-2 (towers), or as a classifier "
                              "is fine-tuned (batches of 32, lr 1e-3, cosine schedule, no dev split; models get a "
