@@ -118,7 +118,9 @@ class TrainingConfig:
     steps whose texts contain that n-gram (sparse Adam), so rows need larger steps to move."""
     unfreeze_blocks: int = 0
     """Fine-tune the image backbone's top N blocks with the towers (0 = frozen backbone). Their
-    input maps are cached like any feature, so an epoch costs only the top's forward and backward."""
+    input maps are cached like any feature, so an epoch costs only the top's forward and backward. With the
+    prototype objective this is stage 1; stage 2 keeps the blocks as stage 1 left them and stage 3 trains them on
+    (``prototype.stage3_unfreeze`` must then be N). One block is issue 3's recipe for products never trained on."""
     unfreeze_text_layers: int = 0
     """Fine-tune the text model's top N transformer layers with the towers (0 = frozen). The token states
     entering them are cached (48 tokens a text), so an epoch costs only those layers. With the prototype
@@ -463,7 +465,8 @@ class PrototypeConfig:
     """Share of the examples stage 3 holds back as its dev split (negative: ``training.dev_fraction``); with a
     cosine schedule the split picks no epoch, so 0 lets stage 3 learn from every example."""
     stage3_unfreeze: int = 1
-    """Top image-backbone blocks trained end to end in stage 3."""
+    """Top image-backbone blocks trained end to end in stage 3 (stage 1's, ``training.unfreeze_blocks``, if it
+    fine-tuned some)."""
     stage3_unfreeze_text: int = 0
     """Top text-model transformer layers trained end to end in stage 3 (for text catalogs such as Shopee);
     where stage 1 already fine-tuned some (``training.unfreeze_text_layers``), stage 3 trains those on."""

@@ -315,6 +315,8 @@ def train(
 
     --objective prototype --stages 1,2,3 trains Pailitao-VL's prototype-ID embedding (settings under
     prototype.*, e.g. --set prototype.margin=0.2); search it with --channel prototype for ID recognition.
+    There --unfreeze and --unfreeze-text fine-tune in stage 1; stage 2 keeps those blocks and layers frozen, and
+    stage 3 trains them on.
     --image-projection none keeps the image backbone's own pooled features as the space (with
     --stages 1,2,3 and prototype.stage3_unfreeze > 0 the backbone's top blocks move it).
     --stage3-recipe classifier trains stage 3 as a classifier is fine-tuned (prototype.stage3_*).
