@@ -99,7 +99,7 @@ def train_prototype_stages(inputs: StageInputs, folder: Path, *, resume: bool = 
         weights = model.state_dict()
         del pooled
     if 3 in stages:
-        maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=stage1_image or proto.stage3_unfreeze,
+        maps, towers3, image_top, text_top = _training_set(inputs, unfreeze=proto.stage3_unfreeze,
                                                            unfreeze_text=stage3_text)
         model, result = _prototype_stage(3, inputs, maps, towers3, folder / "stage3", library, head, weights,
                                          resume=resume, report=report, image_top=image_top, text_top=text_top)
