@@ -386,22 +386,30 @@ TEXT_PAIRS = [("scarf", "warm winter scarf"), ("scarf", "striped wool neck warme
               ("mug", "ceramic coffee mug"), ("mug", "cup for tea")]
 
 
+def staged_models(folder):
+    """A prototype model's saved stage 1, stage 2 and final (stage 3) towers."""
+    return TwoTowerModel.load(folder / "stage1"), TwoTowerModel.load(folder / "stage2"), TwoTowerModel.load(folder)
+
+
+def assert_stage1_moved_stage2_kept_stage3_moved(pretrained: dict, top_of, stage1, stage2, final) -> None:
+    """A backbone top fine-tuned in stage 1 (``top_of(model)``: its state dict) stays frozen in stage 2 and trains on
+    in stage 3."""
+    assert any(not torch.equal(top_of(stage1)[name], value) for name, value in pretrained.items())
+    assert all(torch.equal(top_of(stage2)[name], value) for name, value in top_of(stage1).items())
+    assert any(not torch.equal(top_of(final)[name], value) for name, value in top_of(stage2).items())
+
+
 def test_stage1_fine_tunes_the_text_top_stage2_keeps_it_stage3_trains_on(store):  # noqa: F811
     pairs = [Pair(product_id=pid, query_text=text, query_key=text) for pid, text in TEXT_PAIRS]
     config = store.config({**STAGES, "training.objective": "prototype", "prototype.stages": "1,2,3",
                            "training.unfreeze_text_layers": 1, "prototype.stage1_epochs": 2,
                            "prototype.stage2_epochs": 3, "prototype.stage3_unfreeze": 0})
     train_store(store, pairs, config=config, name="proto-text1", progress=False)
-    folder = store.models_dir / "proto-text1"
-    stage1, stage2, final = (TwoTowerModel.load(folder / "stage1"), TwoTowerModel.load(folder / "stage2"),
-                             TwoTowerModel.load(folder))
-    pretrained = load_text_encoder("minilm/top1").top().state_dict()
-    layer = lambda model: model.text_top.state_dict()  # noqa: E731
+    stage1, stage2, final = staged_models(store.models_dir / "proto-text1")
     assert stage1.config.text_encoder == stage2.config.text_encoder == final.config.text_encoder == "minilm/top1"
-    assert any(not torch.equal(layer(stage1)[name], value) for name, value in pretrained.items())  # stage 1 moved it
-    assert all(torch.equal(layer(stage2)[name], value) for name, value in layer(stage1).items())  # stage 2 froze it
+    assert_stage1_moved_stage2_kept_stage3_moved(load_text_encoder("minilm/top1").top().state_dict(),
+                                                 lambda model: model.text_top.state_dict(), stage1, stage2, final)
     assert not torch.equal(stage2.product_text.linear.weight, stage1.product_text.linear.weight)  # towers trained
-    assert any(not torch.equal(layer(final)[name], value) for name, value in layer(stage2).items())  # stage 3 on
     engine = vitrine.open(store)
     engine.sync(rebuild=True, progress=False)
     assert engine.search(text="warm winter scarf", k=1)[0].product.id == "scarf"
@@ -423,17 +431,12 @@ def test_stage1_fine_tunes_the_image_top_stage2_keeps_it_stage3_trains_on(store,
                            "training.unfreeze_blocks": 1, "prototype.stage1_epochs": 2,
                            "prototype.stage2_epochs": 3, "prototype.stage3_unfreeze": 1})
     train_store(store, pairs, config=config, name="proto-image1", progress=False)
-    folder = store.models_dir / "proto-image1"
-    stage1, stage2, final = (TwoTowerModel.load(folder / "stage1"), TwoTowerModel.load(folder / "stage2"),
-                             TwoTowerModel.load(folder))
-    pretrained = load_image_encoder("efficientnet-lite0@96/top1").top().state_dict()
-    block = lambda model: model.image_top.state_dict()  # noqa: E731
+    stage1, stage2, final = staged_models(store.models_dir / "proto-image1")
     assert stage1.config.image_encoder == stage2.config.image_encoder == final.config.image_encoder
     assert final.config.image_encoder.endswith("/top1")
-    assert any(not torch.equal(block(stage1)[name], value) for name, value in pretrained.items())  # stage 1 moved it
-    assert all(torch.equal(block(stage2)[name], value) for name, value in block(stage1).items())  # stage 2 froze it
+    assert_stage1_moved_stage2_kept_stage3_moved(load_image_encoder("efficientnet-lite0@96/top1").top().state_dict(),
+                                                 lambda model: model.image_top.state_dict(), stage1, stage2, final)
     assert not torch.equal(stage2.product_image.linear.weight, stage1.product_image.linear.weight)  # towers trained
-    assert any(not torch.equal(block(final)[name], value) for name, value in block(stage2).items())  # stage 3 on
     engine = vitrine.open(store)
     engine.sync(rebuild=True, progress=False)
     photo = draw_product(tmp_path / "query.jpg", "stripes", (40, 150, 60), size=200, background=(170, 160, 150))
