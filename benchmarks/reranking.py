@@ -48,6 +48,10 @@ cross-fitting fold's lists (from a retriever that never saw the fold) are rerank
 on the other folds' lists, so every training query is ranked by models that never saw it; the hybrid's paired
 differences are given over those queries and over them together with val's. Val alone is a few hundred queries
 (CrowdFlower's 35); the training split has several times as many.
+
+Each dataset ends with the issue's targets and a verdict for each (``target_status``): a "hybrid beats X" target is
+met when the paired interval lies above 0 (lost below it, a tie across it), read over the training and val queries
+together when ``--cross-validate`` ran; ECE <= 0.05 on every seed; the latency ratios and p50 of ONNX, as served.
 """
 
 from __future__ import annotations
@@ -451,6 +455,55 @@ def run_dataset(name: str, spec: str, work: Path, overrides: dict[str, Any], fus
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {' '.join(f'{x:.4f}' for x in v)}" if isinstance(v, list)
         else f"{k} {v}" for k, v in calibration.items()))
     print_latency(name, latency, config.threads)
+    results[name]["targets"] = target_status(comparisons, seed_ece, latency, cross_validated)
+    print_targets(name, results[name]["targets"])
+
+
+ECE_TARGET = 0.05
+
+
+def beats(difference: tuple[float, float, float]) -> str:
+    """A paired difference's verdict: ``met`` when its whole interval is above 0, ``lost`` when below, else ``tie``."""
+    _, low, high = difference
+    return "met" if low > 0 else "lost" if high < 0 else "tie"
+
+
+def target_status(comparisons: dict, seed_ece: list[float], latency: dict[str, float],
+                  cross_validated: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """Each of the issue's targets with its verdict and the figure behind it, as this run measured it. A "beats"
+    target is met when the paired interval lies above 0; with ``--cross-validate`` the verdict reads the interval
+    over the training and val queries together (several times val's queries), and val's is shown beside it."""
+    status = []
+    for other in ("retrieval only", "pointwise"):
+        for metric in ("instance_hit_rate", "ndcg@10"):
+            on_val = comparisons[f"hybrid - {other}"][metric]
+            evidence = f"val {_interval(on_val)}"
+            decisive = on_val
+            if cross_validated:
+                decisive = cross_validated["paired_differences"][f"training and val queries: hybrid - {other}"][metric]
+                evidence = f"training and val queries {_interval(decisive)}; " + evidence
+            status.append({"target": f"hybrid beats {other} on {metric}", "verdict": beats(decisive),
+                           "evidence": evidence})
+    ece_met = all(ece <= ECE_TARGET for ece in seed_ece)
+    status.append({"target": f"ECE of r <= {ECE_TARGET}", "verdict": "met" if ece_met else "missed",
+                   "evidence": "per seed " + " / ".join(f"{ece:.4f}" for ece in seed_ece)})
+    for target, key, limit in (("hybrid / sliding p50 <= 0.5 (onnx)", "onnx hybrid/sliding p50", 0.5),
+                               ("hybrid / pointwise p50 <= 2 (onnx)", "onnx hybrid/pointwise p50", 2.0),
+                               ("reranking 50 candidates <= 20 ms p50 (onnx hybrid)", "onnx hybrid p50 2t", 20.0)):
+        status.append({"target": target, "verdict": "met" if latency[key] <= limit else "missed",
+                       "evidence": f"{latency[key]:.2f}"})
+    return status
+
+
+def _interval(difference: tuple[float, float, float]) -> str:
+    mean, low, high = difference
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def print_targets(name: str, status: list[dict[str, str]]) -> None:
+    print(f"\n{name}: the issue's targets, as this run measured them (met / tie / lost / missed)")
+    for row in status:
+        print(f"  {row['verdict']:>6}  {row['target']}: {row['evidence']}", flush=True)
 
 
 PARTS = [  # label, retrieval prior, raw vector inputs, query history, relational attention, absolute prior
