@@ -613,8 +613,8 @@ def print_comparisons(name: str, comparisons: dict[str, dict[str, tuple[float, f
 
 def print_differences(comparisons: dict[str, dict[str, tuple[float, float, float]]]) -> None:
     for label, metrics in comparisons.items():
-        print(f"  {label}: " + "; ".join(f"{metric} {mean:+.4f} [{low:+.4f}, {high:+.4f}]"
-                                         for metric, (mean, low, high) in metrics.items()), flush=True)
+        print(f"  {label}: " + "; ".join(f"{metric} {_interval(difference)}" for metric, difference in metrics.items()),
+              flush=True)
 
 
 def print_cross_validated(name: str, figures: dict[str, Any], fold_count: int) -> None:
