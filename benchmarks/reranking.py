@@ -40,8 +40,8 @@ and image vectors bias it). A second
 table switches those four on and off for the hybrid (``PARTS``). Held-back
 training queries (epoch choice, calibration) are whole look-alike clusters (``held_back``).
 Calibration: the ECE of r per seed; for seed 0 the range of 95% of its values over resampled sets of val queries and
-the ECE a perfectly calibrated r of the same values would show on as many candidates. Latency: one query at a time, 2 and 1 threads,
-feature building + model + merge, with the models in ONNX Runtime (as served) and in eager PyTorch.
+the ECE a perfectly calibrated r of the same values would show on as many candidates. Latency: one query at a time,
+2 and 1 threads, feature building + model + merge, with the models in ONNX Runtime (as served) and in eager PyTorch.
 
 ``--cross-validate SEEDS`` measures retrieval, pointwise and hybrid once more on the training queries: each
 cross-fitting fold's lists (from a retriever that never saw the fold) are reranked by the default reranker trained
@@ -513,7 +513,8 @@ PARTS = [  # label, retrieval prior, raw vector inputs, query history, relationa
     ("+ retrieval prior, scalars only, + query history", True, False, True, False, "retrieval"),
     ("+ retrieval prior, scalars only, + query history, + relational attention", True, False, True, True, "retrieval"),
     ("+ retrieval prior, vector inputs, + query history, + relational attention", True, True, True, True, "retrieval"),
-    ("the default, but r starts from the local score (rerank.absolute_prior = local)", True, False, True, True, "local"),
+    ("the default, but r starts from the local score (rerank.absolute_prior = local)", True, False, True, True,
+     "local"),
 ]
 
 
